@@ -1,0 +1,329 @@
+"""The agent daemon: converge to desired state, run the camera loop, report.
+
+Threads: paho's network thread (hands desired state to a queue), the updater (one update at a time,
+latest desired wins), the capture and inference threads of the loop, and a telemetry ticker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__, capabilities
+from edge_agent.camera.loop import FrameResult, InferenceLoop, LoadedModel
+from edge_agent.camera.sources import FrameSource
+from edge_agent.config import AgentConfig
+from edge_agent.decoders.base import decoder_for
+from edge_agent.decoders.results import Classification
+from edge_agent.preprocess import Preprocessor, Transform
+from edge_agent.protocol.manifest import Manifest
+from edge_agent.protocol.messages import (
+    DesiredState,
+    DetectionEvent,
+    MessageError,
+    Prediction,
+    ReportedState,
+    SlotReport,
+    StatusMessage,
+    Telemetry,
+    UpdateStateName,
+    decode_message,
+    encode_message,
+)
+from edge_agent.protocol.signing import SignedManifest
+from edge_agent.protocol.topics import DeviceTopics
+from edge_agent.runtimes import RuntimeError_, create_runtime
+from edge_agent.transport.mqtt import MqttTransport, Will
+from edge_agent.update.checks import ManifestRejected, check_manifest
+from edge_agent.update.download import DownloadError, download, resolve_url, sha256_file
+from edge_agent.update.machine import Record, StepFailed, UpdateMachine
+from edge_agent.update.states import State
+from edge_agent.update.trust import TrustStore
+
+log = logging.getLogger(__name__)
+
+
+def predictions(result: Any, classes: tuple[str, ...], limit: int = 20) -> list[Prediction]:
+    def name(i: int) -> str:
+        return classes[i] if 0 <= i < len(classes) else str(i)
+
+    if isinstance(result, Classification):
+        return [Prediction(label=name(i), score=round(s, 4)) for i, s in result.topk(1)]
+    out = []
+    for k in range(min(len(result), limit)):
+        box = tuple(round(float(v), 1) for v in result.xyxy[k])
+        out.append(Prediction(label=name(int(result.class_ids[k])), score=round(float(result.scores[k]), 4),
+                              box=box))  # type: ignore[arg-type]
+    return out
+
+
+class Agent:
+    SLOT = "default"
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.cfg = config
+        self.data_dir = config.data_dir
+        self.topics = DeviceTopics(config.device_id)
+        self.caps = capabilities.detect()
+        self.trust = TrustStore(self.data_dir / "trust.json")
+        token = config.token.get_secret_value()
+        offline = encode_message(StatusMessage(device_id=config.device_id, status="offline"))
+        online = encode_message(StatusMessage(device_id=config.device_id, status="online"))
+        self.transport = MqttTransport(
+            config.mqtt_url,
+            client_id=f"edgeloop-agent-{config.device_id}",
+            username=config.device_id,
+            password=token,
+            will=Will(self.topics.status, offline),
+            on_connect=[(self.topics.status, online, 1, True)],
+        )
+        src = config.source
+        self.source = FrameSource(src.uri, src.loop_file, src.pace_file, src.stall_timeout_s)
+        self.loop = InferenceLoop(self.source, sinks=[self._event_sink])
+        self.machine = UpdateMachine(self.data_dir / "update.json", steps=self, on_change=self._on_state)
+        self._desired: queue.Queue[DesiredState] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._candidate: LoadedModel | None = None
+        self._previous: LoadedModel | None = None
+        self._last_event: tuple[float, tuple[str, ...]] = (0.0, ())
+        self._startup_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Agent:
+        (self.data_dir / "models").mkdir(parents=True, exist_ok=True)
+        self._load_current()
+        self.source.start()
+        self.loop.start()
+        self.transport.subscribe(self.topics.desired, self._on_desired, qos=1)
+        self.transport.start()
+        for name, target in (("updater", self._updater), ("telemetry", self._telemetry)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("agent %s started (source %s, server %s)", self.cfg.device_id, self.source.spec,
+                 self.cfg.server_url)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            offline = encode_message(StatusMessage(device_id=self.cfg.device_id, status="offline"))
+            self.transport.publish(self.topics.status, offline, qos=1, retain=True)
+            time.sleep(0.1)
+        finally:
+            self.transport.stop()
+            self.loop.stop()
+            self.source.stop()
+            for t in self._threads:
+                t.join(1.0)
+
+    def _load_current(self) -> None:
+        """Serve the last committed model (re-verified from disk) before anything else happens."""
+        job = self.machine.record.current
+        if not job:
+            return
+        try:
+            path = Path(job["path"])
+            if sha256_file(path) != job["sha256"]:
+                raise StepFailed(f"installed artifact {path.name} no longer matches its sha256")
+            self.loop.swap(self._load(job))
+        except (OSError, StepFailed, RuntimeError_) as exc:
+            self._startup_error = f"cannot load committed model {job.get('model')}:{job.get('version')}: {exc}"
+            log.error("%s", self._startup_error)
+
+    # -- desired state -----------------------------------------------------------------------
+    def _on_desired(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = decode_message(payload, DesiredState, expect_device=self.cfg.device_id)
+        except MessageError as exc:
+            log.warning("ignored desired state on %s: %s", topic, exc)
+            return
+        while True:  # latest wins
+            try:
+                self._desired.put_nowait(msg)
+                return
+            except queue.Full:
+                try:
+                    self._desired.get_nowait()
+                except queue.Empty:
+                    pass
+
+    def _updater(self) -> None:
+        self.machine.resume()
+        self._report()
+        while not self._stop.is_set():
+            try:
+                msg = self._desired.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._apply(msg)
+            except Exception:
+                log.exception("applying desired revision %s failed", msg.revision)
+
+    def _apply(self, msg: DesiredState) -> None:
+        rec = self.machine.record
+        if rec.job is not None and rec.job.get("revision") == msg.revision:
+            self._report()
+            return
+        dep = next((d for d in msg.deployments if d.slot == self.SLOT), None)
+        for other in msg.deployments:
+            if other.slot != self.SLOT:
+                log.warning("slot %r ignored: this agent serves one slot (%r)", other.slot, self.SLOT)
+        if dep is None:
+            return
+        job: dict[str, Any] = {"revision": msg.revision, "slot": dep.slot, "health_window_s": dep.health_window_s}
+        try:
+            shown = dep.manifest.unverified_manifest()  # for the report only; trusted after check_manifest
+            job.update(model=shown.model, version=shown.version)
+        except ValueError:
+            pass
+        try:
+            ok = check_manifest(dep.manifest, self.cfg.root_public_key, self.trust, __version__,
+                                self.caps.runtimes, self.cfg.device_kind)
+        except ManifestRejected as exc:
+            log.warning("refused %s:%s: %s", job.get("model"), job.get("version"), exc)
+            self.machine.refuse(job, str(exc))
+            return
+        m, entry = ok.manifest, ok.manifest.artifacts[ok.target]  # type: ignore[index]
+        cur = rec.current
+        if cur and cur.get("sha256") == entry.sha256 and rec.state is State.COMMITTED:
+            self.machine.adopt_revision(msg.revision)
+            self._report()
+            return
+        job.update(
+            model=m.model, version=m.version, target=ok.target, url=entry.url, sha256=entry.sha256,
+            length=entry.length, rollback=m.rollback, manifest=dep.manifest.model_dump(mode="json"),
+            path=str(self.data_dir / "models" / m.model / str(m.version) / f"{ok.target}.onnx"),
+        )
+        self.machine.start(job)
+
+    # -- update steps (called by UpdateMachine) ----------------------------------------------
+    def download(self, job: dict[str, Any]) -> None:
+        path = Path(job["path"])
+        if path.exists() and path.stat().st_size == job["length"]:
+            return
+        url = resolve_url(self.cfg.server_url, job["url"])
+        try:
+            download(url, path, job["length"], job["sha256"], token=self.cfg.token.get_secret_value())
+        except DownloadError as exc:
+            raise StepFailed(f"download: {exc}") from exc
+
+    def verify(self, job: dict[str, Any]) -> None:
+        path = Path(job["path"])
+        got = sha256_file(path)
+        if got != job["sha256"]:
+            path.unlink(missing_ok=True)
+            raise StepFailed(f"sha256 mismatch: manifest says {job['sha256'][:16]}…, artifact is {got[:16]}…")
+        if job.get("rollback"):
+            self.trust.lower_to(job["model"], job["version"])
+        else:
+            self.trust.record(job["model"], job["version"])
+
+    def prepare(self, job: dict[str, Any]) -> None:
+        """Engine builds (TensorRT) happen here; ONNX artifacts need nothing."""
+
+    def _load(self, job: dict[str, Any]) -> LoadedModel:
+        manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
+        runtime = create_runtime("onnxruntime", Path(job["path"]), self.cfg.runtime)
+        if tuple(runtime.input_shape) != tuple(manifest.input.shape):
+            raise StepFailed(f"model input {runtime.input_shape} differs from manifest {manifest.input.shape}")
+        decode = decoder_for(manifest.decoder, len(manifest.classes))
+        outputs = runtime.warmup()
+        h, w = manifest.input.hw
+        try:
+            decode(outputs, Transform(1.0, 1.0, 0.0, 0.0, w, h))
+        except ValueError as exc:
+            raise StepFailed(f"decoder {manifest.decoder.type}: {exc}") from exc
+        return LoadedModel(manifest, runtime, Preprocessor(manifest.input), decode)
+
+    def warm(self, job: dict[str, Any]) -> None:
+        try:
+            self._candidate = self._load(job)
+        except RuntimeError_ as exc:
+            raise StepFailed(f"load: {exc}") from exc
+
+    def activate_and_watch(self, job: dict[str, Any]) -> None:
+        cand = self._candidate
+        if cand is None:
+            raise StepFailed("no warmed candidate to activate")
+        self._previous = self.loop.swap(cand)
+        deadline = time.monotonic() + float(job.get("health_window_s", 10.0))
+        while time.monotonic() < deadline and not self._stop.is_set():
+            h = cand.health
+            if h.errors:
+                raise StepFailed(f"health: {h.errors} inference error(s): {h.last_error}")
+            if h.nan_outputs:
+                raise StepFailed(f"health: {h.nan_outputs} frame(s) with NaN outputs")
+            time.sleep(0.05)
+
+    def commit(self, job: dict[str, Any]) -> None:
+        if self._previous is not None:
+            self._previous.runtime.close()
+        self._previous, self._candidate = None, None
+
+    def rollback(self, job: dict[str, Any]) -> None:
+        if self._candidate is not None and self.loop.model is self._candidate:
+            self.loop.swap(self._previous)
+        if self._candidate is not None:
+            self._candidate.runtime.close()
+        self._candidate, self._previous = None, None
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _on_state(self, record: Record) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        rec = self.machine.record
+        serving = self.loop.model
+        job = rec.job or {}
+        reason = rec.reason or (self._startup_error if rec.state is not State.ACTIVE else None)
+        slot = SlotReport(
+            model=serving.manifest.model if serving else job.get("model"),
+            version=serving.manifest.version if serving else None,
+            state=UpdateStateName(rec.state.value),
+            target_version=job.get("version"),
+            reason=reason,
+        )
+        msg = ReportedState(device_id=self.cfg.device_id, revision=int(job.get("revision", 0)),
+                            slots={self.SLOT: slot}, capabilities=self.caps)
+        self.transport.publish(self.topics.reported, encode_message(msg), qos=1, retain=True)
+
+    def _telemetry(self) -> None:
+        while not self._stop.wait(self.cfg.telemetry_interval_s):
+            model = self.loop.model
+            last = self.loop.last_result
+            preds = predictions(last.result, model.manifest.classes) if (last and model) else []
+            msg = Telemetry(
+                device_id=self.cfg.device_id,
+                model=model.manifest.model if model else None,
+                version=model.manifest.version if model else None,
+                frames=self.loop.stats.frames,
+                dropped=self.source.dropped,
+                errors=self.loop.stats.errors,
+                source_ok=self.source.connected,
+                last_prediction=preds,
+                **self.loop.stats.snapshot(),
+            )
+            self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)
+
+    def _event_sink(self, fr: FrameResult) -> None:
+        """Publish a detection event when what is seen changes (at most twice a second)."""
+        model = self.loop.model
+        if model is None:
+            return
+        preds = predictions(fr.result, model.manifest.classes)
+        labels = tuple(sorted(p.label for p in preds))
+        now = time.monotonic()
+        last_t, last_labels = self._last_event
+        if labels == last_labels or now - last_t < 0.5:
+            return
+        self._last_event = (now, labels)
+        ev = DetectionEvent(device_id=self.cfg.device_id, model=fr.model, version=fr.version,
+                            frame=fr.frame_index, predictions=preds)
+        self.transport.publish(self.topics.events, encode_message(ev), qos=1)

@@ -1,0 +1,179 @@
+"""OpenCV frame sources: file, USB/V4L2 index or path, RTSP, HTTP MJPEG, GStreamer pipeline.
+
+One capture thread per source keeps only the newest frame: a slow model never builds a backlog, it
+skips frames (counted as `dropped`). A source that fails to open, closes, or stops sending while
+connected (a stall) is reopened with exponential backoff and jitter. `stop()` returns within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    image: np.ndarray
+    index: int  # capture sequence number, increasing
+    t_capture: float  # time.monotonic() when the frame was read
+
+
+def describe_source(spec: str) -> str:
+    """A source string safe to log: credentials in URLs are masked."""
+    if "://" in spec and "@" in spec.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = spec.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return spec
+
+
+class FrameSource:
+    def __init__(
+        self,
+        spec: str,
+        loop_file: bool = True,
+        pace_file: bool = True,
+        stall_timeout_s: float = 5.0,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.is_file = not spec.isdigit() and "://" not in spec and "!" not in spec and not spec.startswith("/dev/")
+        self.loop_file = loop_file
+        self.pace_file = pace_file
+        self.stall_timeout_s = stall_timeout_s
+        self.backoff_max_s = backoff_max_s
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.ended = False
+        self.captured = 0
+        self.dropped = 0  # frames overwritten before anyone took them
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._taken_index = -1
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> FrameSource:
+        self._thread = threading.Thread(target=self._run, name=f"capture:{describe_source(self.spec)}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- consumer side -----------------------------------------------------------------------
+    def latest(self, after: int, timeout: float) -> Frame | None:
+        """The newest frame with index > `after`, waiting up to `timeout` seconds for one."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stop.is_set():
+                f = self._latest
+                if f is not None and f.index > after:
+                    self._taken_index = f.index
+                    return f
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return None
+
+    # -- capture thread ----------------------------------------------------------------------
+    def _open(self) -> cv2.VideoCapture:
+        if self.spec.isdigit():
+            cap = cv2.VideoCapture(int(self.spec))
+        elif "!" in self.spec:
+            cap = cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
+        else:
+            if self.is_file and not Path(self.spec).exists():
+                raise OSError(f"no such file: {self.spec}")
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
+            cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            raise OSError(f"cannot open source {describe_source(self.spec)}")
+        return cap
+
+    def _publish(self, image: np.ndarray) -> None:
+        with self._cond:
+            prev = self._latest
+            if prev is not None and prev.index > self._taken_index:
+                self.dropped += 1
+            self.captured += 1
+            self._latest = Frame(image, self.captured, time.monotonic())
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                cap = self._open()
+            except OSError as exc:
+                self.connected = False
+                if self.last_error != str(exc):
+                    log.warning("source %s: %s; retrying with backoff", describe_source(self.spec), exc)
+                self.last_error = str(exc)
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.backoff_max_s)
+                continue
+            self.connected, self.last_error = True, None
+            backoff = 0.5
+            try:
+                self._read_until_broken(cap)
+            finally:
+                cap.release()
+                self.connected = False
+            if self.ended:
+                return
+            if not self._stop.is_set():
+                self.reconnects += 1
+
+    def _read_until_broken(self, cap: cv2.VideoCapture) -> None:
+        fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
+        period = 1.0 / fps if (self.pace_file and fps and 1.0 <= fps <= 240.0) else 0.0
+        next_t = time.monotonic()
+        last_frame_t = time.monotonic()
+        while not self._stop.is_set():
+            ok, image = cap.read()
+            if not ok or image is None:
+                if self.is_file and self.loop_file and self.captured > 0:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    ok, image = cap.read()
+                if not ok or image is None:
+                    if self.is_file and not self.loop_file:
+                        log.info("source %s: end of file", self.spec)
+                        self.ended = True
+                        return
+                    if time.monotonic() - last_frame_t > self.stall_timeout_s:
+                        self.last_error = f"stalled: no frame for {self.stall_timeout_s:.0f}s"
+                        log.warning("source %s: %s; reconnecting", describe_source(self.spec), self.last_error)
+                        return
+                    if not self.is_file:
+                        self.last_error = "stream closed"
+                        log.warning("source %s: stream closed; reconnecting", describe_source(self.spec))
+                        return
+                    self._stop.wait(0.05)
+                    continue
+            last_frame_t = time.monotonic()
+            self._publish(image)
+            if period:
+                next_t += period
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_t = time.monotonic()

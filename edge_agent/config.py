@@ -1,0 +1,61 @@
+"""Agent configuration: a YAML file and/or command-line flags, validated strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from edge_agent.protocol.topics import valid_device_id
+from edge_agent.runtimes.base import RuntimeOptions
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, or GStreamer pipeline.")
+    loop_file: bool = Field(True, description="Restart a file source at its end.")
+    pace_file: bool = Field(True, description="Play a file source at its native frame rate.")
+    stall_timeout_s: float = Field(5.0, gt=0, description="Reconnect when no frame arrives for this long.")
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(description="This device's id, as enrolled on the server.")
+    server_url: str = Field(description="Fleet server base URL, e.g. http://fleet:8080.")
+    mqtt_url: str = Field(description="Broker URL, e.g. mqtt://fleet:1883 or mqtts://fleet:8883.")
+    token: SecretStr = Field(description="Device credential from `edgeloop devices enroll`.")
+    root_public_key: str = Field(description="The fleet's pinned root public key (base64 ed25519).")
+    source: SourceConfig = Field(description="The camera this agent watches.")
+    data_dir: Path = Field(Path("/var/lib/edgeloop"), description="Models, update and trust state.")
+    telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
+    device_kind: str = Field("cpu", description="cpu, cuda or tensorrt: decides which artifact target to take.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        if not valid_device_id(v):
+            raise ValueError("device_id must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+        return v
+
+    @classmethod
+    def load(cls, path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
+        data: dict[str, Any] = {}
+        if path is not None:
+            loaded = yaml.safe_load(path.read_text("utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping at the top level")
+            data.update(loaded)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "source":
+                src = data.get("source")
+                data["source"] = {**(src if isinstance(src, dict) else {}), "uri": value}
+            else:
+                data[key] = value
+        if isinstance(data.get("source"), str):
+            data["source"] = {"uri": data["source"]}
+        return cls.model_validate(data)

@@ -1,0 +1,77 @@
+"""Frame -> model input, into a buffer allocated once per model.
+
+Resize (stretch or letterbox), colour order, scale to 0-1, mean/std, layout, dtype. The returned
+`Transform` maps model-space boxes back to frame pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge_agent.protocol.manifest import InputSpec
+
+LETTERBOX_FILL = 114
+
+
+@dataclass(frozen=True)
+class Transform:
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    frame_w: int
+    frame_h: int
+
+    def to_frame(self, xyxy: np.ndarray) -> np.ndarray:
+        out = np.empty_like(xyxy)
+        out[:, [0, 2]] = (xyxy[:, [0, 2]] - self.pad_x) / self.scale_x
+        out[:, [1, 3]] = (xyxy[:, [1, 3]] - self.pad_y) / self.scale_y
+        np.clip(out[:, [0, 2]], 0, self.frame_w, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.frame_h, out=out[:, [1, 3]])
+        return out
+
+
+class Preprocessor:
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.h, self.w = spec.hw
+        self._canvas = np.full((self.h, self.w, 3), LETTERBOX_FILL, dtype=np.uint8)
+        # (x/255 - mean)/std == x * a + b, per channel
+        std = np.asarray(spec.std, dtype=np.float32)
+        self._a = (1.0 / (255.0 * std)).astype(np.float32)
+        self._b = (-np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
+        self._hwc = np.empty((self.h, self.w, 3), dtype=np.float32)
+        self.buffer = np.empty(spec.shape, dtype=np.dtype(spec.dtype))
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Transform]:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR frame, got shape {frame.shape} dtype {frame.dtype}")
+        fh, fw = frame.shape[:2]
+        if self.spec.resize == "stretch":
+            cv2.resize(frame, (self.w, self.h), dst=self._canvas, interpolation=cv2.INTER_LINEAR)
+            tf = Transform(self.w / fw, self.h / fh, 0.0, 0.0, fw, fh)
+        else:
+            r = min(self.w / fw, self.h / fh)
+            nw, nh = max(1, round(fw * r)), max(1, round(fh * r))
+            px, py = (self.w - nw) // 2, (self.h - nh) // 2
+            self._canvas[...] = LETTERBOX_FILL
+            cv2.resize(frame, (nw, nh), dst=self._canvas[py : py + nh, px : px + nw],
+                       interpolation=cv2.INTER_LINEAR)
+            tf = Transform(r, r, float(px), float(py), fw, fh)
+        src = self._canvas
+        if self.spec.color == "RGB":
+            src = cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB)
+        if self.spec.dtype == "uint8":
+            target = self.buffer[0] if self.spec.layout == "NHWC" else self.buffer[0].transpose(1, 2, 0)
+            target[...] = src
+            return self.buffer, tf
+        np.multiply(src, self._a, out=self._hwc)
+        np.add(self._hwc, self._b, out=self._hwc)
+        if self.spec.layout == "NCHW":
+            self.buffer[0] = self._hwc.transpose(2, 0, 1)
+        else:
+            self.buffer[0] = self._hwc
+        return self.buffer, tf

@@ -1,0 +1,99 @@
+"""The model manifest: everything an agent needs to run one model version, signed by the server."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Task = Literal["classify", "detect"]
+DecoderType = Literal["classify", "yolov8"]
+Target = Literal["onnx-fp32", "onnx-int8", "onnx-fp16", "tensorrt"]
+
+TASK_DECODERS: dict[str, tuple[str, ...]] = {"classify": ("classify",), "detect": ("yolov8",)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    shape: tuple[int, int, int, int] = Field(description="Model input shape, e.g. (1, 3, 224, 224).")
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="Tensor layout of the model input.")
+    color: Literal["RGB", "BGR"] = Field("RGB", description="Channel order the model expects.")
+    resize: Literal["letterbox", "stretch"] = Field("stretch", description="How frames are fitted.")
+    mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="Per-channel mean, 0-1 scale.")
+    std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="Per-channel std, 0-1 scale.")
+    dtype: Literal["float32", "float16", "uint8"] = Field("float32", description="Input element type.")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if any(d <= 0 for d in v):
+            raise ValueError(f"input shape must be static and positive, got {v}")
+        return v
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        if self.layout == "NCHW":
+            return self.shape[2], self.shape[3]
+        return self.shape[1], self.shape[2]
+
+
+class DecoderSpec(_Strict):
+    type: DecoderType = Field(description="Output decoder: classify (logits/probs) or yolov8 ([1,4+C,N]).")
+    conf_threshold: float = Field(0.25, ge=0.0, le=1.0, description="Minimum score kept.")
+    iou_threshold: float = Field(0.45, ge=0.0, le=1.0, description="NMS IoU threshold (detectors).")
+    max_detections: int = Field(100, ge=1, le=10000, description="Detections kept after NMS.")
+
+
+class ArtifactEntry(_Strict):
+    url: str = Field(description="Download path, relative to the server URL, or absolute URL.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the artifact bytes.")
+    length: int = Field(gt=0, description="Exact artifact size in bytes; agents download no more.")
+    latency_ms: float | None = Field(None, description="Latency measured on the build host, if any.")
+    accuracy: dict[str, float] = Field(default_factory=dict, description="Measured metrics, if any.")
+
+
+class Compatibility(_Strict):
+    min_agent_version: str = Field("0.1.0", description="Oldest agent release that can run this.")
+    runtimes: tuple[str, ...] = Field(("onnxruntime",), description="Runtimes able to load the artifacts.")
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = 1
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Model name.")
+    version: int = Field(ge=1, description="Monotonic version within the model.")
+    task: Task
+    classes: tuple[str, ...] = Field(min_length=1, description="Class names in output order.")
+    input: InputSpec
+    decoder: DecoderSpec
+    artifacts: dict[Target, ArtifactEntry] = Field(min_length=1)
+    compatibility: Compatibility = Field(default_factory=Compatibility)
+    created_at: datetime
+    expires_at: datetime
+    rollback: bool = Field(False, description="Signed permission to install over a newer trusted version.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        allowed = TASK_DECODERS[self.task]
+        if self.decoder.type not in allowed:
+            raise ValueError(f"task {self.task!r} needs decoder {allowed}, got {self.decoder.type!r}")
+        if self.expires_at <= self.created_at:
+            raise ValueError("manifest expires before it was created")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.version}"
+
+    def expired(self, now: datetime | None = None) -> bool:
+        now = now or datetime.now(timezone.utc)
+        return now >= self.expires_at
+
+
+def canonical_json(data: Any) -> bytes:
+    """The bytes that get signed: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

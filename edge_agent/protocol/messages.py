@@ -1,0 +1,152 @@
+"""MQTT message models. Every message carries `schema`; unknown schema versions are rejected.
+
+Payloads are JSON, at most MAX_PAYLOAD_BYTES. `decode_message` is the one place bytes from the wire
+become objects: it raises MessageError with a one-line reason for anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.protocol.signing import SignedManifest
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid message of the expected kind; the text says why in one line."""
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    schema_: Literal[1] = Field(SCHEMA_VERSION, alias="schema", description="Message schema version.")
+    device_id: str = Field(description="Sender or addressee; must match the topic's device id.")
+
+
+class UpdateStateName(str, Enum):
+    """Update states as reported to the server (mirrors edge_agent.update.states.State)."""
+
+    idle = "idle"
+    downloading = "downloading"
+    verifying = "verifying"
+    preparing = "preparing"
+    warming = "warming"
+    active = "active"
+    committed = "committed"
+    rolling_back = "rolling_back"
+    failed = "failed"
+
+
+class Deployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slot: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Camera/model slot.")
+    manifest: SignedManifest = Field(description="Signed manifest of the model version to run.")
+    health_window_s: float = Field(10.0, ge=0, le=3600, description="Seconds a new model must stay healthy.")
+
+
+class DesiredState(_Msg):
+    revision: int = Field(ge=0, description="Server-side revision; increases with every change.")
+    deployments: list[Deployment] = Field(default_factory=list, max_length=16)
+
+
+class SlotReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    version: int | None = Field(None, description="Version currently serving frames.")
+    state: UpdateStateName = UpdateStateName.idle
+    target_version: int | None = Field(None, description="Version being installed, if any.")
+    reason: str | None = Field(None, description="Why the last update failed, if it did.")
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_version: str
+    runtimes: list[str] = Field(default_factory=list)
+    providers: list[str] = Field(default_factory=list)
+    cpu_flags: list[str] = Field(default_factory=list)
+    gpu: str | None = None
+    tensorrt: str | None = None
+    arch: str = ""
+
+
+class ReportedState(_Msg):
+    revision: int = Field(ge=0, description="Desired revision the agent last acted on.")
+    slots: dict[str, SlotReport] = Field(default_factory=dict)
+    capabilities: Capabilities | None = None
+    ts: float = Field(default_factory=time.time)
+
+
+class StatusMessage(_Msg):
+    status: Literal["online", "offline"]
+    ts: float = Field(default_factory=time.time)
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    score: float
+    box: tuple[float, float, float, float] | None = Field(None, description="x1,y1,x2,y2 in frame pixels.")
+
+
+class Telemetry(_Msg):
+    ts: float = Field(default_factory=time.time)
+    slot: str = "default"
+    model: str | None = None
+    version: int | None = None
+    fps: float = 0.0
+    latency_ms_p50: float = 0.0
+    latency_ms_p95: float = 0.0
+    latency_ms_p99: float = 0.0
+    staleness_ms_p50: float = 0.0
+    staleness_ms_p99: float = 0.0
+    frames: int = 0
+    dropped: int = 0
+    errors: int = 0
+    source_ok: bool = True
+    last_prediction: list[Prediction] = Field(default_factory=list, max_length=20)
+
+
+class DetectionEvent(_Msg):
+    ts: float = Field(default_factory=time.time)
+    slot: str = "default"
+    model: str
+    version: int
+    frame: int
+    predictions: list[Prediction] = Field(default_factory=list, max_length=100)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode_message(msg: BaseModel) -> bytes:
+    return msg.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def decode_message(payload: bytes, model: type[M], expect_device: str | None = None) -> M:
+    """Bytes from the wire -> message; MessageError (one line) for anything wrong."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES} byte limit")
+    try:
+        data: Any = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"payload is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MessageError(f"payload is a JSON {type(data).__name__}, expected an object")
+    schema = data.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema version {schema!r}; this build speaks {SCHEMA_VERSION}")
+    try:
+        msg = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise MessageError(f"invalid {model.__name__}: {where}: {first['msg']}") from exc
+    if expect_device is not None and getattr(msg, "device_id", None) != expect_device:
+        raise MessageError(f"device_id {getattr(msg, 'device_id', None)!r} does not match topic {expect_device!r}")
+    return msg

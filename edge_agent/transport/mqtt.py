@@ -1,0 +1,155 @@
+"""MQTT transport on paho-mqtt: persistent session, Last Will, automatic reconnect, resubscribe.
+
+Incoming messages are handed to handlers on paho's network thread; handlers must be quick (the agent
+and server put work on their own queues).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.transport.base import Handler, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MqttUrl:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> MqttUrl:
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url.split('://')[0]!r}")
+        tls = u.scheme in ("mqtts", "ssl")
+        return cls(
+            host=u.hostname or "localhost",
+            port=u.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(u.username) if u.username else None,
+            password=unquote(u.password) if u.password else None,
+        )
+
+    def safe(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttTransport(Transport):
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        will: Will | None = None,
+        on_connect: list[tuple[str, bytes, int, bool]] | None = None,
+        clean_session: bool = False,
+        keepalive: int = 30,
+    ) -> None:
+        self.url = MqttUrl.parse(url)
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
+        user = username or self.url.username
+        if user:
+            self._client.username_pw_set(user, password or self.url.password)
+        if self.url.tls:
+            self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(1000)
+        self._keepalive = keepalive
+        self._subs: dict[str, tuple[Handler, int]] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._birth = list(on_connect or [])
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        self._client.connect_async(self.url.host, self.url.port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        with self._lock:
+            self._subs[topic_filter] = (handler, qos)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("MQTT %s refused the connection: %s", self.url.safe(), reason_code)
+            return
+        log.info("MQTT connected to %s (session present: %s)", self.url.safe(), flags.session_present)
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, (_, qos) in subs:
+            client.subscribe(topic_filter, qos)
+        for topic, payload, qos, retain in self._birth:
+            client.publish(topic, payload, qos=qos, retain=retain)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if self._connected.is_set():
+            log.warning("MQTT disconnected from %s: %s; reconnecting", self.url.safe(), reason_code)
+        self._connected.clear()
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            subs = list(self._subs.items())
+        for topic_filter, (handler, _) in subs:
+            if mqtt.topic_matches_sub(_strip_share(topic_filter), msg.topic):
+                try:
+                    handler(msg.topic, msg.payload)
+                except Exception:
+                    log.exception("handler for %s failed", msg.topic)
+
+
+def _strip_share(topic_filter: str) -> str:
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter

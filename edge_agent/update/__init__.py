@@ -1,0 +1,1 @@
+"""Model update: manifest checks, download, and the update state machine."""

@@ -1,0 +1,93 @@
+"""Artifact download over HTTP(S): resumes with Range (guarded by If-Range/ETag), never reads more than
+the manifest's `length`, and hashes as it writes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 16
+
+
+class DownloadError(Exception):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_url(server_url: str, url: str) -> str:
+    return url if "://" in url else urljoin(server_url.rstrip("/") + "/", url.lstrip("/"))
+
+
+def download(
+    url: str,
+    dest: Path,
+    length: int,
+    etag: str,
+    token: str | None = None,
+    timeout: float = 30.0,
+    client: httpx.Client | None = None,
+) -> Path:
+    """Download into `dest` (via `dest.part`), resuming a previous partial download.
+
+    Raises DownloadError if the server offers or sends more than `length` bytes, or fewer.
+    """
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    if have > length:
+        part.unlink()
+        have = 0
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if 0 < have < length:
+        headers["Range"] = f"bytes={have}-"
+        headers["If-Range"] = f'"{etag}"'
+    own = client is None
+    cli = client or httpx.Client(timeout=timeout, follow_redirects=False)
+    try:
+        if have == length:
+            os.replace(part, dest)
+            return dest
+        with cli.stream("GET", url, headers=headers) as resp:
+            if resp.status_code == 206 and have:
+                mode = "ab"
+            elif resp.status_code == 200:
+                mode, have = "wb", 0
+            else:
+                raise DownloadError(f"GET {url}: HTTP {resp.status_code}")
+            declared = resp.headers.get("content-length")
+            if declared is not None and have + int(declared) > length:
+                raise DownloadError(f"server offers {have + int(declared)} bytes, manifest says {length}")
+            got = have
+            with open(part, mode) as fh:
+                for chunk in resp.iter_bytes(CHUNK):
+                    got += len(chunk)
+                    if got > length:
+                        raise DownloadError(f"artifact is longer than the {length} bytes the manifest allows")
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if got != length:
+            raise DownloadError(f"artifact is {got} bytes, manifest says {length}")
+        os.replace(part, dest)
+        return dest
+    except httpx.HTTPError as exc:
+        raise DownloadError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+    except DownloadError:
+        part.unlink(missing_ok=True)  # never resume from bytes the server should not have sent
+        raise
+    finally:
+        if own:
+            cli.close()
