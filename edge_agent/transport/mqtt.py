@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -64,6 +65,7 @@ class MqttTransport(Transport):
         on_connect: list[tuple[str, bytes, int, bool]] | None = None,
         clean_session: bool = False,
         keepalive: int = 30,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.url = MqttUrl.parse(url)
         self._client = mqtt.Client(
@@ -86,6 +88,7 @@ class MqttTransport(Transport):
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._birth = list(on_connect or [])
+        self._on_connected = on_connected
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -132,6 +135,8 @@ class MqttTransport(Transport):
         for topic, payload, qos, retain in self._birth:
             client.publish(topic, payload, qos=qos, retain=retain)
         self._connected.set()
+        if self._on_connected is not None:
+            threading.Thread(target=self._on_connected, name="mqtt-on-connected", daemon=True).start()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if self._connected.is_set():

@@ -1,0 +1,66 @@
+"""Shared dependencies: DB session, admin and device authentication."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlmodel import Session, select
+
+from fleet_server.keys import same, token_hash
+from fleet_server.models import Device
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "admin" | "device"
+    name: str
+
+
+def require_admin(request: Request, session: SessionDep) -> Principal:
+    token = _bearer(request)
+    if token is None:
+        raise _unauthorized("missing bearer token")
+    if same(token, request.app.state.admin_token):
+        return Principal("admin", "admin")
+    if session.exec(select(Device.id).where(Device.token_hash == token_hash(token))).first() is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "device credentials cannot call admin endpoints")
+    raise _unauthorized("invalid token")
+
+
+def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
+    token = _bearer(request)
+    if token is None:
+        raise _unauthorized("missing bearer token")
+    if same(token, request.app.state.admin_token):
+        return Principal("admin", "admin")
+    device_id = session.exec(select(Device.id).where(Device.token_hash == token_hash(token))).first()
+    if device_id is None:
+        raise _unauthorized("invalid token")
+    return Principal("device", device_id)
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+AnyPrincipalDep = Annotated[Principal, Depends(require_admin_or_device)]

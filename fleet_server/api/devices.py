@@ -1,0 +1,71 @@
+"""Devices: enroll, list, show, and set desired deployment."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, HTTPException, Request, status
+from sqlmodel import select
+
+from edge_agent.protocol.topics import valid_device_id
+from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.deploy import DeployError, deploy_version
+from fleet_server.keys import new_device_token, token_hash
+from fleet_server.models import DeployRequest, Device, DeviceEnrolled, DevicePublic
+
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+
+
+def to_public(d: Device) -> DevicePublic:
+    last = []
+    if d.telemetry_json:
+        try:
+            last = json.loads(d.telemetry_json).get("last_prediction", [])
+        except ValueError:
+            last = []
+    return DevicePublic(
+        id=d.id, online=d.online, last_seen=d.last_seen, model=d.model, version=d.version, state=d.state,
+        target_version=d.target_version, reason=d.reason, fps=d.fps, latency_ms_p95=d.latency_ms_p95,
+        staleness_ms_p99=d.staleness_ms_p99, desired_revision=d.desired_revision,
+        reported_revision=d.reported_revision, last_prediction=last,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DeviceEnrolled)
+def enroll(body: dict, request: Request, session: SessionDep, _: AdminDep) -> DeviceEnrolled:
+    device_id = str(body.get("device_id", ""))
+    if not valid_device_id(device_id):
+        raise HTTPException(422, "device_id must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+    if session.get(Device, device_id) is not None:
+        raise HTTPException(409, f"device {device_id!r} is already enrolled")
+    token = new_device_token()
+    session.add(Device(id=device_id, token_hash=token_hash(token)))
+    session.commit()
+    app = request.app.state
+    app.broker.add_device(device_id, token)
+    return DeviceEnrolled(device_id=device_id, token=token, root_public_key=app.keys.root_public,
+                          server_url=app.settings.base_url, mqtt_url=app.mqtt_public_url)
+
+
+@router.get("", response_model=list[DevicePublic])
+def list_devices(session: SessionDep, _: AdminDep, limit: int = 500, offset: int = 0) -> list[DevicePublic]:
+    rows = session.exec(select(Device).order_by(Device.id).offset(offset).limit(min(limit, 5000))).all()
+    return [to_public(d) for d in rows]
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, session: SessionDep, _: AdminDep) -> DevicePublic:
+    d = session.get(Device, device_id)
+    if d is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    return to_public(d)
+
+
+@router.put("/{device_id}/deployment")
+def deploy(device_id: str, body: DeployRequest, request: Request, session: SessionDep, who: AdminDep) -> dict:
+    try:
+        dep, rollback = deploy_version(session, request.app.state, device_id, body, who.name)
+    except DeployError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    return {"device_id": device_id, "model": body.model, "version": body.version, "revision": dep.revision,
+            "rollback": rollback}

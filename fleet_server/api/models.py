@@ -1,0 +1,106 @@
+"""Models: push a version (raw ONNX body, metadata in the query), list, show."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from sqlmodel import col, select
+
+from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.models import Artifact, ModelVersion, ModelVersionPublic
+from fleet_server.registry import PushError, register_version, validate_onnx
+from fleet_server.storage import TooLarge
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+def _floats3(text: str, what: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise HTTPException(422, f"{what} must be three comma-separated numbers") from None
+    if len(vals) != 3:
+        raise HTTPException(422, f"{what} must be three comma-separated numbers")
+    return vals  # type: ignore[return-value]
+
+
+def to_public(session, mv: ModelVersion) -> ModelVersionPublic:  # type: ignore[no-untyped-def]
+    arts = session.exec(select(Artifact).where(Artifact.version_id == mv.id)).all()
+    return ModelVersionPublic(
+        name=mv.model, version=mv.version, task=mv.task, decoder=mv.decoder, classes=json.loads(mv.classes_json),
+        input_shape=json.loads(mv.input_shape), created_at=mv.created_at,
+        artifacts=[{"target": a.target, "sha256": a.sha256, "length": a.length,
+                    "url": f"/api/v1/artifacts/{a.sha256}"} for a in arts],
+    )
+
+
+@router.post("/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic)
+async def push(
+    name: str,
+    request: Request,
+    session: SessionDep,
+    _: AdminDep,
+    task: str = Query(..., description="classify or detect"),
+    classes: str = Query(..., description="comma-separated class names in output order"),
+    decoder: str | None = Query(None, description="classify | yolov8 (default from task)"),
+    input_size: str | None = Query(None, description="WxH the model must take, e.g. 640x640"),
+    resize: str = Query("stretch", pattern="^(stretch|letterbox)$"),
+    color: str = Query("RGB", pattern="^(RGB|BGR)$"),
+    mean: str = Query("0,0,0"),
+    std: str = Query("1,1,1"),
+) -> ModelVersionPublic:
+    import re
+
+    if not re.match(NAME, name):
+        raise HTTPException(422, "model name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")
+    size = None
+    if input_size:
+        m = re.match(r"^(\d+)x(\d+)$", input_size)
+        if not m:
+            raise HTTPException(422, "input_size must look like 640x640")
+        size = (int(m.group(2)), int(m.group(1)))
+    app = request.app.state
+    limit = app.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"model is {declared} bytes; the limit is {limit}")
+    try:
+        tmp, sha, length = await app.store.receive(request.stream(), limit)
+    except TooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    try:
+        if length == 0:
+            raise PushError("empty upload: send the ONNX file as the request body")
+        class_list = [c.strip() for c in classes.split(",")]
+        spec, dec = validate_onnx(tmp, task, decoder, class_list, size, resize, color,
+                                  _floats3(mean, "mean"), _floats3(std, "std"))
+        mv = register_version(session, app.keys, name, task, class_list, spec, dec, sha, length,
+                              app.settings.manifest_valid_days)
+        app.store.commit(tmp, sha)
+        session.commit()
+    except PushError as exc:
+        session.rollback()
+        raise HTTPException(422, str(exc)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    session.refresh(mv)
+    log.info("registered %s:%d (%d bytes, sha256 %s)", mv.model, mv.version, length, sha[:12])
+    return to_public(session, mv)
+
+
+@router.get("", response_model=list[ModelVersionPublic])
+def list_versions(session: SessionDep, _: AdminDep) -> list[ModelVersionPublic]:
+    rows = session.exec(select(ModelVersion).order_by(ModelVersion.model, col(ModelVersion.version).desc())).all()
+    return [to_public(session, mv) for mv in rows]
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelVersionPublic)
+def show(name: str, version: int, session: SessionDep, _: AdminDep) -> ModelVersionPublic:
+    mv = session.exec(select(ModelVersion).where(ModelVersion.model == name, ModelVersion.version == version)).first()
+    if mv is None:
+        raise HTTPException(404, f"no model version {name}:{version}")
+    return to_public(session, mv)

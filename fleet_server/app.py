@@ -1,0 +1,74 @@
+"""App factory. `create_app(settings)` builds everything; the lifespan starts and stops it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from fastapi import FastAPI
+
+from fleet_server.api import artifacts, devices, models
+from fleet_server.broker import choose_broker
+from fleet_server.bridge import MqttBridge
+from fleet_server.db import make_engine, migrate
+from fleet_server.keys import ensure_admin_token, ensure_keys
+from fleet_server.settings import Settings
+from fleet_server.storage import LocalStore
+
+log = logging.getLogger(__name__)
+
+
+
+def build_state(settings: Settings) -> dict[str, Any]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    keys = ensure_keys(settings.data_dir)
+    given = settings.admin_token.get_secret_value() if settings.admin_token else None
+    token, token_path = ensure_admin_token(settings.data_dir, given)
+    public_host = urlparse(settings.base_url).hostname or "127.0.0.1"
+    bind = "127.0.0.1" if settings.host in ("127.0.0.1", "localhost") else settings.host
+    broker = choose_broker(settings.mqtt_url, settings.mqtt_public_url, settings.mqtt_shared, settings.data_dir,
+                           bind, settings.mqtt_port, public_host)
+    return {
+        "settings": settings, "engine": engine, "keys": keys, "admin_token": token, "admin_token_path": token_path,
+        "store": LocalStore(settings.data_dir / "artifacts"), "broker": broker,
+    }
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings)
+        for k, v in state.items():
+            setattr(app.state, k, v)
+        broker = state["broker"]
+        broker.start()
+        app.state.mqtt_public_url = broker.public_url
+        bridge = MqttBridge(state["engine"], broker.url, shared=broker.supports_shared)
+        app.state.bridge = bridge
+        bridge.start()
+        if not bridge.wait_connected(10):
+            log.warning("MQTT broker not reachable yet; desired state is published once it is")
+        log.info("edgeloop server ready: api %s, mqtt %s", settings.base_url, broker.public_url)
+        try:
+            yield
+        finally:
+            bridge.stop()
+            broker.stop()
+            state["engine"].dispose()
+
+    app = FastAPI(title="edgeloop fleet server", version="0.1.0", lifespan=lifespan)
+    app.include_router(devices.router)
+    app.include_router(models.router)
+    app.include_router(artifacts.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        bridge = getattr(app.state, "bridge", None)
+        return {"ok": True, "mqtt_connected": bool(bridge and bridge.transport.connected)}
+
+    return app

@@ -1,0 +1,135 @@
+"""MQTT bridge: publishes retained desired state; consumes reported / status / telemetry.
+
+Device traffic is consumed through `$share/edgeloop/...` so several server replicas split it. The
+paho network thread only enqueues; one worker thread applies messages to the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from edge_agent.protocol.messages import (
+    MessageError,
+    ReportedState,
+    StatusMessage,
+    Telemetry,
+    decode_message,
+    encode_message,
+)
+from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_topic
+from edge_agent.transport.mqtt import MqttTransport
+from fleet_server.deploy import desired_message
+from fleet_server.models import Deployment, Device
+
+log = logging.getLogger(__name__)
+_MODELS = {"reported": ReportedState, "status": StatusMessage, "telemetry": Telemetry}
+
+
+class MqttBridge:
+    def __init__(self, engine: Engine, url: str, shared: bool, queue_size: int = 10000) -> None:
+        self.engine = engine
+        self.shared = shared
+        self.transport = MqttTransport(url, client_id=f"edgeloop-server-{uuid.uuid4().hex[:8]}",
+                                       clean_session=True, on_connected=self.republish_all)
+        self._q: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.rejected = 0
+        self.overflow = 0
+        self.applied = 0
+
+    def start(self) -> None:
+        for kind in _MODELS:
+            self.transport.subscribe(fleet_filter(kind, shared=self.shared), self._on_message, qos=1)
+        self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
+        self._worker.start()
+        self.transport.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.transport.stop()
+        if self._worker:
+            self._worker.join(2)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.transport.wait_connected(timeout)
+
+    # -- desired state -----------------------------------------------------------------------
+    def publish_desired(self, session: Session, device_id: str) -> None:
+        msg = desired_message(session, device_id)
+        if msg is None:
+            return
+        self.transport.publish(DeviceTopics(device_id).desired, encode_message(msg), qos=1, retain=True)
+
+    def republish_all(self) -> None:
+        """On (re)connect: the database is the source of truth for every retained desired state."""
+        with Session(self.engine) as session:
+            ids = sorted(set(session.exec(select(Deployment.device_id)).all()))
+            for device_id in ids:
+                self.publish_desired(session, device_id)
+        log.info("re-published desired state for %d device(s)", len(ids))
+
+    # -- device traffic ----------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = parse_device_topic(topic)
+        if parsed is None:
+            return
+        try:
+            self._q.put_nowait((parsed[0], parsed[1], payload))
+        except queue.Full:
+            self.overflow += 1
+            if self.overflow % 1000 == 1:
+                log.warning("bridge queue full: dropped %d device message(s) so far", self.overflow)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                device_id, kind, payload = self._q.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            try:
+                msg = decode_message(payload, _MODELS[kind], expect_device=device_id)
+            except MessageError as exc:
+                self.rejected += 1
+                log.warning("ignored %s from %s: %s", kind, device_id, exc)
+                continue
+            try:
+                self._apply(device_id, kind, msg)
+                self.applied += 1
+            except Exception:
+                log.exception("could not store %s from %s", kind, device_id)
+
+    def _apply(self, device_id: str, kind: str, msg: object) -> None:
+        now = datetime.now(timezone.utc)
+        with Session(self.engine) as session:
+            device = session.get(Device, device_id)
+            if device is None:
+                log.warning("ignored %s from unenrolled device %s", kind, device_id)
+                return
+            device.last_seen = now
+            if isinstance(msg, StatusMessage):
+                device.online = msg.status == "online"
+            elif isinstance(msg, ReportedState):  # retained: may be old, so it says nothing about online
+                slot = msg.slots.get("default")
+                if slot is not None:
+                    device.model, device.version = slot.model, slot.version
+                    device.state, device.reason = slot.state.value, slot.reason
+                    device.target_version = slot.target_version
+                device.reported_revision = msg.revision
+                if msg.capabilities is not None:
+                    device.capabilities_json = msg.capabilities.model_dump_json()
+            elif isinstance(msg, Telemetry):
+                device.online = True
+                device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
+                device.staleness_ms_p99 = msg.staleness_ms_p99
+                device.telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
+            session.add(device)
+            session.commit()

@@ -1,0 +1,223 @@
+"""The MQTT broker the server talks through: configured, or one it runs itself.
+
+- `ExternalBroker`: `--mqtt-url` given; per-device ACLs are the broker operator's job (see README).
+- `MosquittoBroker`: mosquitto installed; the server writes its config with per-device credentials and
+  an ACL that lets each device reach only `edgeloop/v1/devices/<its id>/...`; enrolling a device adds
+  its credential and reloads the broker (SIGHUP).
+- `EmbeddedBroker`: neither; an in-process amqtt broker for trying edgeloop out (no per-device ACLs).
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from edge_agent.fsutil import atomic_write_bytes
+from edge_agent.protocol.topics import TOPIC_PREFIX
+
+log = logging.getLogger(__name__)
+SERVER_USER = "edgeloop-server"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def mosquitto_hash(password: str, iterations: int = 101) -> str:
+    """Mosquitto 2 password-file hash ($7$: PBKDF2-SHA512, 12-byte salt)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+class Broker:
+    url: str  # how the server connects (may carry credentials)
+    public_url: str  # what devices are told
+    supports_shared: bool = True
+    per_device_auth: bool = False
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def add_device(self, device_id: str, token: str) -> None: ...
+
+
+class ExternalBroker(Broker):
+    def __init__(self, url: str, public_url: str | None, shared: bool) -> None:
+        self.url = url
+        self.public_url = public_url or _strip_credentials(url)
+        self.supports_shared = shared
+
+
+class MosquittoBroker(Broker):
+    per_device_auth = True
+
+    def __init__(self, data_dir: Path, host: str, port: int, public_host: str) -> None:
+        self.dir = data_dir / "broker"
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        pw_path = self.dir / "server_password"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not pw_path.exists():
+            atomic_write_bytes(pw_path, secrets.token_urlsafe(24).encode(), mode=0o600)
+        self._server_password = pw_path.read_text().strip()
+        self.url = f"mqtt://{SERVER_USER}:{self._server_password}@{host}:{self.port}"
+        self.public_url = f"mqtt://{public_host}:{self.port}"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("mosquitto") is not None
+
+    def _write_config(self) -> Path:
+        passwd = self.dir / "passwd"
+        if not passwd.exists():
+            atomic_write_bytes(passwd, b"", mode=0o600)
+        lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(SERVER_USER + ":")]
+        lines.insert(0, f"{SERVER_USER}:{mosquitto_hash(self._server_password)}")
+        atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
+        acl = "\n".join([
+            f"user {SERVER_USER}",
+            "topic readwrite edgeloop/#",
+            "",
+            "# every other user is a device: its own topics only",
+            f"pattern read {TOPIC_PREFIX}/%u/desired",
+            *(f"pattern write {TOPIC_PREFIX}/%u/{k}" for k in ("reported", "status", "telemetry", "events")),
+            "",
+        ])
+        atomic_write_bytes(self.dir / "acl", acl.encode(), mode=0o600)
+        (self.dir / "data").mkdir(exist_ok=True)
+        conf = "\n".join([
+            f"listener {self.port} {self.host}",
+            "allow_anonymous false",
+            f"password_file {passwd}",
+            f"acl_file {self.dir / 'acl'}",
+            "persistence true",
+            f"persistence_location {self.dir / 'data'}/",
+            f"log_dest file {self.dir / 'mosquitto.log'}",
+            "max_packet_size 1048576",
+            f"user {getpass.getuser()}",
+            "",
+        ])
+        path = self.dir / "mosquitto.conf"
+        atomic_write_bytes(path, conf.encode(), mode=0o600)
+        return path
+
+    def start(self) -> None:
+        conf = self._write_config()
+        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE)
+        if not wait_port(self.host, self.port, 10.0):
+            err = b""
+            if self._proc.poll() is not None and self._proc.stderr:
+                err = self._proc.stderr.read()
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start on {self.host}:{self.port}: "
+                               f"{err.decode(errors='replace').strip() or 'see ' + str(self.dir / 'mosquitto.log')}")
+        log.info("mosquitto running on %s:%d (config %s)", self.host, self.port, conf)
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+
+    def add_device(self, device_id: str, token: str) -> None:
+        with self._lock:
+            passwd = self.dir / "passwd"
+            lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(device_id + ":")]
+            lines.append(f"{device_id}:{mosquitto_hash(token)}")
+            atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
+            if self._proc and self._proc.poll() is None:
+                os.kill(self._proc.pid, signal.SIGHUP)
+
+
+class EmbeddedBroker(Broker):
+    supports_shared = False
+
+    def __init__(self, host: str, port: int, public_host: str) -> None:
+        self.host, self.port = host, port or free_port(host)
+        self.url = f"mqtt://{host}:{self.port}"
+        self.public_url = f"mqtt://{public_host}:{self.port}"
+        self._thread: threading.Thread | None = None
+        self._loop = None
+        self._broker = None
+
+    def start(self) -> None:
+        import asyncio
+
+        from amqtt.broker import Broker as AmqttBroker
+
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            cfg = {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}}
+            self._broker = AmqttBroker(cfg, loop=loop)
+            loop.run_until_complete(self._broker.start())
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
+        self._thread.start()
+        if not ready.wait(10) or not wait_port(self.host, self.port, 5):
+            raise RuntimeError(f"embedded broker did not start on {self.host}:{self.port}")
+        log.warning("embedded MQTT broker on %s:%d: no per-device ACLs; use Mosquitto in production",
+                    self.host, self.port)
+
+    def stop(self) -> None:
+        import asyncio
+
+        if self._loop is not None and self._broker is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+            try:
+                fut.result(5)
+            except Exception:
+                log.debug("embedded broker shutdown raised", exc_info=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _strip_credentials(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rsplit('@', 1)[-1]}{slash}{path}"
+
+
+def choose_broker(mqtt_url: str | None, public_url: str | None, shared: bool, data_dir: Path, bind_host: str,
+                  port: int, public_host: str) -> Broker:
+    if mqtt_url:
+        return ExternalBroker(mqtt_url, public_url, shared)
+    if MosquittoBroker.available():
+        return MosquittoBroker(data_dir, bind_host, port, public_host)
+    return EmbeddedBroker(bind_host, port, public_host)

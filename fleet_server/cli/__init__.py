@@ -1,0 +1,1 @@
+"""`edgeloop`: the fleet server and the admin command line."""

@@ -1,0 +1,213 @@
+"""`edgeloop` command line: run the server; push models, enroll devices, deploy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet_server.cli.client import AdminClient, CliError
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+# -- server ---------------------------------------------------------------------------------------
+def cmd_server(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from fleet_server.app import create_app
+    from fleet_server.keys import ensure_admin_token, ensure_keys
+    from fleet_server.settings import Settings
+
+    overrides = {k: v for k, v in {
+        "data_dir": args.data_dir, "host": args.host, "port": args.port, "mqtt_url": args.mqtt_url,
+        "admin_token": args.admin_token, "database_url": args.database_url, "mqtt_port": args.mqtt_port,
+        "public_url": args.public_url,
+    }.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"edgeloop server: bad settings: {exc}", file=sys.stderr)
+        return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = ensure_keys(settings.data_dir)
+    given = settings.admin_token.get_secret_value() if settings.admin_token else None
+    _, token_path = ensure_admin_token(settings.data_dir, given)
+    print(f"edgeloop server: API {settings.base_url}", flush=True)
+    print(f"  admin token: {'given by flag/env' if given else token_path}", flush=True)
+    print(f"  signing keys: {keys.key_dir} (root public key in root.pub; move root.key offline)", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
+                access_log=False)
+    return 0
+
+
+# -- models ---------------------------------------------------------------------------------------
+def cmd_models_push(args: argparse.Namespace) -> int:
+    path: Path = args.model
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    params = {"task": args.task, "classes": args.classes, "resize": args.resize, "color": args.color,
+              "mean": args.mean, "std": args.std}
+    if args.decoder:
+        params["decoder"] = args.decoder
+    if args.input_size:
+        params["input_size"] = args.input_size
+    client = AdminClient(args.server_url, args.token)
+    with open(path, "rb") as fh:
+        data = client.request("POST", f"/api/v1/models/{args.name}/versions", params=params, content=fh,
+                              headers={"Content-Type": "application/octet-stream"})
+    _out(args, data, f"{data['name']}:{data['version']}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    rows = AdminClient(args.server_url, args.token).request("GET", "/api/v1/models")
+    lines = [f"{'MODEL:VERSION':<28} {'TASK':<9} {'INPUT':<16} CLASSES"]
+    lines += [f"{r['name'] + ':' + str(r['version']):<28} {r['task']:<9} {'x'.join(map(str, r['input_shape'])):<16} "
+              f"{','.join(r['classes'])}" for r in rows]
+    _out(args, rows, "\n".join(lines))
+    return 0
+
+
+def _ref(text: str) -> tuple[str, int]:
+    name, _, version = text.rpartition(":")
+    if not name or not version.isdigit():
+        raise CliError(f"expected NAME:VERSION, got {text!r}")
+    return name, int(version)
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    name, version = _ref(args.ref)
+    r = AdminClient(args.server_url, args.token).request("GET", f"/api/v1/models/{name}/versions/{version}")
+    lines = [f"{r['name']}:{r['version']}  task={r['task']} decoder={r['decoder']} input={r['input_shape']}",
+             f"classes: {', '.join(r['classes'])}", f"{'TARGET':<12} {'BYTES':>10}  SHA256"]
+    lines += [f"{a['target']:<12} {a['length']:>10}  {a['sha256']}" for a in r["artifacts"]]
+    _out(args, r, "\n".join(lines))
+    return 0
+
+
+# -- devices --------------------------------------------------------------------------------------
+def cmd_devices_enroll(args: argparse.Namespace) -> int:
+    r = AdminClient(args.server_url, args.token).request("POST", "/api/v1/devices", json={"device_id": args.device_id})
+    text = "\n".join([
+        "# agent.yaml for this device (the token is shown once; keep it secret)",
+        f"device_id: {r['device_id']}", f"server_url: {r['server_url']}", f"mqtt_url: {r['mqtt_url']}",
+        f"token: {r['token']}", f"root_public_key: {r['root_public_key']}",
+        "source: {uri: '0'}", "data_dir: /var/lib/edgeloop",
+    ])
+    _out(args, r, text)
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    rows = AdminClient(args.server_url, args.token).request("GET", "/api/v1/devices")
+    lines = [f"{'DEVICE':<20} {'ONLINE':<7} {'MODEL':<16} {'VER':>4} {'STATE':<12} {'FPS':>6} {'P95 MS':>7}  LAST SEEN"]
+    for d in rows:
+        fps = f"{d['fps']:.1f}" if d["fps"] is not None else "-"
+        p95 = f"{d['latency_ms_p95']:.1f}" if d["latency_ms_p95"] is not None else "-"
+        lines.append(f"{d['id']:<20} {'yes' if d['online'] else 'no':<7} {d['model'] or '-':<16} "
+                     f"{d['version'] if d['version'] is not None else '-':>4} {d['state'] or '-':<12} {fps:>6} "
+                     f"{p95:>7}  {d['last_seen'] or '-'}")
+        if d.get("reason") and d.get("state") == "failed":
+            lines.append(f"{'':<20} reason: {d['reason']}")
+    _out(args, rows, "\n".join(lines))
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    name, version = _ref(args.ref)
+    body: dict[str, Any] = {"model": name, "version": version, "slot": args.slot}
+    if args.health_window is not None:
+        body["health_window_s"] = args.health_window
+    r = AdminClient(args.server_url, args.token).request("PUT", f"/api/v1/devices/{args.device}/deployment", json=body)
+    note = " (signed rollback)" if r.get("rollback") else ""
+    _out(args, r, f"{args.device}: desired {name}:{version}{note}, revision {r['revision']}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _admin_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-url", help="fleet server URL (env EDGELOOP_SERVER_URL; default http://127.0.0.1:8080)")
+    p.add_argument("--token", help="admin token (env EDGELOOP_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeloop", description="edgeloop fleet server and admin CLI.")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("server", help="run the fleet server", description=(
+        "Run the fleet server. Every flag has an EDGELOOP_* environment equivalent (e.g. EDGELOOP_ADMIN_TOKEN)."))
+    s.add_argument("--data-dir", type=Path, help="database, artifacts, keys (env EDGELOOP_DATA_DIR)")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="HTTP port (default 8080)")
+    s.add_argument("--public-url", help="URL devices use to reach the API (default from host/port)")
+    s.add_argument("--mqtt-url", help="external broker URL; unset: run Mosquitto (or an embedded broker)")
+    s.add_argument("--mqtt-port", type=int, help="port of the broker the server runs itself (0 = any free port)")
+    s.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default SQLite)")
+    s.add_argument("--admin-token", help="admin token (default: generated into DATA_DIR/admin_token)")
+    s.set_defaults(func=cmd_server)
+
+    m = sub.add_parser("models", help="model versions").add_subparsers(dest="sub", required=True)
+    mp = m.add_parser("push", help="register an ONNX model as a new signed version")
+    mp.add_argument("model", type=Path, help="MODEL.onnx")
+    mp.add_argument("--name", required=True, help="model name (a-z 0-9 _ . -)")
+    mp.add_argument("--task", required=True, choices=["classify", "detect"])
+    mp.add_argument("--classes", required=True, help="comma-separated class names in output order")
+    mp.add_argument("--decoder", choices=["classify", "yolov8"], help="output decoder (default from task)")
+    mp.add_argument("--input-size", help="WxH the model must take, e.g. 640x640 (checked against the file)")
+    mp.add_argument("--resize", default="stretch", choices=["stretch", "letterbox"], help="how frames are fitted")
+    mp.add_argument("--color", default="RGB", choices=["RGB", "BGR"], help="channel order the model expects")
+    mp.add_argument("--mean", default="0,0,0", help="per-channel mean on the 0-1 scale")
+    mp.add_argument("--std", default="1,1,1", help="per-channel std on the 0-1 scale")
+    _admin_flags(mp)
+    mp.set_defaults(func=cmd_models_push)
+    ml = m.add_parser("list", help="list model versions")
+    _admin_flags(ml)
+    ml.set_defaults(func=cmd_models_list)
+    ms = m.add_parser("show", help="one version and its artifacts")
+    ms.add_argument("ref", help="NAME:VERSION")
+    _admin_flags(ms)
+    ms.set_defaults(func=cmd_models_show)
+
+    d = sub.add_parser("devices", help="devices").add_subparsers(dest="sub", required=True)
+    de = d.add_parser("enroll", help="create a device credential (printed once, as agent.yaml)")
+    de.add_argument("device_id")
+    _admin_flags(de)
+    de.set_defaults(func=cmd_devices_enroll)
+    dl = d.add_parser("list", help="devices with state, version, fps, last seen")
+    _admin_flags(dl)
+    dl.set_defaults(func=cmd_devices_list)
+
+    dp = sub.add_parser("deploy", help="set a device's desired model version")
+    dp.add_argument("ref", help="NAME:VERSION")
+    dp.add_argument("--device", required=True, help="device id")
+    dp.add_argument("--slot", default="default", help="model slot on the device")
+    dp.add_argument("--health-window", type=float, help="seconds the new model must stay healthy (default 10)")
+    _admin_flags(dp)
+    dp.set_defaults(func=cmd_deploy)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"edgeloop: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Database tables (SQLModel) and the public shapes the API returns."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- devices -------------------------------------------------------------------------------------
+class DeviceBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=64)
+
+
+class Device(DeviceBase, table=True):
+    token_hash: str = Field(max_length=64, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    online: bool = False
+    last_seen: datetime | None = None
+    desired_revision: int = 0
+    # reported state, default slot
+    model: str | None = Field(default=None, max_length=64)
+    version: int | None = None
+    state: str | None = Field(default=None, max_length=32)
+    target_version: int | None = None
+    reason: str | None = None
+    reported_revision: int | None = None
+    capabilities_json: str | None = None
+    # latest telemetry
+    fps: float | None = None
+    latency_ms_p95: float | None = None
+    staleness_ms_p99: float | None = None
+    telemetry_json: str | None = None
+
+
+class DevicePublic(DeviceBase):
+    online: bool
+    last_seen: datetime | None
+    model: str | None
+    version: int | None
+    state: str | None
+    target_version: int | None
+    reason: str | None
+    fps: float | None
+    latency_ms_p95: float | None
+    staleness_ms_p99: float | None
+    desired_revision: int
+    reported_revision: int | None
+    last_prediction: list[dict] = []
+
+
+class DeviceEnrolled(SQLModel):
+    device_id: str
+    token: str
+    root_public_key: str
+    server_url: str
+    mqtt_url: str
+
+
+# -- models, versions, artifacts -----------------------------------------------------------------
+class Model(SQLModel, table=True):
+    name: str = Field(primary_key=True, max_length=64)
+    task: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("model", "version", name="uq_model_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(foreign_key="model.name", max_length=64, index=True)
+    version: int
+    task: str = Field(max_length=16)
+    decoder: str = Field(max_length=16)
+    classes_json: str
+    input_shape: str = Field(max_length=64)
+    signed_manifest: str  # SignedManifest JSON as published
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Artifact(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("version_id", "target", name="uq_artifact_target"),)
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="modelversion.id", index=True)
+    target: str = Field(max_length=16)
+    sha256: str = Field(max_length=64, index=True)
+    length: int
+
+
+class ModelVersionPublic(SQLModel):
+    name: str
+    version: int
+    task: str
+    decoder: str
+    classes: list[str]
+    input_shape: list[int]
+    created_at: datetime
+    artifacts: list[dict]
+
+
+# -- deployments ---------------------------------------------------------------------------------
+class Deployment(SQLModel, table=True):
+    """Desired state history: the newest row per (device, slot) is what the device should run."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="device.id", index=True, max_length=64)
+    slot: str = Field(default="default", max_length=32)
+    version_id: int = Field(foreign_key="modelversion.id")
+    revision: int
+    signed_manifest: str  # may differ from the version's (a signed rollback)
+    health_window_s: float = 10.0
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = Field(default="admin", max_length=64)
+
+
+class DeployRequest(SQLModel):
+    model: str
+    version: int
+    slot: str = "default"
+    health_window_s: float | None = None

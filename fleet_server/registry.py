@@ -1,0 +1,133 @@
+"""Model registry: validate an uploaded ONNX model, register a version, sign its manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from edge_agent.decoders.base import decoder_for
+from edge_agent.preprocess import Transform
+from edge_agent.protocol.manifest import (
+    TASK_DECODERS,
+    ArtifactEntry,
+    DecoderSpec,
+    InputSpec,
+    Manifest,
+)
+from edge_agent.protocol.signing import sign_manifest
+from edge_agent.runtimes import RuntimeError_, RuntimeOptions, create_runtime
+from fleet_server.keys import KeyRing
+from fleet_server.models import Artifact, Model, ModelVersion, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class PushError(ValueError):
+    """The upload cannot become a model version; str() says what to fix."""
+
+
+def validate_onnx(
+    path: Path,
+    task: str,
+    decoder: str | None,
+    classes: list[str],
+    input_size: tuple[int, int] | None,
+    resize: str,
+    color: str,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> tuple[InputSpec, DecoderSpec]:
+    if task not in TASK_DECODERS:
+        raise PushError(f"task must be one of {sorted(TASK_DECODERS)}, got {task!r}")
+    decoder = decoder or TASK_DECODERS[task][0]
+    if decoder not in TASK_DECODERS[task]:
+        raise PushError(f"task {task!r} needs decoder {' or '.join(TASK_DECODERS[task])}, got {decoder!r}")
+    if not classes or any(not c.strip() for c in classes):
+        raise PushError("--classes must list at least one non-empty class name")
+    if len(set(classes)) != len(classes):
+        raise PushError("--classes has duplicate names")
+    head = path.read_bytes()[:64]
+    if not head or head[:1] != b"\x08":  # ONNX ModelProto starts with field 1 (ir_version), varint
+        raise PushError("the file is not an ONNX model (no ModelProto header)")
+    try:
+        import onnx
+
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise PushError(f"the file is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from exc
+    try:
+        rt = create_runtime("onnxruntime", path, RuntimeOptions(intra_threads=1))
+    except RuntimeError_ as exc:
+        raise PushError(str(exc)) from exc
+    shape = tuple(rt.input_shape)
+    if len(shape) != 4 or shape[0] != 1:
+        raise PushError(f"model input must be (1, 3, H, W) or (1, H, W, 3), got {shape}")
+    layout = "NCHW" if shape[1] == 3 else "NHWC" if shape[3] == 3 else None
+    if layout is None:
+        raise PushError(f"model input {shape} has no 3-channel axis")
+    spec = InputSpec(shape=shape, layout=layout, color=color, resize=resize, mean=mean, std=std,  # type: ignore[arg-type]
+                     dtype=str(rt.input_dtype))  # type: ignore[arg-type]
+    if input_size is not None and spec.hw != input_size:
+        raise PushError(f"--input-size {input_size[1]}x{input_size[0]} differs from the model's input {spec.hw[1]}x{spec.hw[0]}")
+    dec = DecoderSpec(type=decoder)  # type: ignore[arg-type]
+    outputs = rt.run(np.zeros(shape, dtype=rt.input_dtype))
+    h, w = spec.hw
+    try:
+        decoder_for(dec, len(classes))(outputs, Transform(1.0, 1.0, 0.0, 0.0, w, h))
+    except ValueError as exc:
+        raise PushError(f"output does not fit decoder {decoder!r} with {len(classes)} classes: {exc}") from exc
+    rt.close()
+    return spec, dec
+
+
+def register_version(
+    session: Session,
+    keys: KeyRing,
+    name: str,
+    task: str,
+    classes: list[str],
+    spec: InputSpec,
+    dec: DecoderSpec,
+    sha256: str,
+    length: int,
+    valid_days: int,
+) -> ModelVersion:
+    existing = session.get(Model, name)
+    if existing is None:
+        session.add(Model(name=name, task=task))
+    elif existing.task != task:
+        raise PushError(f"model {name!r} is a {existing.task} model; cannot add a {task} version")
+    latest = session.exec(select(func.max(ModelVersion.version)).where(ModelVersion.model == name)).one()
+    version = int(latest or 0) + 1
+    now = utcnow().replace(microsecond=0)
+    manifest = Manifest(
+        model=name, version=version, task=task, classes=tuple(classes), input=spec, decoder=dec,  # type: ignore[arg-type]
+        artifacts={"onnx-fp32": ArtifactEntry(url=f"/api/v1/artifacts/{sha256}", sha256=sha256, length=length)},
+        created_at=now, expires_at=now + timedelta(days=valid_days),
+    )
+    signed = sign_manifest(manifest, keys.release, keys.cert)
+    mv = ModelVersion(
+        model=name, version=version, task=task, decoder=dec.type, classes_json=json.dumps(classes),
+        input_shape=json.dumps(list(spec.shape)), signed_manifest=signed.model_dump_json(),
+    )
+    session.add(mv)
+    session.flush()
+    session.add(Artifact(version_id=int(mv.id or 0), target="onnx-fp32", sha256=sha256, length=length))
+    return mv
+
+
+def rollback_manifest(mv: ModelVersion, keys: KeyRing, valid: timedelta = timedelta(days=7)) -> str:
+    """A freshly signed copy of an older version's manifest that agents may install over a newer one."""
+    from edge_agent.protocol.signing import SignedManifest
+
+    old = SignedManifest.model_validate_json(mv.signed_manifest).unverified_manifest()
+    now = utcnow().replace(microsecond=0)
+    m = old.model_copy(update={"rollback": True, "created_at": now, "expires_at": now + valid})
+    return sign_manifest(Manifest.model_validate(m.model_dump()), keys.release, keys.cert).model_dump_json()

@@ -1,0 +1,52 @@
+"""Server settings from flags, environment (`EDGELOOP_*`) and defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="forbid")
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses generated secrets and an embedded broker."
+    )
+    data_dir: Path = Field(Path("./edgeloop-data"), description="Database, artifacts, keys, admin token.")
+    host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port.")
+    public_url: str | None = Field(None, description="URL devices use to reach this server (default: from host/port).")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    mqtt_url: str | None = Field(
+        None, description="External broker URL (mqtt://user:pass@host:port). Unset: run one (Mosquitto or embedded)."
+    )
+    mqtt_public_url: str | None = Field(None, description="Broker URL as devices see it (default: mqtt_url).")
+    mqtt_port: int = Field(1883, ge=0, le=65535, description="Port of the broker the server runs itself (0 = free port).")
+    mqtt_shared: bool = Field(True, description="Consume device topics through $share subscriptions.")
+    admin_token: SecretStr | None = Field(None, description="Admin API token; generated into data_dir if unset.")
+    health_window_s: float = Field(10.0, ge=0, description="Default health window for new deployments.")
+    manifest_valid_days: int = Field(365, ge=1, description="Manifests expire this many days after signing.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.environment == "production":
+            if self.admin_token is None or len(self.admin_token.get_secret_value()) < 24:
+                raise ValueError("production needs EDGELOOP_ADMIN_TOKEN of at least 24 characters")
+            if self.mqtt_url is None:
+                raise ValueError("production needs EDGELOOP_MQTT_URL (a managed broker), not an embedded one")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'edgeloop.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"

@@ -1,0 +1,1 @@
+"""Small models built directly as ONNX graphs (no torch): demos, tests, benchmarks."""
