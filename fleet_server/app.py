@@ -32,7 +32,7 @@ def build_state(settings: Settings) -> dict[str, Any]:
     public_host = urlparse(settings.base_url).hostname or "127.0.0.1"
     bind = "127.0.0.1" if settings.host in ("127.0.0.1", "localhost") else settings.host
     broker = choose_broker(settings.mqtt_url, settings.mqtt_public_url, settings.mqtt_shared, settings.data_dir,
-                           bind, settings.mqtt_port, public_host)
+                           bind, settings.mqtt_port, public_host, settings.mqtt_broker)
     return {
         "settings": settings, "engine": engine, "keys": keys, "admin_token": token, "admin_token_path": token_path,
         "store": LocalStore(settings.data_dir / "artifacts"), "broker": broker,

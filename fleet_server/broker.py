@@ -191,7 +191,7 @@ class EmbeddedBroker(Broker):
 
         self._thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
         self._thread.start()
-        if not ready.wait(10) or not wait_port(self.host, self.port, 5):
+        if not ready.wait(10):
             raise RuntimeError(f"embedded broker did not start on {self.host}:{self.port}")
         log.warning("embedded MQTT broker on %s:%d: no per-device ACLs; use Mosquitto in production",
                     self.host, self.port)
@@ -215,9 +215,11 @@ def _strip_credentials(url: str) -> str:
 
 
 def choose_broker(mqtt_url: str | None, public_url: str | None, shared: bool, data_dir: Path, bind_host: str,
-                  port: int, public_host: str) -> Broker:
+                  port: int, public_host: str, kind: str = "auto") -> Broker:
     if mqtt_url:
         return ExternalBroker(mqtt_url, public_url, shared)
-    if MosquittoBroker.available():
+    if kind == "mosquitto" and not MosquittoBroker.available():
+        raise RuntimeError("mqtt_broker=mosquitto but no mosquitto binary is on PATH (apt-get install mosquitto)")
+    if kind != "embedded" and MosquittoBroker.available():
         return MosquittoBroker(data_dir, bind_host, port, public_host)
     return EmbeddedBroker(bind_host, port, public_host)

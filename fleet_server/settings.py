@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     )
     mqtt_public_url: str | None = Field(None, description="Broker URL as devices see it (default: mqtt_url).")
     mqtt_port: int = Field(1883, ge=0, le=65535, description="Port of the broker the server runs itself (0 = free port).")
+    mqtt_broker: Literal["auto", "mosquitto", "embedded"] = Field(
+        "auto", description="Without mqtt_url: run Mosquitto if installed (auto), or force one kind."
+    )
     mqtt_shared: bool = Field(True, description="Consume device topics through $share subscriptions.")
     admin_token: SecretStr | None = Field(None, description="Admin API token; generated into data_dir if unset.")
     health_window_s: float = Field(10.0, ge=0, description="Default health window for new deployments.")

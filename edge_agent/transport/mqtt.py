@@ -89,6 +89,7 @@ class MqttTransport(Transport):
         self._connected = threading.Event()
         self._birth = list(on_connect or [])
         self._on_connected = on_connected
+        self._stopping = False
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -105,6 +106,7 @@ class MqttTransport(Transport):
         self._client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         try:
             self._client.disconnect()
         finally:
@@ -139,7 +141,7 @@ class MqttTransport(Transport):
             threading.Thread(target=self._on_connected, name="mqtt-on-connected", daemon=True).start()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping:
             log.warning("MQTT disconnected from %s: %s; reconnecting", self.url.safe(), reason_code)
         self._connected.clear()
 

@@ -28,7 +28,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "data_dir": args.data_dir, "host": args.host, "port": args.port, "mqtt_url": args.mqtt_url,
         "admin_token": args.admin_token, "database_url": args.database_url, "mqtt_port": args.mqtt_port,
-        "public_url": args.public_url,
+        "public_url": args.public_url, "mqtt_broker": args.mqtt_broker,
     }.items() if v is not None}
     try:
         settings = Settings(**overrides)
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--public-url", help="URL devices use to reach the API (default from host/port)")
     s.add_argument("--mqtt-url", help="external broker URL; unset: run Mosquitto (or an embedded broker)")
     s.add_argument("--mqtt-port", type=int, help="port of the broker the server runs itself (0 = any free port)")
+    s.add_argument("--mqtt-broker", choices=["auto", "mosquitto", "embedded"],
+                   help="without --mqtt-url: which broker to run (auto: Mosquitto if installed)")
     s.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default SQLite)")
     s.add_argument("--admin-token", help="admin token (default: generated into DATA_DIR/admin_token)")
     s.set_defaults(func=cmd_server)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args))

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model_zoo.builders.color_classifier import build_color_classifier
+from model_zoo.datasets.synthetic_video import write_color_video
+from tests.helpers import Proc, start_mosquitto
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Mosquitto on a free port for the whole session; yields its URL."""
+    proc, port = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    yield f"mqtt://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("assets")
+    return {
+        "model_v1": build_color_classifier(d / "color_v1.onnx", sharpness=12.0),
+        "model_v2": build_color_classifier(d / "color_v2.onnx", sharpness=20.0),
+        "video": write_color_video(d / "camera.avi", seconds=6.0),
+        "not_onnx": _write(d / "notes.onnx", b"this is not a model\n" * 10),
+    }
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+__all__ = ["Proc"]

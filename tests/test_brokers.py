@@ -1,0 +1,96 @@
+"""The brokers the server runs itself. With Mosquitto, each device reaches only its own topics; without
+it, the embedded broker still carries the whole loop. If these fail, one device can read or spoof
+another's state, or a newcomer without Mosquitto gets no fleet."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.helpers import Server, start_agent, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _connect(url: str, user: str, password: str) -> tuple[mqtt.Client, dict]:
+    host, port = url.split("://")[1].split(":")
+    got: dict = {"connect": None, "suback": [], "messages": []}
+    ev = threading.Event()
+    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{user}")
+    c.username_pw_set(user, password)
+
+    def on_connect(c, u, f, rc, p):  # type: ignore[no-untyped-def]
+        got["connect"] = rc
+        ev.set()
+
+    c.on_connect = on_connect
+    c.on_subscribe = lambda c, u, mid, rcs, p: got["suback"].extend(rcs)
+    c.on_message = lambda c, u, m: got["messages"].append(m.topic)
+    c.connect(host, int(port))
+    c.loop_start()
+    ev.wait(5)
+    return c, got
+
+
+def _deploy_and_wait(fleet: Server, assets: dict[str, Path], tmp_path: Path, device: str) -> dict:
+    fleet.cli("models", "push", str(assets["model_v1"]), "--name", "colors", "--task", "classify",
+              "--classes", "red,green,blue")
+    enrolled = json.loads(fleet.cli("devices", "enroll", device, "--json").stdout)
+    agent = start_agent(tmp_path, enrolled, str(assets["video"]), name=device)
+    try:
+        wait_for(lambda: fleet.device(device)["online"], 20, f"{device} online")
+        fleet.cli("deploy", "colors:1", "--device", device, "--health-window", "0.5")
+        wait_for(lambda: (d := fleet.device(device))["state"] == "committed" and (d["fps"] or 0) > 0, 30,
+                 f"{device} committed colors:1 with fps > 0")
+    finally:
+        agent.stop()
+    return enrolled
+
+
+def test_managed_mosquitto_keeps_devices_to_their_own_topics(tmp_path: Path, assets: dict[str, Path]) -> None:
+    fleet = Server(tmp_path / "server", None, extra=["--mqtt-broker", "mosquitto"])
+    try:
+        a = _deploy_and_wait(fleet, assets, tmp_path, "cam-a")  # the agent authenticates with its credential
+        b = json.loads(fleet.cli("devices", "enroll", "cam-b", "--json").stdout)
+        url = a["mqtt_url"]
+
+        bad, got = _connect(url, "cam-b", "not-the-token")
+        assert got["connect"] is not None and got["connect"].is_failure
+        bad.loop_stop()
+
+        fleet.cli("deploy", "colors:1", "--device", "cam-b")  # a retained desired state of its own
+        c, got = _connect(url, "cam-b", b["token"])
+        assert got["connect"] is not None and not got["connect"].is_failure
+        c.subscribe([("edgeloop/v1/devices/cam-a/desired", 1), ("edgeloop/#", 1),
+                     ("edgeloop/v1/devices/cam-b/desired", 1)])
+        # positive control: its own retained desired state arrives; cam-a's (also retained) never does
+        wait_for(lambda: "edgeloop/v1/devices/cam-b/desired" in got["messages"], 10, "cam-b's own desired")
+
+        spoof = {"schema": 1, "device_id": "cam-a", "revision": 99,
+                 "slots": {"default": {"state": "failed", "reason": "spoofed"}}}
+        c.publish("edgeloop/v1/devices/cam-a/reported", json.dumps(spoof), qos=1).wait_for_publish(5)
+        c.publish("edgeloop/v1/devices/cam-b/reported", json.dumps({**spoof, "device_id": "cam-b"}),
+                  qos=1).wait_for_publish(5)
+        # cam-b's own report arrives (so the spoof had time to arrive too) ...
+        wait_for(lambda: fleet.device("cam-b")["reason"] == "spoofed", 10, "cam-b's own report stored")
+        # ... but cam-a's state was not touched, and cam-b never saw cam-a's desired state
+        assert fleet.device("cam-a")["reason"] != "spoofed"
+        assert "edgeloop/v1/devices/cam-a/desired" not in got["messages"]
+        c.loop_stop()
+        assert "token" not in (fleet.data_dir / "broker" / "passwd").read_text()
+        assert b["token"] not in fleet.proc.log()
+    finally:
+        fleet.stop()
+
+
+def test_embedded_broker_carries_the_loop(tmp_path: Path, assets: dict[str, Path]) -> None:
+    fleet = Server(tmp_path / "server", None, extra=["--mqtt-broker", "embedded"])
+    try:
+        _deploy_and_wait(fleet, assets, tmp_path, "cam-e")
+        assert "embedded MQTT broker" in fleet.proc.log()
+    finally:
+        fleet.stop()

@@ -1,0 +1,60 @@
+"""The agent's manifest checks run in the order the design fixes, so the reported reason names the first
+check that failed: signature -> version -> expiry -> compatibility."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from edge_agent.protocol.manifest import ArtifactEntry, Compatibility
+from edge_agent.update.checks import ManifestRejected, check_manifest
+from edge_agent.update.trust import TrustStore
+from tests.factories import Keys, signed
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+EXPIRED = {"created_at": NOW - timedelta(days=2), "expires_at": NOW - timedelta(days=1)}
+NEEDS_NEW_AGENT = {"compatibility": Compatibility(min_agent_version="99.0")}
+GPU_ONLY = {"artifacts": {"onnx-fp16": ArtifactEntry(url="/x", sha256="b" * 64, length=1)}}
+
+
+@pytest.mark.parametrize(
+    "version, over, foreign_key, expect",
+    [
+        (1, {}, True, "signature"),  # everything else fine, wrong signer
+        (1, EXPIRED | NEEDS_NEW_AGENT, True, "signature"),  # signature is checked first
+        (1, EXPIRED, False, "version"),  # older than trusted (3) beats expired
+        (5, EXPIRED | NEEDS_NEW_AGENT, False, "expired"),
+        (5, NEEDS_NEW_AGENT, False, "incompatible"),
+        (5, GPU_ONLY, False, "incompatible"),
+    ],
+)
+def test_first_failing_check_is_reported(tmp_path: Path, version: int, over: dict, foreign_key: bool,
+                                         expect: str) -> None:
+    keys = Keys()
+    trust = TrustStore(tmp_path / "trust.json")
+    trust.record("colors", 3)
+    env = signed(Keys() if foreign_key else keys, version=version, **over)
+    with pytest.raises(ManifestRejected) as err:
+        check_manifest(env, keys.root_public, trust, "0.1.0", ["onnxruntime"], "cpu")
+    assert str(err.value).startswith(expect), str(err.value)
+
+
+def test_accepts_newer_and_same_version_and_signed_rollback(tmp_path: Path) -> None:
+    keys = Keys()
+    trust = TrustStore(tmp_path / "trust.json")
+    trust.record("colors", 3)
+    for v in (3, 4):
+        assert check_manifest(signed(keys, v), keys.root_public, trust, "0.1.0", ["onnxruntime"]).target == "onnx-fp32"
+    ok = check_manifest(signed(keys, 1, rollback=True), keys.root_public, trust, "0.1.0", ["onnxruntime"])
+    assert ok.manifest.version == 1
+
+
+def test_trust_never_goes_down_by_record(tmp_path: Path) -> None:
+    trust = TrustStore(tmp_path / "trust.json")
+    assert trust.trusted_version("colors") == 0
+    trust.record("colors", 5)
+    trust.record("colors", 2)
+    assert TrustStore(tmp_path / "trust.json").trusted_version("colors") == 5
+    assert (tmp_path / "trust.json").stat().st_mode & 0o077 == 0

@@ -1,0 +1,115 @@
+"""The whole loop on real parts: Mosquitto, `edgeloop server` over HTTP, an `edgeloop-agent` process
+reading a generated video. If this fails, a user following the README gets no working fleet."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from model_zoo.datasets.synthetic_video import colour_at
+from tests.helpers import Server, start_agent, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+class EventTap:
+    """Subscribes like an integration would, to the device's detection events."""
+
+    def __init__(self, url: str, device_id: str) -> None:
+        host, port = url.split("://")[1].split(":")
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
+        self.c.on_message = lambda c, u, m: self._add(m.payload)
+        self.c.connect(host, int(port))
+        self.c.subscribe(f"edgeloop/v1/devices/{device_id}/events", 1)
+        self.c.loop_start()
+
+    def _add(self, payload: bytes) -> None:
+        with self._lock:
+            self.events.append(json.loads(payload))
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture()
+def fleet(tmp_path: Path, mosquitto: str) -> Iterator[Server]:
+    s = Server(tmp_path / "server", mosquitto)
+    yield s
+    s.stop()
+
+
+def test_push_deploy_run_report_then_refuse_tampered_artifact(fleet: Server, assets: dict[str, Path],
+                                                              tmp_path: Path, mosquitto: str) -> None:
+    v1 = json.loads(fleet.cli("models", "push", str(assets["model_v1"]), "--name", "colors", "--task", "classify",
+                              "--classes", "red,green,blue", "--json").stdout)
+    v2 = json.loads(fleet.cli("models", "push", str(assets["model_v2"]), "--name", "colors", "--task", "classify",
+                              "--classes", "red,green,blue", "--json").stdout)
+    assert (v1["name"], v1["version"], v2["version"]) == ("colors", 1, 2)
+    enrolled = json.loads(fleet.cli("devices", "enroll", "cam-1", "--json").stdout)
+    assert enrolled["device_id"] == "cam-1" and enrolled["token"]
+    tap = EventTap(mosquitto, "cam-1")
+    agent = start_agent(tmp_path, enrolled, str(assets["video"]))
+    try:
+        wait_for(lambda: fleet.device("cam-1")["online"], 20, "agent online")
+        fleet.cli("deploy", "colors:1", "--device", "cam-1", "--health-window", "1")
+        dev = wait_for(lambda: (d := fleet.device("cam-1"))["version"] == 1 and d["state"] in ("active", "committed")
+                       and (d["fps"] or 0) > 0 and d, 30, "colors:1 active with fps > 0")
+        assert dev["model"] == "colors"
+        wait_for(lambda: fleet.device("cam-1")["state"] == "committed", 15, "colors:1 committed")
+        listed = json.loads(fleet.cli("devices", "list", "--json").stdout)
+        row = next(r for r in listed if r["id"] == "cam-1")
+        assert {"id", "online", "model", "version", "state", "fps"} <= set(row)
+        assert row["last_prediction"][0]["label"] in ("red", "green", "blue")
+
+        # the model really runs: events name the colour of the frame they were computed on
+        wait_for(lambda: len(tap.events) >= 4, 20, "detection events as the scene colour changes")
+        correct = [e["predictions"][0]["label"] == colour_at((e["frame"] - 1) % 180, 30, 1.0) for e in tap.events]
+        assert sum(correct) >= 0.9 * len(correct), tap.events
+
+        # tamper with v2's stored artifact: the agent must refuse it and keep serving v1
+        sha = v2["artifacts"][0]["sha256"]
+        stored = fleet.data_dir / "artifacts" / sha[:2] / sha
+        blob = bytearray(stored.read_bytes())
+        blob[-1] ^= 0xFF
+        stored.write_bytes(bytes(blob))
+        frames_before = json.loads(json.dumps(fleet.device("cam-1")))
+        fleet.cli("deploy", "colors:2", "--device", "cam-1")
+        dev = wait_for(lambda: (d := fleet.device("cam-1"))["state"] == "failed" and d, 30, "colors:2 refused")
+        assert "sha256 mismatch" in dev["reason"]
+        assert dev["version"] == 1 and dev["target_version"] == 2
+        assert frames_before["version"] == 1
+        wait_for(lambda: (fleet.device("cam-1")["fps"] or 0) > 0, 10, "still serving frames on v1")
+        listed = fleet.cli("devices", "list").stdout
+        assert "sha256 mismatch" in listed
+
+        # malformed desired payloads: one log line each, the agent keeps running
+        tap.publish("edgeloop/v1/devices/cam-1/desired", b"{not json")
+        tap.publish("edgeloop/v1/devices/cam-1/desired", json.dumps({"schema": 99, "device_id": "cam-1"}).encode())
+        wait_for(lambda: agent.log().count("ignored desired state") >= 2, 10, "agent logs the bad payloads")
+        assert agent.alive()
+        assert fleet.device("cam-1")["version"] == 1
+    finally:
+        tap.close()
+        agent.stop()
+    wait_for(lambda: not fleet.device("cam-1")["online"], 10, "offline after the agent stops")
+
+    # restart: the agent serves its committed model again straight from disk, before any message
+    agent2 = start_agent(tmp_path, enrolled, str(assets["video"]), log_name="agent-restarted")
+    try:
+        wait_for(lambda: (d := fleet.device("cam-1"))["online"] and (d["fps"] or 0) > 0 and d["version"] == 1,
+                 30, "restarted agent serving colors:1")
+        assert agent2.log().count("downloaded") == 0
+    finally:
+        agent2.stop()
