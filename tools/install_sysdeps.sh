@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages edgeloop's demo and tests use, when missing:
+#   mosquitto (MQTT broker), postgresql (the production database path is tested on a real one).
+# As root it uses apt-get; otherwise it says what to install and carries on.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing system packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "missing system packages: ${need[*]} (install them with your package manager; tests that need them will fail)" >&2
+fi
