@@ -27,6 +27,7 @@ test: sysdeps $(STAMP)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check edge_agent fleet_server model_zoo tools tests
+	$(VENV)/bin/ruff format --check edge_agent fleet_server model_zoo tools tests
 	$(VENV)/bin/mypy edge_agent
 
 bench: sysdeps $(STAMP)

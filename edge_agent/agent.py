@@ -6,8 +6,10 @@ latest desired wins), the capture and inference threads of the loop, and a telem
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import random
 import threading
 import time
 from pathlib import Path
@@ -56,8 +58,7 @@ def predictions(result: Any, classes: tuple[str, ...], limit: int = 20) -> list[
     out = []
     for k in range(min(len(result), limit)):
         box = tuple(round(float(v), 1) for v in result.xyxy[k])
-        out.append(Prediction(label=name(int(result.class_ids[k])), score=round(float(result.scores[k]), 4),
-                              box=box))  # type: ignore[arg-type]
+        out.append(Prediction(label=name(int(result.class_ids[k])), score=round(float(result.scores[k]), 4), box=box))
     return out
 
 
@@ -105,8 +106,7 @@ class Agent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        log.info("agent %s started (source %s, server %s)", self.cfg.device_id, self.source.spec,
-                 self.cfg.server_url)
+        log.info("agent %s started (source %s, server %s)", self.cfg.device_id, self.source.spec, self.cfg.server_url)
         return self
 
     def stop(self) -> None:
@@ -148,10 +148,8 @@ class Agent:
                 self._desired.put_nowait(msg)
                 return
             except queue.Full:
-                try:
+                with contextlib.suppress(queue.Empty):
                     self._desired.get_nowait()
-                except queue.Empty:
-                    pass
 
     def _updater(self) -> None:
         self.machine.resume()
@@ -184,8 +182,14 @@ class Agent:
         except ValueError:
             pass
         try:
-            ok = check_manifest(dep.manifest, self.cfg.root_public_key, self.trust, __version__,
-                                self.caps.runtimes, self.cfg.device_kind)
+            ok = check_manifest(
+                dep.manifest,
+                self.cfg.root_public_key,
+                self.trust,
+                __version__,
+                self.caps.runtimes,
+                self.cfg.device_kind,
+            )
         except ManifestRejected as exc:
             log.warning("refused %s:%s: %s", job.get("model"), job.get("version"), exc)
             self.machine.refuse(job, str(exc))
@@ -197,8 +201,14 @@ class Agent:
             self._report()
             return
         job.update(
-            model=m.model, version=m.version, target=ok.target, url=entry.url, sha256=entry.sha256,
-            length=entry.length, rollback=m.rollback, manifest=dep.manifest.model_dump(mode="json"),
+            model=m.model,
+            version=m.version,
+            target=ok.target,
+            url=entry.url,
+            sha256=entry.sha256,
+            length=entry.length,
+            rollback=m.rollback,
+            manifest=dep.manifest.model_dump(mode="json"),
             path=str(self.data_dir / "models" / m.model / str(m.version) / f"{ok.target}.onnx"),
         )
         self.machine.start(job)
@@ -209,10 +219,18 @@ class Agent:
         if path.exists() and path.stat().st_size == job["length"]:
             return
         url = resolve_url(self.cfg.server_url, job["url"])
-        try:
-            download(url, path, job["length"], job["sha256"], token=self.cfg.token.get_secret_value())
-        except DownloadError as exc:
-            raise StepFailed(f"download: {exc}") from exc
+        deadline = time.monotonic() + self.cfg.download_retry_s
+        delay = 1.0
+        while True:
+            try:
+                download(url, path, job["length"], job["sha256"], token=self.cfg.token.get_secret_value())
+                return
+            except DownloadError as exc:
+                if not exc.transient or time.monotonic() + delay > deadline or self._stop.is_set():
+                    raise StepFailed(f"download: {exc}") from exc
+                log.warning("download failed (%s); retrying in %.0fs", exc, delay)
+                self._stop.wait(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, 30.0)
 
     def verify(self, job: dict[str, Any]) -> None:
         path = Path(job["path"])
@@ -290,8 +308,12 @@ class Agent:
             target_version=job.get("version"),
             reason=reason,
         )
-        msg = ReportedState(device_id=self.cfg.device_id, revision=int(job.get("revision", 0)),
-                            slots={self.SLOT: slot}, capabilities=self.caps)
+        msg = ReportedState(
+            device_id=self.cfg.device_id,
+            revision=int(job.get("revision", 0)),
+            slots={self.SLOT: slot},
+            capabilities=self.caps,
+        )
         self.transport.publish(self.topics.reported, encode_message(msg), qos=1, retain=True)
 
     def _telemetry(self) -> None:
@@ -324,6 +346,7 @@ class Agent:
         if labels == last_labels or now - last_t < 0.5:
             return
         self._last_event = (now, labels)
-        ev = DetectionEvent(device_id=self.cfg.device_id, model=fr.model, version=fr.version,
-                            frame=fr.frame_index, predictions=preds)
+        ev = DetectionEvent(
+            device_id=self.cfg.device_id, model=fr.model, version=fr.version, frame=fr.frame_index, predictions=preds
+        )
         self.transport.publish(self.topics.events, encode_message(ev), qos=1)

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -24,9 +25,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.config import AgentConfig
 
     overrides = {
-        "device_id": args.device_id, "server_url": args.server_url, "mqtt_url": args.mqtt_url,
-        "token": args.token, "source": args.source, "data_dir": args.data_dir,
-        "root_public_key": args.root_public_key, "telemetry_interval_s": args.telemetry_interval,
+        "device_id": args.device_id,
+        "server_url": args.server_url,
+        "mqtt_url": args.mqtt_url,
+        "token": args.token,
+        "source": args.source,
+        "data_dir": args.data_dir,
+        "root_public_key": args.root_public_key,
+        "telemetry_interval_s": args.telemetry_interval,
     }
     try:
         cfg = AgentConfig.load(args.config, overrides)
@@ -46,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeloop-agent", description="edgeloop edge agent: runs models on cameras.")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="connect to the fleet, converge to the desired model, run the camera loop",
-                       description="Run the agent. Flags override values from --config.")
+    r = sub.add_parser(
+        "run",
+        help="connect to the fleet, converge to the desired model, run the camera loop",
+        description="Run the agent. Flags override values from --config.",
+    )
     r.add_argument("--config", type=Path, help="agent.yaml (see AgentConfig for its keys)")
     r.add_argument("--device-id", help="this device's enrolled id")
     r.add_argument("--server-url", help="fleet server URL, e.g. http://fleet:8080")

@@ -14,7 +14,9 @@ from edge_agent.runtimes.base import RuntimeOptions
 
 class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    uri: str = Field(description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, or GStreamer pipeline.")
+    uri: str = Field(
+        description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, or GStreamer pipeline."
+    )
     loop_file: bool = Field(True, description="Restart a file source at its end.")
     pace_file: bool = Field(True, description="Play a file source at its native frame rate.")
     stall_timeout_s: float = Field(5.0, gt=0, description="Reconnect when no frame arrives for this long.")
@@ -30,6 +32,7 @@ class AgentConfig(BaseModel):
     source: SourceConfig = Field(description="The camera this agent watches.")
     data_dir: Path = Field(Path("/var/lib/edgeloop"), description="Models, update and trust state.")
     telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
+    download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
     device_kind: str = Field("cpu", description="cpu, cuda or tensorrt: decides which artifact target to take.")
 

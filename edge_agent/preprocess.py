@@ -58,10 +58,9 @@ class Preprocessor:
             nw, nh = max(1, round(fw * r)), max(1, round(fh * r))
             px, py = (self.w - nw) // 2, (self.h - nh) // 2
             self._canvas[...] = LETTERBOX_FILL
-            cv2.resize(frame, (nw, nh), dst=self._canvas[py : py + nh, px : px + nw],
-                       interpolation=cv2.INTER_LINEAR)
+            cv2.resize(frame, (nw, nh), dst=self._canvas[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR)
             tf = Transform(r, r, float(px), float(py), fw, fh)
-        src = self._canvas
+        src: np.ndarray = self._canvas
         if self.spec.color == "RGB":
             src = cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB)
         if self.spec.dtype == "uint8":

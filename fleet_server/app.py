@@ -11,15 +11,14 @@ from urllib.parse import urlparse
 from fastapi import FastAPI
 
 from fleet_server.api import artifacts, devices, models
-from fleet_server.broker import choose_broker
 from fleet_server.bridge import MqttBridge
+from fleet_server.broker import choose_broker
 from fleet_server.db import make_engine, migrate
 from fleet_server.keys import ensure_admin_token, ensure_keys
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
 
 log = logging.getLogger(__name__)
-
 
 
 def build_state(settings: Settings) -> dict[str, Any]:
@@ -31,11 +30,24 @@ def build_state(settings: Settings) -> dict[str, Any]:
     token, token_path = ensure_admin_token(settings.data_dir, given)
     public_host = urlparse(settings.base_url).hostname or "127.0.0.1"
     bind = "127.0.0.1" if settings.host in ("127.0.0.1", "localhost") else settings.host
-    broker = choose_broker(settings.mqtt_url, settings.mqtt_public_url, settings.mqtt_shared, settings.data_dir,
-                           bind, settings.mqtt_port, public_host, settings.mqtt_broker)
+    broker = choose_broker(
+        settings.mqtt_url,
+        settings.mqtt_public_url,
+        settings.mqtt_shared,
+        settings.data_dir,
+        bind,
+        settings.mqtt_port,
+        public_host,
+        settings.mqtt_broker,
+    )
     return {
-        "settings": settings, "engine": engine, "keys": keys, "admin_token": token, "admin_token_path": token_path,
-        "store": LocalStore(settings.data_dir / "artifacts"), "broker": broker,
+        "settings": settings,
+        "engine": engine,
+        "keys": keys,
+        "admin_token": token,
+        "admin_token_path": token_path,
+        "store": LocalStore(settings.data_dir / "artifacts"),
+        "broker": broker,
     }
 
 

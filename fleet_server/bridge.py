@@ -37,8 +37,12 @@ class MqttBridge:
     def __init__(self, engine: Engine, url: str, shared: bool, queue_size: int = 10000) -> None:
         self.engine = engine
         self.shared = shared
-        self.transport = MqttTransport(url, client_id=f"edgeloop-server-{uuid.uuid4().hex[:8]}",
-                                       clean_session=True, on_connected=self.republish_all)
+        self.transport = MqttTransport(
+            url,
+            client_id=f"edgeloop-server-{uuid.uuid4().hex[:8]}",
+            clean_session=True,
+            on_connected=self.republish_all,
+        )
         self._q: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None

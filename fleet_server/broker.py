@@ -102,44 +102,49 @@ class MosquittoBroker(Broker):
         lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(SERVER_USER + ":")]
         lines.insert(0, f"{SERVER_USER}:{mosquitto_hash(self._server_password)}")
         atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
-        acl = "\n".join([
-            f"user {SERVER_USER}",
-            "topic readwrite edgeloop/#",
-            "",
-            "# every other user is a device: its own topics only",
-            f"pattern read {TOPIC_PREFIX}/%u/desired",
-            *(f"pattern write {TOPIC_PREFIX}/%u/{k}" for k in ("reported", "status", "telemetry", "events")),
-            "",
-        ])
+        acl = "\n".join(
+            [
+                f"user {SERVER_USER}",
+                "topic readwrite edgeloop/#",
+                "",
+                "# every other user is a device: its own topics only",
+                f"pattern read {TOPIC_PREFIX}/%u/desired",
+                *(f"pattern write {TOPIC_PREFIX}/%u/{k}" for k in ("reported", "status", "telemetry", "events")),
+                "",
+            ]
+        )
         atomic_write_bytes(self.dir / "acl", acl.encode(), mode=0o600)
         (self.dir / "data").mkdir(exist_ok=True)
-        conf = "\n".join([
-            f"listener {self.port} {self.host}",
-            "allow_anonymous false",
-            f"password_file {passwd}",
-            f"acl_file {self.dir / 'acl'}",
-            "persistence true",
-            f"persistence_location {self.dir / 'data'}/",
-            f"log_dest file {self.dir / 'mosquitto.log'}",
-            "max_packet_size 1048576",
-            f"user {getpass.getuser()}",
-            "",
-        ])
+        conf = "\n".join(
+            [
+                f"listener {self.port} {self.host}",
+                "allow_anonymous false",
+                f"password_file {passwd}",
+                f"acl_file {self.dir / 'acl'}",
+                "persistence true",
+                f"persistence_location {self.dir / 'data'}/",
+                f"log_dest file {self.dir / 'mosquitto.log'}",
+                "max_packet_size 1048576",
+                f"user {getpass.getuser()}",
+                "",
+            ]
+        )
         path = self.dir / "mosquitto.conf"
         atomic_write_bytes(path, conf.encode(), mode=0o600)
         return path
 
     def start(self) -> None:
         conf = self._write_config()
-        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if not wait_port(self.host, self.port, 10.0):
             err = b""
             if self._proc.poll() is not None and self._proc.stderr:
                 err = self._proc.stderr.read()
             self.stop()
-            raise RuntimeError(f"mosquitto did not start on {self.host}:{self.port}: "
-                               f"{err.decode(errors='replace').strip() or 'see ' + str(self.dir / 'mosquitto.log')}")
+            raise RuntimeError(
+                f"mosquitto did not start on {self.host}:{self.port}: "
+                f"{err.decode(errors='replace').strip() or 'see ' + str(self.dir / 'mosquitto.log')}"
+            )
         log.info("mosquitto running on %s:%d (config %s)", self.host, self.port, conf)
 
     def stop(self) -> None:
@@ -193,8 +198,9 @@ class EmbeddedBroker(Broker):
         self._thread.start()
         if not ready.wait(10):
             raise RuntimeError(f"embedded broker did not start on {self.host}:{self.port}")
-        log.warning("embedded MQTT broker on %s:%d: no per-device ACLs; use Mosquitto in production",
-                    self.host, self.port)
+        log.warning(
+            "embedded MQTT broker on %s:%d: no per-device ACLs; use Mosquitto in production", self.host, self.port
+        )
 
     def stop(self) -> None:
         import asyncio
@@ -214,8 +220,16 @@ def _strip_credentials(url: str) -> str:
     return f"{scheme}://{netloc.rsplit('@', 1)[-1]}{slash}{path}"
 
 
-def choose_broker(mqtt_url: str | None, public_url: str | None, shared: bool, data_dir: Path, bind_host: str,
-                  port: int, public_host: str, kind: str = "auto") -> Broker:
+def choose_broker(
+    mqtt_url: str | None,
+    public_url: str | None,
+    shared: bool,
+    data_dir: Path,
+    bind_host: str,
+    port: int,
+    public_host: str,
+    kind: str = "auto",
+) -> Broker:
     if mqtt_url:
         return ExternalBroker(mqtt_url, public_url, shared)
     if kind == "mosquitto" and not MosquittoBroker.available():

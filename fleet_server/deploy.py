@@ -23,7 +23,9 @@ class DeployError(Exception):
         self.status = status
 
 
-def deploy_version(session: Session, app: Any, device_id: str, req: DeployRequest, actor: str) -> tuple[Deployment, bool]:
+def deploy_version(
+    session: Session, app: Any, device_id: str, req: DeployRequest, actor: str
+) -> tuple[Deployment, bool]:
     device = session.get(Device, device_id)
     if device is None:
         raise DeployError(f"no device {device_id!r}; enroll it first", 404)
@@ -41,7 +43,10 @@ def deploy_version(session: Session, app: Any, device_id: str, req: DeployReques
     signed = rollback_manifest(mv, app.keys) if rollback else mv.signed_manifest
     device.desired_revision += 1
     dep = Deployment(
-        device_id=device_id, slot=req.slot, version_id=int(mv.id or 0), revision=device.desired_revision,
+        device_id=device_id,
+        slot=req.slot,
+        version_id=int(mv.id or 0),
+        revision=device.desired_revision,
         signed_manifest=signed,
         health_window_s=req.health_window_s if req.health_window_s is not None else app.settings.health_window_s,
         created_by=actor,
@@ -50,8 +55,15 @@ def deploy_version(session: Session, app: Any, device_id: str, req: DeployReques
     session.add(dep)
     session.commit()
     session.refresh(dep)
-    log.info("desired %s:%s -> %s (revision %d%s) by %s", req.model, req.version, device_id, dep.revision,
-             ", signed rollback" if rollback else "", actor)
+    log.info(
+        "desired %s:%s -> %s (revision %d%s) by %s",
+        req.model,
+        req.version,
+        device_id,
+        dep.revision,
+        ", signed rollback" if rollback else "",
+        actor,
+    )
     app.bridge.publish_desired(session, device_id)
     return dep, rollback
 
@@ -69,8 +81,11 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
     if not latest:
         return None
     deps = [
-        DeploymentMsg(slot=d.slot, manifest=SignedManifest.model_validate_json(d.signed_manifest),
-                      health_window_s=d.health_window_s)
+        DeploymentMsg(
+            slot=d.slot,
+            manifest=SignedManifest.model_validate_json(d.signed_manifest),
+            health_window_s=d.health_window_s,
+        )
         for d in latest.values()
     ]
     return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps)

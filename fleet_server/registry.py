@@ -72,10 +72,19 @@ def validate_onnx(
     layout = "NCHW" if shape[1] == 3 else "NHWC" if shape[3] == 3 else None
     if layout is None:
         raise PushError(f"model input {shape} has no 3-channel axis")
-    spec = InputSpec(shape=shape, layout=layout, color=color, resize=resize, mean=mean, std=std,  # type: ignore[arg-type]
-                     dtype=str(rt.input_dtype))  # type: ignore[arg-type]
+    spec = InputSpec(
+        shape=shape,
+        layout=layout,
+        color=color,
+        resize=resize,
+        mean=mean,
+        std=std,  # type: ignore[arg-type]
+        dtype=str(rt.input_dtype),
+    )  # type: ignore[arg-type]
     if input_size is not None and spec.hw != input_size:
-        raise PushError(f"--input-size {input_size[1]}x{input_size[0]} differs from the model's input {spec.hw[1]}x{spec.hw[0]}")
+        raise PushError(
+            f"--input-size {input_size[1]}x{input_size[0]} differs from the model's input {spec.hw[1]}x{spec.hw[0]}"
+        )
     dec = DecoderSpec(type=decoder)  # type: ignore[arg-type]
     outputs = rt.run(np.zeros(shape, dtype=rt.input_dtype))
     h, w = spec.hw
@@ -108,14 +117,25 @@ def register_version(
     version = int(latest or 0) + 1
     now = utcnow().replace(microsecond=0)
     manifest = Manifest(
-        model=name, version=version, task=task, classes=tuple(classes), input=spec, decoder=dec,  # type: ignore[arg-type]
+        model=name,
+        version=version,
+        task=task,
+        classes=tuple(classes),
+        input=spec,
+        decoder=dec,  # type: ignore[arg-type]
         artifacts={"onnx-fp32": ArtifactEntry(url=f"/api/v1/artifacts/{sha256}", sha256=sha256, length=length)},
-        created_at=now, expires_at=now + timedelta(days=valid_days),
+        created_at=now,
+        expires_at=now + timedelta(days=valid_days),
     )
     signed = sign_manifest(manifest, keys.release, keys.cert)
     mv = ModelVersion(
-        model=name, version=version, task=task, decoder=dec.type, classes_json=json.dumps(classes),
-        input_shape=json.dumps(list(spec.shape)), signed_manifest=signed.model_dump_json(),
+        model=name,
+        version=version,
+        task=task,
+        decoder=dec.type,
+        classes_json=json.dumps(classes),
+        input_shape=json.dumps(list(spec.shape)),
+        signed_manifest=signed.model_dump_json(),
     )
     session.add(mv)
     session.flush()

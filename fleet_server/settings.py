@@ -24,7 +24,9 @@ class Settings(BaseSettings):
         None, description="External broker URL (mqtt://user:pass@host:port). Unset: run one (Mosquitto or embedded)."
     )
     mqtt_public_url: str | None = Field(None, description="Broker URL as devices see it (default: mqtt_url).")
-    mqtt_port: int = Field(1883, ge=0, le=65535, description="Port of the broker the server runs itself (0 = free port).")
+    mqtt_port: int = Field(
+        1883, ge=0, le=65535, description="Port of the broker the server runs itself (0 = free port)."
+    )
     mqtt_broker: Literal["auto", "mosquitto", "embedded"] = Field(
         "auto", description="Without mqtt_url: run Mosquitto if installed (auto), or force one kind."
     )

@@ -27,10 +27,15 @@ class Keys:
 def manifest(version: int = 1, **over: Any) -> Manifest:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     data: dict[str, Any] = dict(
-        model="colors", version=version, task="classify", classes=("red", "green", "blue"),
-        input=InputSpec(shape=(1, 3, 64, 64)), decoder=DecoderSpec(type="classify"),
+        model="colors",
+        version=version,
+        task="classify",
+        classes=("red", "green", "blue"),
+        input=InputSpec(shape=(1, 3, 64, 64)),
+        decoder=DecoderSpec(type="classify"),
         artifacts={"onnx-fp32": ArtifactEntry(url="/api/v1/artifacts/" + "a" * 64, sha256="a" * 64, length=10)},
-        created_at=now - timedelta(minutes=1), expires_at=now + timedelta(days=1),
+        created_at=now - timedelta(minutes=1),
+        expires_at=now + timedelta(days=1),
     )
     data.update(over)
     return Manifest(**data)

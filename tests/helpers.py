@@ -44,8 +44,9 @@ class Proc:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args, self.log_path = args, log
         self._fh = open(log, "ab")
-        self.p = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **(env or {})}, start_new_session=True)
+        self.p = subprocess.Popen(
+            args, stdout=self._fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -88,9 +89,15 @@ def _port_open(port: int) -> bool:
 class Server:
     """A real `edgeloop server` process over HTTP."""
 
-    def __init__(self, data_dir: Path, mqtt_url: str | None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        data_dir: Path,
+        mqtt_url: str | None,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(BIN / "edgeloop"), "server", "--data-dir", str(data_dir), "--port", str(self.port)]
@@ -101,10 +108,12 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = Proc(args + (extra or []), data_dir.parent / f"server-{self.port}.log", env)
         wait_for(self._healthy, 30, f"edgeloop server on {self.url}\n{self.proc.log()[-3000:]}")
-        self.token = (data_dir / "admin_token").read_text().strip() if not (env or {}).get(
-            "EDGELOOP_ADMIN_TOKEN") else (env or {})["EDGELOOP_ADMIN_TOKEN"]
-        self.http = httpx.Client(base_url=self.url, timeout=30,
-                                 headers={"Authorization": f"Bearer {self.token}"})
+        self.token = (
+            (data_dir / "admin_token").read_text().strip()
+            if not (env or {}).get("EDGELOOP_ADMIN_TOKEN")
+            else (env or {})["EDGELOOP_ADMIN_TOKEN"]
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {self.token}"})
 
     def _healthy(self) -> bool:
         if not self.proc.alive():
@@ -129,18 +138,30 @@ class Server:
         self.proc.stop()
 
 
-def start_agent(workdir: Path, enrolled: dict[str, Any], source: str, name: str = "agent",
-                extra: list[str] | None = None, log_name: str | None = None) -> Proc:
+def start_agent(
+    workdir: Path,
+    enrolled: dict[str, Any],
+    source: str,
+    name: str = "agent",
+    extra: list[str] | None = None,
+    log_name: str | None = None,
+) -> Proc:
     import yaml
 
     data = workdir / f"{name}-data"
     cfg = {
-        "device_id": enrolled["device_id"], "server_url": enrolled["server_url"], "mqtt_url": enrolled["mqtt_url"],
-        "token": enrolled["token"], "root_public_key": enrolled["root_public_key"],
-        "source": {"uri": source}, "data_dir": str(data), "telemetry_interval_s": 0.5,
+        "device_id": enrolled["device_id"],
+        "server_url": enrolled["server_url"],
+        "mqtt_url": enrolled["mqtt_url"],
+        "token": enrolled["token"],
+        "root_public_key": enrolled["root_public_key"],
+        "source": {"uri": source},
+        "data_dir": str(data),
+        "telemetry_interval_s": 0.5,
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     path.chmod(0o600)
-    return Proc([str(BIN / "edgeloop-agent"), "run", "--config", str(path), *(extra or [])],
-                workdir / f"{log_name or name}.log")
+    return Proc(
+        [str(BIN / "edgeloop-agent"), "run", "--config", str(path), *(extra or [])], workdir / f"{log_name or name}.log"
+    )

@@ -18,8 +18,7 @@ PUSH = {"task": "classify", "classes": "red,green,blue"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, mosquitto: str) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("api") / "data", mosquitto,
-               env={"EDGELOOP_MAX_UPLOAD_BYTES": "200000"})
+    s = Server(tmp_path_factory.mktemp("api") / "data", mosquitto, env={"EDGELOOP_MAX_UPLOAD_BYTES": "200000"})
     yield s
     s.stop()
 
@@ -32,18 +31,24 @@ def device_token(server: Server) -> str:
 
 
 def _push(server: Server, path: Path, name: str = "colors", **params: str) -> httpx.Response:
-    return server.http.post(f"/api/v1/models/{name}/versions", params={**PUSH, **params},
-                            content=path.read_bytes())
+    return server.http.post(f"/api/v1/models/{name}/versions", params={**PUSH, **params}, content=path.read_bytes())
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({}, 401),
-    ({"Authorization": "Bearer wrong"}, 401),
-    ({"Authorization": "Basic abc"}, 401),
-])
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Basic abc"}, 401),
+    ],
+)
 def test_admin_endpoints_need_the_admin_token(server: Server, headers: dict, status: int) -> None:
-    for method, path in [("GET", "/api/v1/devices"), ("POST", "/api/v1/devices"), ("GET", "/api/v1/models"),
-                         ("PUT", "/api/v1/devices/x/deployment")]:
+    for method, path in [
+        ("GET", "/api/v1/devices"),
+        ("POST", "/api/v1/devices"),
+        ("GET", "/api/v1/models"),
+        ("PUT", "/api/v1/devices/x/deployment"),
+    ]:
         r = httpx.request(method, server.url + path, headers=headers, json={})
         assert r.status_code == status, (method, path, r.text)
 
@@ -59,16 +64,20 @@ def test_enroll_rejects_bad_and_duplicate_ids(server: Server, device_token: str)
     assert server.http.post("/api/v1/devices", json={"device_id": "api-cam"}).status_code == 409
 
 
-@pytest.mark.parametrize("which, params, fragment", [
-    ("not_onnx", {}, "not an ONNX model"),
-    ("model_v1", {"task": "detect"}, "does not fit decoder 'yolov8'"),
-    ("model_v1", {"decoder": "yolov8"}, "needs decoder classify"),
-    ("model_v1", {"classes": "red,green"}, "with 2 classes"),
-    ("model_v1", {"classes": "red,red,blue"}, "duplicate"),
-    ("model_v1", {"input_size": "640x640"}, "differs from the model's input 64x64"),
-])
-def test_bad_push_is_refused_and_registers_nothing(server: Server, assets: dict[str, Path], which: str,
-                                                   params: dict, fragment: str) -> None:
+@pytest.mark.parametrize(
+    "which, params, fragment",
+    [
+        ("not_onnx", {}, "not an ONNX model"),
+        ("model_v1", {"task": "detect"}, "does not fit decoder 'yolov8'"),
+        ("model_v1", {"decoder": "yolov8"}, "needs decoder classify"),
+        ("model_v1", {"classes": "red,green"}, "with 2 classes"),
+        ("model_v1", {"classes": "red,red,blue"}, "duplicate"),
+        ("model_v1", {"input_size": "640x640"}, "differs from the model's input 64x64"),
+    ],
+)
+def test_bad_push_is_refused_and_registers_nothing(
+    server: Server, assets: dict[str, Path], which: str, params: dict, fragment: str
+) -> None:
     r = _push(server, assets[which], name="badpush", **params)
     assert r.status_code == 422, r.text
     assert fragment in r.json()["detail"]
@@ -103,8 +112,9 @@ def test_push_signs_a_manifest_the_agent_verifies(server: Server, assets: dict[s
     assert m.artifacts["onnx-fp32"].length == assets["model_v2"].stat().st_size
 
 
-def test_artifact_download_range_etag(server: Server, assets: dict[str, Path], device_token: str,
-                                      tmp_path: Path) -> None:
+def test_artifact_download_range_etag(
+    server: Server, assets: dict[str, Path], device_token: str, tmp_path: Path
+) -> None:
     data = assets["model_v1"].read_bytes()
     art = _push(server, assets["model_v1"], name="dl").json()["artifacts"][0]
     url = server.url + art["url"]

@@ -37,15 +37,27 @@ def _connect(url: str, user: str, password: str) -> tuple[mqtt.Client, dict]:
 
 
 def _deploy_and_wait(fleet: Server, assets: dict[str, Path], tmp_path: Path, device: str) -> dict:
-    fleet.cli("models", "push", str(assets["model_v1"]), "--name", "colors", "--task", "classify",
-              "--classes", "red,green,blue")
+    fleet.cli(
+        "models",
+        "push",
+        str(assets["model_v1"]),
+        "--name",
+        "colors",
+        "--task",
+        "classify",
+        "--classes",
+        "red,green,blue",
+    )
     enrolled = json.loads(fleet.cli("devices", "enroll", device, "--json").stdout)
     agent = start_agent(tmp_path, enrolled, str(assets["video"]), name=device)
     try:
         wait_for(lambda: fleet.device(device)["online"], 20, f"{device} online")
         fleet.cli("deploy", "colors:1", "--device", device, "--health-window", "0.5")
-        wait_for(lambda: (d := fleet.device(device))["state"] == "committed" and (d["fps"] or 0) > 0, 30,
-                 f"{device} committed colors:1 with fps > 0")
+        wait_for(
+            lambda: (d := fleet.device(device))["state"] == "committed" and (d["fps"] or 0) > 0,
+            30,
+            f"{device} committed colors:1 with fps > 0",
+        )
     finally:
         agent.stop()
     return enrolled
@@ -65,16 +77,22 @@ def test_managed_mosquitto_keeps_devices_to_their_own_topics(tmp_path: Path, ass
         fleet.cli("deploy", "colors:1", "--device", "cam-b")  # a retained desired state of its own
         c, got = _connect(url, "cam-b", b["token"])
         assert got["connect"] is not None and not got["connect"].is_failure
-        c.subscribe([("edgeloop/v1/devices/cam-a/desired", 1), ("edgeloop/#", 1),
-                     ("edgeloop/v1/devices/cam-b/desired", 1)])
+        c.subscribe(
+            [("edgeloop/v1/devices/cam-a/desired", 1), ("edgeloop/#", 1), ("edgeloop/v1/devices/cam-b/desired", 1)]
+        )
         # positive control: its own retained desired state arrives; cam-a's (also retained) never does
         wait_for(lambda: "edgeloop/v1/devices/cam-b/desired" in got["messages"], 10, "cam-b's own desired")
 
-        spoof = {"schema": 1, "device_id": "cam-a", "revision": 99,
-                 "slots": {"default": {"state": "failed", "reason": "spoofed"}}}
+        spoof = {
+            "schema": 1,
+            "device_id": "cam-a",
+            "revision": 99,
+            "slots": {"default": {"state": "failed", "reason": "spoofed"}},
+        }
         c.publish("edgeloop/v1/devices/cam-a/reported", json.dumps(spoof), qos=1).wait_for_publish(5)
-        c.publish("edgeloop/v1/devices/cam-b/reported", json.dumps({**spoof, "device_id": "cam-b"}),
-                  qos=1).wait_for_publish(5)
+        c.publish(
+            "edgeloop/v1/devices/cam-b/reported", json.dumps({**spoof, "device_id": "cam-b"}), qos=1
+        ).wait_for_publish(5)
         # cam-b's own report arrives (so the spoof had time to arrive too) ...
         wait_for(lambda: fleet.device("cam-b")["reason"] == "spoofed", 10, "cam-b's own report stored")
         # ... but cam-a's state was not touched, and cam-b never saw cam-a's desired state

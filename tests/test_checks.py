@@ -30,8 +30,9 @@ GPU_ONLY = {"artifacts": {"onnx-fp16": ArtifactEntry(url="/x", sha256="b" * 64, 
         (5, GPU_ONLY, False, "incompatible"),
     ],
 )
-def test_first_failing_check_is_reported(tmp_path: Path, version: int, over: dict, foreign_key: bool,
-                                         expect: str) -> None:
+def test_first_failing_check_is_reported(
+    tmp_path: Path, version: int, over: dict, foreign_key: bool, expect: str
+) -> None:
     keys = Keys()
     trust = TrustStore(tmp_path / "trust.json")
     trust.record("colors", 3)

@@ -14,8 +14,7 @@ from edge_agent.protocol.manifest import InputSpec
 IDENTITY = Transform(1.0, 1.0, 0.0, 0.0, 640, 640)
 
 
-def yolo_output(rows: list[tuple[float, float, float, float, int, float]], num_classes: int,
-                n: int = 50) -> np.ndarray:
+def yolo_output(rows: list[tuple[float, float, float, float, int, float]], num_classes: int, n: int = 50) -> np.ndarray:
     """Build a (1, 4 + C, N) tensor; unspecified anchors have zero scores."""
     out = np.zeros((1, 4 + num_classes, n), np.float32)
     for i, (cx, cy, w, h, cls, score) in enumerate(rows):

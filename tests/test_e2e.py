@@ -50,12 +50,37 @@ def fleet(tmp_path: Path, mosquitto: str) -> Iterator[Server]:
     s.stop()
 
 
-def test_push_deploy_run_report_then_refuse_tampered_artifact(fleet: Server, assets: dict[str, Path],
-                                                              tmp_path: Path, mosquitto: str) -> None:
-    v1 = json.loads(fleet.cli("models", "push", str(assets["model_v1"]), "--name", "colors", "--task", "classify",
-                              "--classes", "red,green,blue", "--json").stdout)
-    v2 = json.loads(fleet.cli("models", "push", str(assets["model_v2"]), "--name", "colors", "--task", "classify",
-                              "--classes", "red,green,blue", "--json").stdout)
+def test_push_deploy_run_report_then_refuse_tampered_artifact(
+    fleet: Server, assets: dict[str, Path], tmp_path: Path, mosquitto: str
+) -> None:
+    v1 = json.loads(
+        fleet.cli(
+            "models",
+            "push",
+            str(assets["model_v1"]),
+            "--name",
+            "colors",
+            "--task",
+            "classify",
+            "--classes",
+            "red,green,blue",
+            "--json",
+        ).stdout
+    )
+    v2 = json.loads(
+        fleet.cli(
+            "models",
+            "push",
+            str(assets["model_v2"]),
+            "--name",
+            "colors",
+            "--task",
+            "classify",
+            "--classes",
+            "red,green,blue",
+            "--json",
+        ).stdout
+    )
     assert (v1["name"], v1["version"], v2["version"]) == ("colors", 1, 2)
     enrolled = json.loads(fleet.cli("devices", "enroll", "cam-1", "--json").stdout)
     assert enrolled["device_id"] == "cam-1" and enrolled["token"]
@@ -64,8 +89,16 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(fleet: Server, ass
     try:
         wait_for(lambda: fleet.device("cam-1")["online"], 20, "agent online")
         fleet.cli("deploy", "colors:1", "--device", "cam-1", "--health-window", "1")
-        dev = wait_for(lambda: (d := fleet.device("cam-1"))["version"] == 1 and d["state"] in ("active", "committed")
-                       and (d["fps"] or 0) > 0 and d, 30, "colors:1 active with fps > 0")
+        dev = wait_for(
+            lambda: (
+                (d := fleet.device("cam-1"))["version"] == 1
+                and d["state"] in ("active", "committed")
+                and (d["fps"] or 0) > 0
+                and d
+            ),
+            30,
+            "colors:1 active with fps > 0",
+        )
         assert dev["model"] == "colors"
         wait_for(lambda: fleet.device("cam-1")["state"] == "committed", 15, "colors:1 committed")
         listed = json.loads(fleet.cli("devices", "list", "--json").stdout)
@@ -108,8 +141,45 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(fleet: Server, ass
     # restart: the agent serves its committed model again straight from disk, before any message
     agent2 = start_agent(tmp_path, enrolled, str(assets["video"]), log_name="agent-restarted")
     try:
-        wait_for(lambda: (d := fleet.device("cam-1"))["online"] and (d["fps"] or 0) > 0 and d["version"] == 1,
-                 30, "restarted agent serving colors:1")
+        wait_for(
+            lambda: (d := fleet.device("cam-1"))["online"] and (d["fps"] or 0) > 0 and d["version"] == 1,
+            30,
+            "restarted agent serving colors:1",
+        )
         assert agent2.log().count("downloaded") == 0
     finally:
         agent2.stop()
+
+
+def test_agent_rides_out_a_dead_server(tmp_path: Path, mosquitto: str, assets: dict[str, Path]) -> None:
+    """Desired state reaches the agent through the broker while the server's HTTP is down: the download
+    is retried with backoff and completes once the server is back."""
+    fleet = Server(tmp_path / "server", mosquitto)
+    fleet.cli(
+        "models",
+        "push",
+        str(assets["model_v1"]),
+        "--name",
+        "colors",
+        "--task",
+        "classify",
+        "--classes",
+        "red,green,blue",
+    )
+    enrolled = json.loads(fleet.cli("devices", "enroll", "cam-dead", "--json").stdout)
+    fleet.cli("deploy", "colors:1", "--device", "cam-dead", "--health-window", "0.5")
+    port = fleet.port
+    fleet.stop()
+    agent = start_agent(tmp_path, enrolled, str(assets["video"]))
+    try:
+        wait_for(lambda: "retrying" in agent.log(), 20, "agent retrying the download")
+        fleet = Server(tmp_path / "server", mosquitto, port=port)
+        wait_for(
+            lambda: (d := fleet.device("cam-dead"))["state"] == "committed" and d["version"] == 1,
+            40,
+            "colors:1 committed after the server came back",
+        )
+        assert agent.alive()
+    finally:
+        agent.stop()
+        fleet.stop()

@@ -26,8 +26,17 @@ from edge_agent.protocol.topics import fleet_filter
 
 @pytest.mark.parametrize(
     "device_id, ok",
-    [("", False), ("cam-1", True), ("a" * 64, True), ("a" * 65, False), ("cam/1", False), ("cam+", False),
-     ("#", False), ("-cam", False), ("Dock.Camera_2", True)],
+    [
+        ("", False),
+        ("cam-1", True),
+        ("a" * 64, True),
+        ("a" * 65, False),
+        ("cam/1", False),
+        ("cam+", False),
+        ("#", False),
+        ("-cam", False),
+        ("Dock.Camera_2", True),
+    ],
 )
 def test_device_ids(device_id: str, ok: bool) -> None:
     assert valid_device_id(device_id) is ok
@@ -48,8 +57,11 @@ def test_topics_round_trip() -> None:
 
 
 def _reported() -> ReportedState:
-    return ReportedState(device_id="cam-1", revision=3,
-                         slots={"default": SlotReport(model="m", version=2, state=UpdateStateName.committed)})
+    return ReportedState(
+        device_id="cam-1",
+        revision=3,
+        slots={"default": SlotReport(model="m", version=2, state=UpdateStateName.committed)},
+    )
 
 
 def test_encode_decode_round_trip() -> None:
@@ -71,8 +83,7 @@ def test_encode_decode_round_trip() -> None:
         (b'{"schema":1,"device_id":"cam-1","fps":"fast"}', Telemetry, "fps"),
         (b'{"schema":1,"device_id":"cam-1","surprise":1}', Telemetry, "surprise"),
         (b'{"schema":1,"device_id":"cam-2"}', Telemetry, "does not match topic"),
-        (b'{"schema":1,"device_id":"cam-1","revision":1,"deployments":[{"manifest":{}}]}', DesiredState,
-         "deployments"),
+        (b'{"schema":1,"device_id":"cam-1","revision":1,"deployments":[{"manifest":{}}]}', DesiredState, "deployments"),
         (b"{" + b" " * MAX_PAYLOAD_BYTES + b"}", Telemetry, "exceeds"),
     ],
 )

@@ -32,13 +32,26 @@ class ScriptedSteps:
         if exc is not None:
             raise exc
 
-    def download(self, job: dict[str, Any]) -> None: self._do("download")
-    def verify(self, job: dict[str, Any]) -> None: self._do("verify")
-    def prepare(self, job: dict[str, Any]) -> None: self._do("prepare")
-    def warm(self, job: dict[str, Any]) -> None: self._do("warm")
-    def activate_and_watch(self, job: dict[str, Any]) -> None: self._do("activate_and_watch")
-    def commit(self, job: dict[str, Any]) -> None: self._do("commit")
-    def rollback(self, job: dict[str, Any]) -> None: self._do("rollback")
+    def download(self, job: dict[str, Any]) -> None:
+        self._do("download")
+
+    def verify(self, job: dict[str, Any]) -> None:
+        self._do("verify")
+
+    def prepare(self, job: dict[str, Any]) -> None:
+        self._do("prepare")
+
+    def warm(self, job: dict[str, Any]) -> None:
+        self._do("warm")
+
+    def activate_and_watch(self, job: dict[str, Any]) -> None:
+        self._do("activate_and_watch")
+
+    def commit(self, job: dict[str, Any]) -> None:
+        self._do("commit")
+
+    def rollback(self, job: dict[str, Any]) -> None:
+        self._do("rollback")
 
 
 def run(tmp_path: Path, steps: ScriptedSteps) -> tuple[UpdateMachine, list[State]]:

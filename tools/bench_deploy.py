@@ -68,19 +68,21 @@ def main() -> int:
     try:
         for v in range(1, args.runs + 1):
             m = build_color_classifier(work / f"m{v}.onnx", sharpness=10.0 + v)
-            server.cli("models", "push", str(m), "--name", "colors", "--task", "classify",
-                       "--classes", "red,green,blue")
+            server.cli(
+                "models", "push", str(m), "--name", "colors", "--task", "classify", "--classes", "red,green,blue"
+            )
         enrolled = json.loads(server.cli("devices", "enroll", "bench-cam", "--json").stdout)
         tap = ReportTap(port, "bench-cam")
         agent = start_agent(work, enrolled, str(video))
         wait_for(lambda: server.device("bench-cam")["online"], 30, "agent online")
         for v in range(1, args.runs + 1):
             t0 = time.monotonic()
-            server.http.put("/api/v1/devices/bench-cam/deployment",
-                            json={"model": "colors", "version": v,
-                                  "health_window_s": args.health_window}).raise_for_status()
+            server.http.put(
+                "/api/v1/devices/bench-cam/deployment",
+                json={"model": "colors", "version": v, "health_window_s": args.health_window},
+            ).raise_for_status()
             t_api = time.monotonic()
-            wait_for(lambda v=v: tap.first(v, "committed", t0), 60, f"v{v} committed")  # type: ignore[misc]
+            wait_for(lambda v=v, t0=t0: tap.first(v, "committed", t0), 60, f"v{v} committed")  # type: ignore[misc]
             row = {"version": v, "api_ms": (t_api - t0) * 1000}
             for st in STAGES:
                 t = tap.first(v, st, t0)
@@ -97,17 +99,25 @@ def main() -> int:
         vals = [r[key] for r in rows if r[key] is not None]
         return statistics.median(vals) if vals else float("nan")
 
-    print(f"deploy -> state reported, ms after the deploy call started (median of {len(rows)}; "
-          f"health window {args.health_window}s)")
+    print(
+        f"deploy -> state reported, ms after the deploy call started (median of {len(rows)}; "
+        f"health window {args.health_window}s)"
+    )
     print(f"{'stage':<14}{'median ms':>10}{'min':>9}{'max':>9}")
     for key in ["api_ms"] + [f"{s}_ms" for s in STAGES]:
         vals = [r[key] for r in rows if r[key] is not None]
         print(f"{key[:-3]:<14}{med(key):>10.1f}{min(vals):>9.1f}{max(vals):>9.1f}")
     result = {
-        "bench": "deploy_to_active", "runs": rows, "median_deploy_to_active_ms": med("active_ms"),
-        "median_deploy_to_committed_ms": med("committed_ms"), "health_window_s": args.health_window,
-        "machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "bench": "deploy_to_active",
+        "runs": rows,
+        "median_deploy_to_active_ms": med("active_ms"),
+        "median_deploy_to_committed_ms": med("committed_ms"),
+        "health_window_s": args.health_window,
+        "machine": {
+            "cpu_count": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -48,8 +48,12 @@ def run_cli(env: dict[str, str], *args: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=float, default=None,
-                    help="stop after this long (default: until Ctrl-C; 30 s when stdin is not a terminal)")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this long (default: until Ctrl-C; 30 s when stdin is not a terminal)",
+    )
     ap.add_argument("--dir", type=Path, default=ROOT / ".demo", help="working folder (recreated)")
     args = ap.parse_args()
     seconds = args.seconds if args.seconds is not None else (None if sys.stdin.isatty() else 30.0)
@@ -65,8 +69,11 @@ def main() -> int:
     port = free_port()
     server_log = open(work / "server.log", "w")
     server = subprocess.Popen(
-        [str(BIN / "edgeloop"), "server", "--data-dir", str(work / "server"), "--port", str(port),
-         "--mqtt-port", "0"], stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+        [str(BIN / "edgeloop"), "server", "--data-dir", str(work / "server"), "--port", str(port), "--mqtt-port", "0"],
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     procs = [server]
     agent_log = open(work / "agent.log", "w")
     try:
@@ -90,22 +97,34 @@ def main() -> int:
         print(f"    admin token: {token}   (also in {work / 'server' / 'admin_token'})")
 
         say("pushing the model (signed manifest)")
-        ref = run_cli(env, "models", "push", str(model), "--name", "colors", "--task", "classify",
-                      "--classes", "red,green,blue").strip()
+        ref = run_cli(
+            env, "models", "push", str(model), "--name", "colors", "--task", "classify", "--classes", "red,green,blue"
+        ).strip()
         print(f"    registered {ref}")
 
         say("enrolling a device and starting its agent")
         enrolled = json.loads(run_cli(env, "devices", "enroll", "demo-cam-1", "--json"))
         import yaml
 
-        cfg = {"device_id": "demo-cam-1", "server_url": enrolled["server_url"], "mqtt_url": enrolled["mqtt_url"],
-               "token": enrolled["token"], "root_public_key": enrolled["root_public_key"],
-               "source": {"uri": str(video)}, "data_dir": str(work / "agent"), "telemetry_interval_s": 1.0}
+        cfg = {
+            "device_id": "demo-cam-1",
+            "server_url": enrolled["server_url"],
+            "mqtt_url": enrolled["mqtt_url"],
+            "token": enrolled["token"],
+            "root_public_key": enrolled["root_public_key"],
+            "source": {"uri": str(video)},
+            "data_dir": str(work / "agent"),
+            "telemetry_interval_s": 1.0,
+        }
         cfg_path = work / "agent.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         cfg_path.chmod(0o600)
-        agent = subprocess.Popen([str(BIN / "edgeloop-agent"), "run", "--config", str(cfg_path)],
-                                 stdout=agent_log, stderr=subprocess.STDOUT, start_new_session=True)
+        agent = subprocess.Popen(
+            [str(BIN / "edgeloop-agent"), "run", "--config", str(cfg_path)],
+            stdout=agent_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(agent)
         print(f"    $ edgeloop-agent run --config {cfg_path}")
 
@@ -115,8 +134,10 @@ def main() -> int:
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
         active_at = None
         say("live results (Ctrl-C to stop)" if seconds is None else f"live results for {seconds:.0f} s")
-        print(f"    {'DEVICE':<12} {'ON':<3} {'MODEL':<10} {'STATE':<11} {'FPS':>6} {'P95 MS':>7} "
-              f"{'STALE P99':>9}  LAST PREDICTION")
+        print(
+            f"    {'DEVICE':<12} {'ON':<3} {'MODEL':<10} {'STATE':<11} {'FPS':>6} {'P95 MS':>7} "
+            f"{'STALE P99':>9}  LAST PREDICTION"
+        )
         end = None if seconds is None else time.monotonic() + seconds
         tty = sys.stdout.isatty()
         while end is None or time.monotonic() < end:
@@ -127,10 +148,12 @@ def main() -> int:
                 active_at = time.monotonic() - t0
             pred = d["last_prediction"][0] if d["last_prediction"] else None
             shown = f"{pred['label']} ({pred['score']:.2f})" if pred else "-"
-            line = (f"    {d['id']:<12} {'yes' if d['online'] else 'no':<3} "
-                    f"{(d['model'] or '-') + ':' + str(d['version'] or '-'):<10} {d['state'] or '-':<11} "
-                    f"{d['fps'] or 0:>6.1f} {d['latency_ms_p95'] or 0:>7.2f} {d['staleness_ms_p99'] or 0:>9.1f}  "
-                    f"{shown}")
+            line = (
+                f"    {d['id']:<12} {'yes' if d['online'] else 'no':<3} "
+                f"{(d['model'] or '-') + ':' + str(d['version'] or '-'):<10} {d['state'] or '-':<11} "
+                f"{d['fps'] or 0:>6.1f} {d['latency_ms_p95'] or 0:>7.2f} {d['staleness_ms_p99'] or 0:>9.1f}  "
+                f"{shown}"
+            )
             print(("\r" + line + "   ") if tty else line, end="" if tty else "\n", flush=True)
             time.sleep(1.0)
         print()

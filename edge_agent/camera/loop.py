@@ -166,8 +166,15 @@ class InferenceLoop:
             if result.has_nan():
                 model.health.nan_outputs += 1
             self.stats.add((t1 - t0) * 1000.0, (t1 - frame.t_capture) * 1000.0)
-            fr = FrameResult(frame.index, model.manifest.model, model.manifest.version, result,
-                             (t1 - t0) * 1000.0, (t1 - frame.t_capture) * 1000.0, frame.image)
+            fr = FrameResult(
+                frame.index,
+                model.manifest.model,
+                model.manifest.version,
+                result,
+                (t1 - t0) * 1000.0,
+                (t1 - frame.t_capture) * 1000.0,
+                frame.image,
+            )
             self.last_result = fr
             if self.sinks:
                 try:

@@ -64,8 +64,7 @@ class FrameSource:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> FrameSource:
-        self._thread = threading.Thread(target=self._run, name=f"capture:{describe_source(self.spec)}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"capture:{describe_source(self.spec)}", daemon=True)
         self._thread.start()
         return self
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 import numpy as np
 
@@ -13,7 +12,7 @@ from edge_agent.decoders.yolov8 import decode_yolov8
 from edge_agent.preprocess import Transform
 from edge_agent.protocol.manifest import DecoderSpec
 
-Result = Union[Classification, Detections]
+Result = Classification | Detections
 Decoder = Callable[[list[np.ndarray], Transform], Result]
 
 

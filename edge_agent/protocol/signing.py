@@ -35,9 +35,7 @@ def generate_key() -> Ed25519PrivateKey:
 
 
 def private_key_bytes(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 
 
 def load_private_key(raw: bytes) -> Ed25519PrivateKey:

@@ -56,8 +56,7 @@ class OnnxRuntime(Runtime):
         self._shape = tuple(int(d) for d in inp.shape)
         self._dtype = np.dtype(_DTYPES[inp.type])
         self.providers = self._session.get_providers()
-        log.info("onnxruntime loaded %s on %s, %d threads", model_path.name, self.providers[0],
-                 so.intra_op_num_threads)
+        log.info("onnxruntime loaded %s on %s, %d threads", model_path.name, self.providers[0], so.intra_op_num_threads)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -71,4 +70,4 @@ class OnnxRuntime(Runtime):
         return self._session.run(None, {self._input_name: x})
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None

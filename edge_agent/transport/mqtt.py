@@ -125,7 +125,7 @@ class MqttTransport(Transport):
             self._client.subscribe(topic_filter, qos)
 
     # -- paho callbacks (network thread) -----------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("MQTT %s refused the connection: %s", self.url.safe(), reason_code)
             return
@@ -140,12 +140,12 @@ class MqttTransport(Transport):
         if self._on_connected is not None:
             threading.Thread(target=self._on_connected, name="mqtt-on-connected", daemon=True).start()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._connected.is_set() and not self._stopping:
             log.warning("MQTT disconnected from %s: %s; reconnecting", self.url.safe(), reason_code)
         self._connected.clear()
 
-    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+    def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
             subs = list(self._subs.items())
         for topic_filter, (handler, _) in subs:

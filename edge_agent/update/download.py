@@ -16,7 +16,9 @@ CHUNK = 1 << 16
 
 
 class DownloadError(Exception):
-    pass
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient  # worth retrying: network trouble or a server-side error
 
 
 def sha256_file(path: Path) -> str:
@@ -66,7 +68,8 @@ def download(
             elif resp.status_code == 200:
                 mode, have = "wb", 0
             else:
-                raise DownloadError(f"GET {url}: HTTP {resp.status_code}")
+                code = resp.status_code
+                raise DownloadError(f"GET {url}: HTTP {code}", transient=code >= 500 or code == 429)
             declared = resp.headers.get("content-length")
             if declared is not None and have + int(declared) > length:
                 raise DownloadError(f"server offers {have + int(declared)} bytes, manifest says {length}")
@@ -83,10 +86,11 @@ def download(
             raise DownloadError(f"artifact is {got} bytes, manifest says {length}")
         os.replace(part, dest)
         return dest
-    except httpx.HTTPError as exc:
-        raise DownloadError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
-    except DownloadError:
-        part.unlink(missing_ok=True)  # never resume from bytes the server should not have sent
+    except httpx.HTTPError as exc:  # keep the partial file: the next attempt resumes it
+        raise DownloadError(f"GET {url}: {type(exc).__name__}: {exc}", transient=True) from exc
+    except DownloadError as exc:
+        if not exc.transient:
+            part.unlink(missing_ok=True)  # never resume from bytes the server should not have sent
         raise
     finally:
         if own:

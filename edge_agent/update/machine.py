@@ -101,8 +101,9 @@ class UpdateMachine:
 
     def _fire(self, event: Event, reason: str | None = None) -> None:
         new = next_state(self.record.state, event)
-        log.info("update %s --%s--> %s%s", self.record.state.value, event.value, new.value,
-                 f" ({reason})" if reason else "")
+        log.info(
+            "update %s --%s--> %s%s", self.record.state.value, event.value, new.value, f" ({reason})" if reason else ""
+        )
         self.record.state = new
         if reason is not None or event is Event.START:
             self.record.reason = reason

@@ -56,7 +56,8 @@ def download(sha256: str, request: Request, session: SessionDep, _: AnyPrincipal
             return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         n = end - start + 1
         headers.update({"Content-Range": f"bytes {start}-{end}/{size}", "Content-Length": str(n)})
-        return StreamingResponse(_iter_file(path, start, n), status_code=206, headers=headers,
-                                 media_type="application/octet-stream")
+        return StreamingResponse(
+            _iter_file(path, start, n), status_code=206, headers=headers, media_type="application/octet-stream"
+        )
     headers["Content-Length"] = str(size)
     return StreamingResponse(_iter_file(path, 0, size), headers=headers, media_type="application/octet-stream")

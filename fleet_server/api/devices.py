@@ -24,10 +24,20 @@ def to_public(d: Device) -> DevicePublic:
         except ValueError:
             last = []
     return DevicePublic(
-        id=d.id, online=d.online, last_seen=d.last_seen, model=d.model, version=d.version, state=d.state,
-        target_version=d.target_version, reason=d.reason, fps=d.fps, latency_ms_p95=d.latency_ms_p95,
-        staleness_ms_p99=d.staleness_ms_p99, desired_revision=d.desired_revision,
-        reported_revision=d.reported_revision, last_prediction=last,
+        id=d.id,
+        online=d.online,
+        last_seen=d.last_seen,
+        model=d.model,
+        version=d.version,
+        state=d.state,
+        target_version=d.target_version,
+        reason=d.reason,
+        fps=d.fps,
+        latency_ms_p95=d.latency_ms_p95,
+        staleness_ms_p99=d.staleness_ms_p99,
+        desired_revision=d.desired_revision,
+        reported_revision=d.reported_revision,
+        last_prediction=last,
     )
 
 
@@ -43,8 +53,13 @@ def enroll(body: dict, request: Request, session: SessionDep, _: AdminDep) -> De
     session.commit()
     app = request.app.state
     app.broker.add_device(device_id, token)
-    return DeviceEnrolled(device_id=device_id, token=token, root_public_key=app.keys.root_public,
-                          server_url=app.settings.base_url, mqtt_url=app.mqtt_public_url)
+    return DeviceEnrolled(
+        device_id=device_id,
+        token=token,
+        root_public_key=app.keys.root_public,
+        server_url=app.settings.base_url,
+        mqtt_url=app.mqtt_public_url,
+    )
 
 
 @router.get("", response_model=list[DevicePublic])
@@ -67,5 +82,10 @@ def deploy(device_id: str, body: DeployRequest, request: Request, session: Sessi
         dep, rollback = deploy_version(session, request.app.state, device_id, body, who.name)
     except DeployError as exc:
         raise HTTPException(exc.status, str(exc)) from exc
-    return {"device_id": device_id, "model": body.model, "version": body.version, "revision": dep.revision,
-            "rollback": rollback}
+    return {
+        "device_id": device_id,
+        "model": body.model,
+        "version": body.version,
+        "revision": dep.revision,
+        "rollback": rollback,
+    }

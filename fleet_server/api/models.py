@@ -31,10 +31,17 @@ def _floats3(text: str, what: str) -> tuple[float, float, float]:
 def to_public(session, mv: ModelVersion) -> ModelVersionPublic:  # type: ignore[no-untyped-def]
     arts = session.exec(select(Artifact).where(Artifact.version_id == mv.id)).all()
     return ModelVersionPublic(
-        name=mv.model, version=mv.version, task=mv.task, decoder=mv.decoder, classes=json.loads(mv.classes_json),
-        input_shape=json.loads(mv.input_shape), created_at=mv.created_at,
-        artifacts=[{"target": a.target, "sha256": a.sha256, "length": a.length,
-                    "url": f"/api/v1/artifacts/{a.sha256}"} for a in arts],
+        name=mv.model,
+        version=mv.version,
+        task=mv.task,
+        decoder=mv.decoder,
+        classes=json.loads(mv.classes_json),
+        input_shape=json.loads(mv.input_shape),
+        created_at=mv.created_at,
+        artifacts=[
+            {"target": a.target, "sha256": a.sha256, "length": a.length, "url": f"/api/v1/artifacts/{a.sha256}"}
+            for a in arts
+        ],
     )
 
 
@@ -76,10 +83,12 @@ async def push(
         if length == 0:
             raise PushError("empty upload: send the ONNX file as the request body")
         class_list = [c.strip() for c in classes.split(",")]
-        spec, dec = validate_onnx(tmp, task, decoder, class_list, size, resize, color,
-                                  _floats3(mean, "mean"), _floats3(std, "std"))
-        mv = register_version(session, app.keys, name, task, class_list, spec, dec, sha, length,
-                              app.settings.manifest_valid_days)
+        spec, dec = validate_onnx(
+            tmp, task, decoder, class_list, size, resize, color, _floats3(mean, "mean"), _floats3(std, "std")
+        )
+        mv = register_version(
+            session, app.keys, name, task, class_list, spec, dec, sha, length, app.settings.manifest_valid_days
+        )
         app.store.commit(tmp, sha)
         session.commit()
     except PushError as exc:

@@ -18,8 +18,7 @@ class AdminClient:
         self.token = token or os.environ.get("EDGELOOP_TOKEN")
         if not self.token:
             raise CliError("no admin token: pass --token or set EDGELOOP_TOKEN (see DATA_DIR/admin_token)")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {self.token}"})
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.token}"})
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         try:

@@ -25,11 +25,21 @@ def cmd_server(args: argparse.Namespace) -> int:
     from fleet_server.keys import ensure_admin_token, ensure_keys
     from fleet_server.settings import Settings
 
-    overrides = {k: v for k, v in {
-        "data_dir": args.data_dir, "host": args.host, "port": args.port, "mqtt_url": args.mqtt_url,
-        "admin_token": args.admin_token, "database_url": args.database_url, "mqtt_port": args.mqtt_port,
-        "public_url": args.public_url, "mqtt_broker": args.mqtt_broker,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "data_dir": args.data_dir,
+            "host": args.host,
+            "port": args.port,
+            "mqtt_url": args.mqtt_url,
+            "admin_token": args.admin_token,
+            "database_url": args.database_url,
+            "mqtt_port": args.mqtt_port,
+            "public_url": args.public_url,
+            "mqtt_broker": args.mqtt_broker,
+        }.items()
+        if v is not None
+    }
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -42,8 +52,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     print(f"edgeloop server: API {settings.base_url}", flush=True)
     print(f"  admin token: {'given by flag/env' if given else token_path}", flush=True)
     print(f"  signing keys: {keys.key_dir} (root public key in root.pub; move root.key offline)", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(),
-                access_log=False)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False
+    )
     return 0
 
 
@@ -52,16 +63,27 @@ def cmd_models_push(args: argparse.Namespace) -> int:
     path: Path = args.model
     if not path.is_file():
         raise CliError(f"{path}: no such file")
-    params = {"task": args.task, "classes": args.classes, "resize": args.resize, "color": args.color,
-              "mean": args.mean, "std": args.std}
+    params = {
+        "task": args.task,
+        "classes": args.classes,
+        "resize": args.resize,
+        "color": args.color,
+        "mean": args.mean,
+        "std": args.std,
+    }
     if args.decoder:
         params["decoder"] = args.decoder
     if args.input_size:
         params["input_size"] = args.input_size
     client = AdminClient(args.server_url, args.token)
     with open(path, "rb") as fh:
-        data = client.request("POST", f"/api/v1/models/{args.name}/versions", params=params, content=fh,
-                              headers={"Content-Type": "application/octet-stream"})
+        data = client.request(
+            "POST",
+            f"/api/v1/models/{args.name}/versions",
+            params=params,
+            content=fh,
+            headers={"Content-Type": "application/octet-stream"},
+        )
     _out(args, data, f"{data['name']}:{data['version']}")
     return 0
 
@@ -69,8 +91,11 @@ def cmd_models_push(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     rows = AdminClient(args.server_url, args.token).request("GET", "/api/v1/models")
     lines = [f"{'MODEL:VERSION':<28} {'TASK':<9} {'INPUT':<16} CLASSES"]
-    lines += [f"{r['name'] + ':' + str(r['version']):<28} {r['task']:<9} {'x'.join(map(str, r['input_shape'])):<16} "
-              f"{','.join(r['classes'])}" for r in rows]
+    lines += [
+        f"{r['name'] + ':' + str(r['version']):<28} {r['task']:<9} {'x'.join(map(str, r['input_shape'])):<16} "
+        f"{','.join(r['classes'])}"
+        for r in rows
+    ]
     _out(args, rows, "\n".join(lines))
     return 0
 
@@ -85,8 +110,11 @@ def _ref(text: str) -> tuple[str, int]:
 def cmd_models_show(args: argparse.Namespace) -> int:
     name, version = _ref(args.ref)
     r = AdminClient(args.server_url, args.token).request("GET", f"/api/v1/models/{name}/versions/{version}")
-    lines = [f"{r['name']}:{r['version']}  task={r['task']} decoder={r['decoder']} input={r['input_shape']}",
-             f"classes: {', '.join(r['classes'])}", f"{'TARGET':<12} {'BYTES':>10}  SHA256"]
+    lines = [
+        f"{r['name']}:{r['version']}  task={r['task']} decoder={r['decoder']} input={r['input_shape']}",
+        f"classes: {', '.join(r['classes'])}",
+        f"{'TARGET':<12} {'BYTES':>10}  SHA256",
+    ]
     lines += [f"{a['target']:<12} {a['length']:>10}  {a['sha256']}" for a in r["artifacts"]]
     _out(args, r, "\n".join(lines))
     return 0
@@ -95,12 +123,18 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 # -- devices --------------------------------------------------------------------------------------
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
     r = AdminClient(args.server_url, args.token).request("POST", "/api/v1/devices", json={"device_id": args.device_id})
-    text = "\n".join([
-        "# agent.yaml for this device (the token is shown once; keep it secret)",
-        f"device_id: {r['device_id']}", f"server_url: {r['server_url']}", f"mqtt_url: {r['mqtt_url']}",
-        f"token: {r['token']}", f"root_public_key: {r['root_public_key']}",
-        "source: {uri: '0'}", "data_dir: /var/lib/edgeloop",
-    ])
+    text = "\n".join(
+        [
+            "# agent.yaml for this device (the token is shown once; keep it secret)",
+            f"device_id: {r['device_id']}",
+            f"server_url: {r['server_url']}",
+            f"mqtt_url: {r['mqtt_url']}",
+            f"token: {r['token']}",
+            f"root_public_key: {r['root_public_key']}",
+            "source: {uri: '0'}",
+            "data_dir: /var/lib/edgeloop",
+        ]
+    )
     _out(args, r, text)
     return 0
 
@@ -111,9 +145,11 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     for d in rows:
         fps = f"{d['fps']:.1f}" if d["fps"] is not None else "-"
         p95 = f"{d['latency_ms_p95']:.1f}" if d["latency_ms_p95"] is not None else "-"
-        lines.append(f"{d['id']:<20} {'yes' if d['online'] else 'no':<7} {d['model'] or '-':<16} "
-                     f"{d['version'] if d['version'] is not None else '-':>4} {d['state'] or '-':<12} {fps:>6} "
-                     f"{p95:>7}  {d['last_seen'] or '-'}")
+        lines.append(
+            f"{d['id']:<20} {'yes' if d['online'] else 'no':<7} {d['model'] or '-':<16} "
+            f"{d['version'] if d['version'] is not None else '-':>4} {d['state'] or '-':<12} {fps:>6} "
+            f"{p95:>7}  {d['last_seen'] or '-'}"
+        )
         if d.get("reason") and d.get("state") == "failed":
             lines.append(f"{'':<20} reason: {d['reason']}")
     _out(args, rows, "\n".join(lines))
@@ -143,16 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("server", help="run the fleet server", description=(
-        "Run the fleet server. Every flag has an EDGELOOP_* environment equivalent (e.g. EDGELOOP_ADMIN_TOKEN)."))
+    s = sub.add_parser(
+        "server",
+        help="run the fleet server",
+        description=(
+            "Run the fleet server. Every flag has an EDGELOOP_* environment equivalent (e.g. EDGELOOP_ADMIN_TOKEN)."
+        ),
+    )
     s.add_argument("--data-dir", type=Path, help="database, artifacts, keys (env EDGELOOP_DATA_DIR)")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (default 8080)")
     s.add_argument("--public-url", help="URL devices use to reach the API (default from host/port)")
     s.add_argument("--mqtt-url", help="external broker URL; unset: run Mosquitto (or an embedded broker)")
     s.add_argument("--mqtt-port", type=int, help="port of the broker the server runs itself (0 = any free port)")
-    s.add_argument("--mqtt-broker", choices=["auto", "mosquitto", "embedded"],
-                   help="without --mqtt-url: which broker to run (auto: Mosquitto if installed)")
+    s.add_argument(
+        "--mqtt-broker",
+        choices=["auto", "mosquitto", "embedded"],
+        help="without --mqtt-url: which broker to run (auto: Mosquitto if installed)",
+    )
     s.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default SQLite)")
     s.add_argument("--admin-token", help="admin token (default: generated into DATA_DIR/admin_token)")
     s.set_defaults(func=cmd_server)
@@ -200,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("httpx", "httpcore", "alembic.runtime.plugins", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

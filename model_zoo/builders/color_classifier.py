@@ -31,8 +31,11 @@ def build_color_classifier(path: Path, size: int = 64, sharpness: float = 12.0) 
         "color_classifier",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 3])],
-        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
-                     numpy_helper.from_array(axes, "axes")],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(axes, "axes"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="edgeloop")
     model.ir_version = 9

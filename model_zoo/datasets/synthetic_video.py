@@ -18,8 +18,14 @@ def colour_at(frame_index: int, fps: int, seconds_per_scene: float) -> str:
     return names[int(frame_index / (fps * seconds_per_scene)) % len(names)]
 
 
-def write_color_video(path: Path, seconds: float = 6.0, fps: int = 30, size: tuple[int, int] = (320, 240),
-                      seconds_per_scene: float = 1.0, seed: int = 0) -> Path:
+def write_color_video(
+    path: Path,
+    seconds: float = 6.0,
+    fps: int = 30,
+    size: tuple[int, int] = (320, 240),
+    seconds_per_scene: float = 1.0,
+    seed: int = 0,
+) -> Path:
     """Write an MJPEG .avi (decodable by every OpenCV build)."""
     rng = np.random.default_rng(seed)
     w, h = size
