@@ -271,6 +271,7 @@ class Agent:
         if cand is None:
             raise StepFailed("no warmed candidate to activate")
         self._previous = self.loop.swap(cand)
+        self._report()  # the serving version changed between two frames: say so now
         deadline = time.monotonic() + float(job.get("health_window_s", 10.0))
         while time.monotonic() < deadline and not self._stop.is_set():
             h = cand.health

@@ -88,11 +88,12 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(
     agent = start_agent(tmp_path, enrolled, str(assets["video"]))
     try:
         wait_for(lambda: fleet.device("cam-1")["online"], 20, "agent online")
-        fleet.cli("deploy", "colors:1", "--device", "cam-1", "--health-window", "1")
+        fleet.cli("deploy", "colors:1", "--device", "cam-1", "--health-window", "3")
+        # during the health window the device reports the new version serving, state active
         dev = wait_for(
             lambda: (
                 (d := fleet.device("cam-1"))["version"] == 1
-                and d["state"] in ("active", "committed")
+                and d["state"] == "active"
                 and (d["fps"] or 0) > 0
                 and d
             ),
