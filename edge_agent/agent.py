@@ -196,7 +196,7 @@ class Agent:
             return
         m, entry = ok.manifest, ok.manifest.artifacts[ok.target]  # type: ignore[index]
         cur = rec.current
-        if cur and cur.get("sha256") == entry.sha256 and rec.state is State.COMMITTED:
+        if cur and cur.get("sha256") == entry.sha256 and self.loop.model is not None:
             self.machine.adopt_revision(msg.revision)
             self._report()
             return

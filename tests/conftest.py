@@ -24,6 +24,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "model_v1": build_color_classifier(d / "color_v1.onnx", sharpness=12.0),
         "model_v2": build_color_classifier(d / "color_v2.onnx", sharpness=20.0),
+        "model_v3": build_color_classifier(d / "color_v3.onnx", sharpness=16.0),
         "video": write_color_video(d / "camera.avi", seconds=6.0),
         "not_onnx": _write(d / "notes.onnx", b"this is not a model\n" * 10),
     }

@@ -6,13 +6,21 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from sqlmodel import Session, select
 
+from edge_agent.protocol.messages import Deployment as DeploymentMsg
+from edge_agent.protocol.messages import DesiredState, encode_message
+from edge_agent.protocol.signing import ReleaseCert, SignedManifest, load_private_key, sign_manifest
+from fleet_server.db import make_engine
+from fleet_server.models import ModelVersion
 from model_zoo.datasets.synthetic_video import colour_at
+from tests.factories import Keys
 from tests.helpers import Server, start_agent, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -41,6 +49,12 @@ class EventTap:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
+
+
+def _server_signed_manifest(fleet: Server, version: int) -> SignedManifest:
+    with Session(make_engine(f"sqlite:///{fleet.data_dir / 'edgeloop.db'}")) as s:
+        mv = s.exec(select(ModelVersion).where(ModelVersion.version == version)).one()
+    return SignedManifest.model_validate_json(mv.signed_manifest)
 
 
 @pytest.fixture()
@@ -92,10 +106,7 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(
         # during the health window the device reports the new version serving, state active
         dev = wait_for(
             lambda: (
-                (d := fleet.device("cam-1"))["version"] == 1
-                and d["state"] == "active"
-                and (d["fps"] or 0) > 0
-                and d
+                (d := fleet.device("cam-1"))["version"] == 1 and d["state"] == "active" and (d["fps"] or 0) > 0 and d
             ),
             30,
             "colors:1 active with fps > 0",
@@ -134,6 +145,53 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(
         wait_for(lambda: agent.log().count("ignored desired state") >= 2, 10, "agent logs the bad payloads")
         assert agent.alive()
         assert fleet.device("cam-1")["version"] == 1
+        # the server too: garbage telemetry is logged and ignored, good telemetry still counts
+        tap.publish("edgeloop/v1/devices/cam-1/telemetry", b"\x00\x01garbage")
+        wait_for(lambda: "ignored telemetry from cam-1" in fleet.proc.log(), 10, "server logs the bad telemetry")
+        wait_for(lambda: (fleet.device("cam-1")["fps"] or 0) > 0, 10, "telemetry still flowing")
+
+        # forged, replayed and expired manifests injected straight into the broker are refused by the agent
+        fleet.cli(
+            "models",
+            "push",
+            str(assets["model_v3"]),
+            "--name",
+            "colors",
+            "--task",
+            "classify",
+            "--classes",
+            "red,green,blue",
+        )
+        fleet.cli("deploy", "colors:3", "--device", "cam-1", "--health-window", "0.5")
+        wait_for(lambda: (d := fleet.device("cam-1"))["state"] == "committed" and d["version"] == 3, 30, "colors:3")
+        keys = Keys()
+        v1_signed = _server_signed_manifest(fleet, 1)
+        release = load_private_key((fleet.data_dir / "keys" / "release.key").read_bytes())
+        cert = ReleaseCert.model_validate_json((fleet.data_dir / "keys" / "release.cert.json").read_text())
+        stale = v1_signed.unverified_manifest().model_copy(
+            update={
+                "version": 4,
+                "created_at": datetime(2020, 1, 1, tzinfo=timezone.utc),
+                "expires_at": datetime(2020, 2, 1, tzinfo=timezone.utc),
+            }
+        )
+        cases = [
+            (sign_manifest(v1_signed.unverified_manifest(), keys.release, keys.cert), "signature:"),
+            (v1_signed, "version: colors:1 is older than trusted version 3"),
+            (sign_manifest(stale, release, cert), "expired:"),
+        ]
+        for n, (envelope, reason) in enumerate(cases):
+            msg = DesiredState(device_id="cam-1", revision=1000 + n, deployments=[DeploymentMsg(manifest=envelope)])
+            tap.publish("edgeloop/v1/devices/cam-1/desired", encode_message(msg))
+            dev = wait_for(
+                lambda r=reason: (
+                    (d := fleet.device("cam-1"))["state"] == "failed" and (d["reason"] or "").startswith(r) and d
+                ),
+                15,
+                f"refusal: {reason}",
+            )
+            assert dev["version"] == 3  # still serving the trusted model
+        wait_for(lambda: (fleet.device("cam-1")["fps"] or 0) > 0, 10, "still serving frames")
     finally:
         tap.close()
         agent.stop()
@@ -143,9 +201,9 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(
     agent2 = start_agent(tmp_path, enrolled, str(assets["video"]), log_name="agent-restarted")
     try:
         wait_for(
-            lambda: (d := fleet.device("cam-1"))["online"] and (d["fps"] or 0) > 0 and d["version"] == 1,
+            lambda: (d := fleet.device("cam-1"))["online"] and (d["fps"] or 0) > 0 and d["version"] == 3,
             30,
-            "restarted agent serving colors:1",
+            "restarted agent serving colors:3",
         )
         assert agent2.log().count("downloaded") == 0
     finally:

@@ -155,10 +155,19 @@ def test_refuse_reports_failed_without_touching_current(tmp_path: Path) -> None:
     assert m.state is S.COMMITTED
 
 
-def test_table_has_no_way_out_of_resting_except_start_or_fail() -> None:
+def test_adopt_after_refusal_returns_to_committed(tmp_path: Path) -> None:
+    """A refused deployment followed by desired state naming the committed model: converged again."""
+    m, _ = run(tmp_path, ScriptedSteps())
+    m.refuse({"model": "m", "version": 9, "revision": 5}, "signature: bad")
+    m.adopt_revision(6)
+    assert m.state is S.COMMITTED and m.record.reason is None
+    assert m.record.current == {"model": "m", "version": 2, "revision": 6}
+
+
+def test_table_has_no_way_out_of_resting_except_start_fail_adopt() -> None:
     for (state, event), _ in TRANSITIONS.items():
         if state in RESTING:
-            assert event in (Event.START, Event.FAIL)
+            assert event in (Event.START, Event.FAIL, Event.ADOPT)
     with pytest.raises(TransitionError):
         next_state(S.IDLE, Event.HEALTHY)
     with pytest.raises(TransitionError):

@@ -105,7 +105,7 @@ class UpdateMachine:
             "update %s --%s--> %s%s", self.record.state.value, event.value, new.value, f" ({reason})" if reason else ""
         )
         self.record.state = new
-        if reason is not None or event is Event.START:
+        if reason is not None or event in (Event.START, Event.ADOPT):
             self.record.reason = reason
         self._persist()
 
@@ -129,10 +129,11 @@ class UpdateMachine:
     def adopt_revision(self, revision: int) -> None:
         """The desired revision changed but asks for what is already committed: note it, do nothing."""
         with self._lock:
-            if self.record.current is not None:
-                self.record.current = {**self.record.current, "revision": revision}
-                self.record.job = self.record.current
-                self._persist()
+            if self.record.current is None or self.busy:
+                raise RuntimeError("adopt_revision() needs a committed model and no update running")
+            self.record.current = {**self.record.current, "revision": revision}
+            self.record.job = self.record.current
+            self._fire(Event.ADOPT, None)
 
     def start(self, job: dict[str, Any]) -> None:
         """Begin installing `job` (manifest already checked) and run to a resting state."""

@@ -26,6 +26,7 @@ class Event(str, Enum):
     HEALTHY = "healthy"  # health window passed
     FAIL = "fail"
     ROLLED_BACK = "rolled_back"
+    ADOPT = "adopt"  # desired state names exactly what is committed: converged, nothing to install
 
 
 # States in which no step is running; a new deployment may start from these.
@@ -36,6 +37,7 @@ _PRE_ACTIVE = (State.DOWNLOADING, State.VERIFYING, State.PREPARING, State.WARMIN
 TRANSITIONS: dict[tuple[State, Event], State] = {
     **{(s, Event.START): State.DOWNLOADING for s in RESTING},
     **{(s, Event.FAIL): State.FAILED for s in RESTING},  # manifest refused: nothing changes but the report
+    **{(s, Event.ADOPT): State.COMMITTED for s in RESTING},
     (State.DOWNLOADING, Event.DOWNLOADED): State.VERIFYING,
     (State.VERIFYING, Event.VERIFIED): State.PREPARING,
     (State.PREPARING, Event.PREPARED): State.WARMING,
