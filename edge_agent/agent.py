@@ -330,6 +330,7 @@ class Agent:
                 dropped=self.source.dropped,
                 errors=self.loop.stats.errors,
                 source_ok=self.source.connected,
+                source_error=None if self.source.connected else (self.source.last_error or "not connected")[:500],
                 last_prediction=preds,
                 **self.loop.stats.snapshot(),
             )

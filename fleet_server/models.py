@@ -52,6 +52,8 @@ class DevicePublic(DeviceBase):
     desired_revision: int
     reported_revision: int | None
     last_prediction: list[dict] = []
+    source_ok: bool | None = None
+    source_error: str | None = None
 
 
 class DeviceEnrolled(SQLModel):

@@ -100,7 +100,9 @@ class FrameSource:
         else:
             if self.is_file and not Path(self.spec).exists():
                 raise OSError(f"no such file: {self.spec}")
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]
+            # a blocked read returns after the stall timeout, so a silent stream is noticed in time
+            wait_ms = max(100, int(self.stall_timeout_s * 1000))
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(wait_ms, 5000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, wait_ms]
             cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()

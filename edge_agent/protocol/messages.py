@@ -109,6 +109,7 @@ class Telemetry(_Msg):
     dropped: int = 0
     errors: int = 0
     source_ok: bool = True
+    source_error: str | None = Field(None, max_length=500, description="Why the source is down, if it is.")
     last_prediction: list[Prediction] = Field(default_factory=list, max_length=20)
 
 

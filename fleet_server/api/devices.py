@@ -17,12 +17,12 @@ router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 
 def to_public(d: Device) -> DevicePublic:
-    last = []
+    tel: dict = {}
     if d.telemetry_json:
         try:
-            last = json.loads(d.telemetry_json).get("last_prediction", [])
+            tel = json.loads(d.telemetry_json)
         except ValueError:
-            last = []
+            tel = {}
     return DevicePublic(
         id=d.id,
         online=d.online,
@@ -37,7 +37,9 @@ def to_public(d: Device) -> DevicePublic:
         staleness_ms_p99=d.staleness_ms_p99,
         desired_revision=d.desired_revision,
         reported_revision=d.reported_revision,
-        last_prediction=last,
+        last_prediction=tel.get("last_prediction", []),
+        source_ok=tel.get("source_ok"),
+        source_error=tel.get("source_error"),
     )
 
 

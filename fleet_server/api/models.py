@@ -6,6 +6,7 @@ import json
 import logging
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from fleet_server.api.deps import AdminDep, SessionDep
@@ -94,6 +95,9 @@ async def push(
     except PushError as exc:
         session.rollback()
         raise HTTPException(422, str(exc)) from exc
+    except IntegrityError as exc:  # another push of the same model took this version number first
+        session.rollback()
+        raise HTTPException(409, f"a concurrent push registered {name} first; push again") from exc
     finally:
         tmp.unlink(missing_ok=True)
     session.refresh(mv)

@@ -1,0 +1,126 @@
+"""Network cameras: an HTTP MJPEG stream that stops sending without closing (the classic stuck RTSP/MJPEG
+camera) must be noticed, reconnected and recovered; a camera that disappears must show as `down` with the
+reason in the fleet, while the agent keeps running."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.camera.sources import FrameSource
+from tests.helpers import Server, start_agent, wait_for
+
+
+class MjpegCamera:
+    """A real HTTP MJPEG server (multipart/x-mixed-replace) that can stall, or go away entirely."""
+
+    def __init__(self) -> None:
+        self.stall = threading.Event()
+        cam = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not cam.closed:
+                        if cam.stall.is_set():
+                            time.sleep(0.05)
+                            continue
+                        img = np.zeros((120, 160, 3), np.uint8)
+                        img[..., 2] = 200  # red scene
+                        cv2.putText(img, str(i), (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
+                        jpg = cv2.imencode(".jpg", img)[1].tobytes()
+                        head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+                        self.wfile.write(head + jpg + b"\r\n")
+                        i += 1
+                        time.sleep(1 / 30)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.closed = False
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.srv.daemon_threads = True
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/stream.mjpg"
+
+    def close(self) -> None:
+        self.closed = True
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture()
+def camera() -> Iterator[MjpegCamera]:
+    cam = MjpegCamera()
+    yield cam
+    cam.close()
+
+
+def test_stalled_mjpeg_stream_is_detected_and_recovered(camera: MjpegCamera) -> None:
+    src = FrameSource(camera.url, stall_timeout_s=1.0).start()
+    try:
+        wait_for(lambda: src.captured >= 10, 10, "frames from the MJPEG camera")
+        camera.stall.set()  # connection stays open, no more frames
+        wait_for(lambda: src.reconnects >= 1, 6, "stall detected and reconnect started")
+        assert "stalled" in (src.last_error or "")
+        camera.stall.clear()
+        n = src.captured
+        wait_for(lambda: src.captured >= n + 10, 10, "frames again after recovery")
+    finally:
+        t0 = time.monotonic()
+        src.stop()
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_vanished_camera_shows_down_in_the_fleet(
+    tmp_path: Path, mosquitto: str, assets: dict[str, Path], camera: MjpegCamera
+) -> None:
+    fleet = Server(tmp_path / "server", mosquitto)
+    agent = None
+    try:
+        fleet.cli(
+            "models",
+            "push",
+            str(assets["model_v1"]),
+            "--name",
+            "colors",
+            "--task",
+            "classify",
+            "--classes",
+            "red,green,blue",
+        )
+        enrolled = json.loads(fleet.cli("devices", "enroll", "cam-net", "--json").stdout)
+        fleet.cli("deploy", "colors:1", "--device", "cam-net", "--health-window", "0.5")
+        agent = start_agent(tmp_path, enrolled, camera.url)
+        wait_for(
+            lambda: (
+                (d := fleet.device("cam-net"))["state"] == "committed"
+                and (d["fps"] or 0) > 0
+                and d["last_prediction"]
+                and d["last_prediction"][0]["label"] == "red"
+            ),
+            30,
+            "serving the camera",
+        )
+        camera.close()
+        dev = wait_for(lambda: (d := fleet.device("cam-net"))["source_ok"] is False and d, 30, "source reported down")
+        assert dev["source_error"]
+        assert agent.alive() and dev["online"] and dev["version"] == 1
+    finally:
+        if agent:
+            agent.stop()
+        fleet.stop()
