@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -127,6 +128,29 @@ class Server:
         if check and r.returncode != 0:
             raise AssertionError(f"edgeloop {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r
+
+    def push(self, model: Path, name: str = "colors", classes: str = "red,green,blue") -> dict[str, Any]:
+        """`edgeloop models push … --json` for a classifier; returns the registered version."""
+        out = self.cli(
+            "models", "push", str(model), "--name", name, "--task", "classify", "--classes", classes, "--json"
+        ).stdout
+        return dict(json.loads(out))
+
+    def enroll(self, device_id: str) -> dict[str, Any]:
+        return dict(json.loads(self.cli("devices", "enroll", device_id, "--json").stdout))
+
+    def wait_serving(self, device_id: str, version: int, timeout: float = 30, state: str = "committed") -> dict:
+        """Wait until the device reports `version` in `state` with frames flowing (fps > 0)."""
+        return wait_for(
+            lambda: (
+                (d := self.device(device_id))["version"] == version
+                and d["state"] == state
+                and (d["fps"] or 0) > 0
+                and d
+            ),
+            timeout,
+            f"{device_id} serving version {version} ({state}, fps > 0)",
+        )
 
     def device(self, device_id: str) -> dict[str, Any]:
         r = self.http.get(f"/api/v1/devices/{device_id}")

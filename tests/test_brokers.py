@@ -37,27 +37,13 @@ def _connect(url: str, user: str, password: str) -> tuple[mqtt.Client, dict]:
 
 
 def _deploy_and_wait(fleet: Server, assets: dict[str, Path], tmp_path: Path, device: str) -> dict:
-    fleet.cli(
-        "models",
-        "push",
-        str(assets["model_v1"]),
-        "--name",
-        "colors",
-        "--task",
-        "classify",
-        "--classes",
-        "red,green,blue",
-    )
-    enrolled = json.loads(fleet.cli("devices", "enroll", device, "--json").stdout)
+    fleet.push(assets["model_v1"])
+    enrolled = fleet.enroll(device)
     agent = start_agent(tmp_path, enrolled, str(assets["video"]), name=device)
     try:
         wait_for(lambda: fleet.device(device)["online"], 20, f"{device} online")
         fleet.cli("deploy", "colors:1", "--device", device, "--health-window", "0.5")
-        wait_for(
-            lambda: (d := fleet.device(device))["state"] == "committed" and (d["fps"] or 0) > 0,
-            30,
-            f"{device} committed colors:1 with fps > 0",
-        )
+        fleet.wait_serving(device, 1, timeout=30)
     finally:
         agent.stop()
     return enrolled
@@ -67,7 +53,7 @@ def test_managed_mosquitto_keeps_devices_to_their_own_topics(tmp_path: Path, ass
     fleet = Server(tmp_path / "server", None, extra=["--mqtt-broker", "mosquitto"])
     try:
         a = _deploy_and_wait(fleet, assets, tmp_path, "cam-a")  # the agent authenticates with its credential
-        b = json.loads(fleet.cli("devices", "enroll", "cam-b", "--json").stdout)
+        b = fleet.enroll("cam-b")
         url = a["mqtt_url"]
 
         bad, got = _connect(url, "cam-b", "not-the-token")

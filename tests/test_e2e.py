@@ -67,36 +67,10 @@ def fleet(tmp_path: Path, mosquitto: str) -> Iterator[Server]:
 def test_push_deploy_run_report_then_refuse_tampered_artifact(
     fleet: Server, assets: dict[str, Path], tmp_path: Path, mosquitto: str
 ) -> None:
-    v1 = json.loads(
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v1"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-            "--json",
-        ).stdout
-    )
-    v2 = json.loads(
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v2"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-            "--json",
-        ).stdout
-    )
+    v1 = fleet.push(assets["model_v1"])
+    v2 = fleet.push(assets["model_v2"])
     assert (v1["name"], v1["version"], v2["version"]) == ("colors", 1, 2)
-    enrolled = json.loads(fleet.cli("devices", "enroll", "cam-1", "--json").stdout)
+    enrolled = fleet.enroll("cam-1")
     assert enrolled["device_id"] == "cam-1" and enrolled["token"]
     tap = EventTap(mosquitto, "cam-1")
     agent = start_agent(tmp_path, enrolled, str(assets["video"]))
@@ -151,17 +125,7 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(
         wait_for(lambda: (fleet.device("cam-1")["fps"] or 0) > 0, 10, "telemetry still flowing")
 
         # forged, replayed and expired manifests injected straight into the broker are refused by the agent
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v3"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-        )
+        fleet.push(assets["model_v3"])
         fleet.cli("deploy", "colors:3", "--device", "cam-1", "--health-window", "0.5")
         wait_for(lambda: (d := fleet.device("cam-1"))["state"] == "committed" and d["version"] == 3, 30, "colors:3")
         keys = Keys()
@@ -214,18 +178,8 @@ def test_agent_rides_out_a_dead_server(tmp_path: Path, mosquitto: str, assets: d
     """Desired state reaches the agent through the broker while the server's HTTP is down: the download
     is retried with backoff and completes once the server is back."""
     fleet = Server(tmp_path / "server", mosquitto)
-    fleet.cli(
-        "models",
-        "push",
-        str(assets["model_v1"]),
-        "--name",
-        "colors",
-        "--task",
-        "classify",
-        "--classes",
-        "red,green,blue",
-    )
-    enrolled = json.loads(fleet.cli("devices", "enroll", "cam-dead", "--json").stdout)
+    fleet.push(assets["model_v1"])
+    enrolled = fleet.enroll("cam-dead")
     fleet.cli("deploy", "colors:1", "--device", "cam-dead", "--health-window", "0.5")
     port = fleet.port
     fleet.stop()

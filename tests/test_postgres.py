@@ -64,18 +64,8 @@ def test_full_loop_on_postgres_and_restart_republishes(
     data = tmp_path / "server"
     fleet = Server(data, mosquitto, extra=["--database-url", db])
     try:
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v1"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-        )
-        enrolled = json.loads(fleet.cli("devices", "enroll", "pg-cam", "--json").stdout)
+        fleet.push(assets["model_v1"])
+        enrolled = fleet.enroll("pg-cam")
         fleet.cli("deploy", "colors:1", "--device", "pg-cam", "--health-window", "0.5")
         assert (_retained_desired(mosquitto, "pg-cam") or {}).get("revision") == 1
     finally:
@@ -89,11 +79,7 @@ def test_full_loop_on_postgres_and_restart_republishes(
         desired = wait_for(lambda: _retained_desired(mosquitto, "pg-cam", timeout=1.0), 15, "re-published desired")
         assert desired["revision"] == 1 and desired["deployments"][0]["slot"] == "default"
         agent = start_agent(tmp_path, enrolled, str(assets["video"]))
-        wait_for(
-            lambda: (d := fleet.device("pg-cam"))["state"] == "committed" and (d["fps"] or 0) > 0,
-            40,
-            "pg-cam committed colors:1 with fps > 0",
-        )
+        fleet.wait_serving("pg-cam", 1, timeout=40)
         assert "postgresql" in fleet.proc.log()
     finally:
         if agent:

@@ -3,7 +3,6 @@ returns (the restarted broker has lost its retained messages; the server re-publ
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -34,29 +33,9 @@ def test_broker_outage_is_survived(tmp_path: Path, assets: dict[str, Path]) -> N
     fleet = Server(tmp_path / "server", f"mqtt://127.0.0.1:{port}")
     agent = None
     try:
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v1"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-        )
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v2"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-        )
-        enrolled = json.loads(fleet.cli("devices", "enroll", "cam-r", "--json").stdout)
+        fleet.push(assets["model_v1"])
+        fleet.push(assets["model_v2"])
+        enrolled = fleet.enroll("cam-r")
         agent = start_agent(tmp_path, enrolled, str(assets["video"]))
         fleet.cli("deploy", "colors:1", "--device", "cam-r", "--health-window", "0.5")
         wait_for(lambda: fleet.device("cam-r")["state"] == "committed", 30, "colors:1 committed")

@@ -4,7 +4,6 @@ reason in the fleet, while the agent keeps running."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -92,18 +91,8 @@ def test_vanished_camera_shows_down_in_the_fleet(
     fleet = Server(tmp_path / "server", mosquitto)
     agent = None
     try:
-        fleet.cli(
-            "models",
-            "push",
-            str(assets["model_v1"]),
-            "--name",
-            "colors",
-            "--task",
-            "classify",
-            "--classes",
-            "red,green,blue",
-        )
-        enrolled = json.loads(fleet.cli("devices", "enroll", "cam-net", "--json").stdout)
+        fleet.push(assets["model_v1"])
+        enrolled = fleet.enroll("cam-net")
         fleet.cli("deploy", "colors:1", "--device", "cam-net", "--health-window", "0.5")
         agent = start_agent(tmp_path, enrolled, camera.url)
         wait_for(

@@ -68,10 +68,8 @@ def main() -> int:
     try:
         for v in range(1, args.runs + 1):
             m = build_color_classifier(work / f"m{v}.onnx", sharpness=10.0 + v)
-            server.cli(
-                "models", "push", str(m), "--name", "colors", "--task", "classify", "--classes", "red,green,blue"
-            )
-        enrolled = json.loads(server.cli("devices", "enroll", "bench-cam", "--json").stdout)
+            server.push(m)
+        enrolled = server.enroll("bench-cam")
         tap = ReportTap(port, "bench-cam")
         agent = start_agent(work, enrolled, str(video))
         wait_for(lambda: server.device("bench-cam")["online"], 30, "agent online")

@@ -39,18 +39,7 @@ class Principal:
     name: str
 
 
-def require_admin(request: Request, session: SessionDep) -> Principal:
-    token = _bearer(request)
-    if token is None:
-        raise _unauthorized("missing bearer token")
-    if same(token, request.app.state.admin_token):
-        return Principal("admin", "admin")
-    if session.exec(select(Device.id).where(Device.token_hash == token_hash(token))).first() is not None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "device credentials cannot call admin endpoints")
-    raise _unauthorized("invalid token")
-
-
-def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
+def _principal(request: Request, session: Session) -> Principal:
     token = _bearer(request)
     if token is None:
         raise _unauthorized("missing bearer token")
@@ -60,6 +49,17 @@ def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
     if device_id is None:
         raise _unauthorized("invalid token")
     return Principal("device", device_id)
+
+
+def require_admin(request: Request, session: SessionDep) -> Principal:
+    who = _principal(request, session)
+    if who.kind != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "device credentials cannot call admin endpoints")
+    return who
+
+
+def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
+    return _principal(request, session)
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
