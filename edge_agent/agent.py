@@ -23,13 +23,16 @@ from edge_agent.decoders.base import decoder_for
 from edge_agent.decoders.results import Classification
 from edge_agent.preprocess import Preprocessor, Transform
 from edge_agent.protocol.manifest import Manifest
+from edge_agent.protocol.messages import Deployment as DeploymentMsg
 from edge_agent.protocol.messages import (
     DesiredState,
     DetectionEvent,
     MessageError,
     Prediction,
     ReportedState,
+    ShadowTelemetry,
     SlotReport,
+    SourceTelemetry,
     StatusMessage,
     Telemetry,
     UpdateStateName,
@@ -82,9 +85,13 @@ class Agent:
             will=Will(self.topics.status, offline),
             on_connect=[(self.topics.status, online, 1, True)],
         )
-        src = config.source
-        self.source = FrameSource(src.uri, src.loop_file, src.pace_file, src.stall_timeout_s)
-        self.loop = InferenceLoop(self.source, sinks=[self._event_sink])
+        self.sources = [
+            FrameSource(src.uri, src.loop_file, src.pace_file, src.stall_timeout_s, name=src.name or f"cam{i}")
+            for i, src in enumerate(config.sources)
+        ]
+        self.loop = InferenceLoop(self.sources, sinks=[self._event_sink])
+        self._shadow_job: dict[str, Any] | None = None
+        self._shadow_reason: str | None = None
         self.machine = UpdateMachine(self.data_dir / "update.json", steps=self, on_change=self._on_state)
         self._desired: queue.Queue[DesiredState] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
@@ -98,7 +105,8 @@ class Agent:
     def start(self) -> Agent:
         (self.data_dir / "models").mkdir(parents=True, exist_ok=True)
         self._load_current()
-        self.source.start()
+        for src in self.sources:
+            src.start()
         self.loop.start()
         self.transport.subscribe(self.topics.desired, self._on_desired, qos=1)
         self.transport.start()
@@ -106,7 +114,9 @@ class Agent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        log.info("agent %s started (source %s, server %s)", self.cfg.device_id, self.source.spec, self.cfg.server_url)
+        log.info(
+            "agent %s started (%d source(s), server %s)", self.cfg.device_id, len(self.sources), self.cfg.server_url
+        )
         return self
 
     def stop(self) -> None:
@@ -118,7 +128,8 @@ class Agent:
         finally:
             self.transport.stop()
             self.loop.stop()
-            self.source.stop()
+            for src in self.sources:
+                src.stop()
             for t in self._threads:
                 t.join(1.0)
 
@@ -175,7 +186,18 @@ class Agent:
                 log.warning("slot %r ignored: this agent serves one slot (%r)", other.slot, self.SLOT)
         if dep is None:
             return
-        job: dict[str, Any] = {"revision": msg.revision, "slot": dep.slot, "health_window_s": dep.health_window_s}
+        self._apply_main(msg, dep)
+        if self.loop.model is not None and self.machine.state is State.COMMITTED:
+            self._apply_shadow(dep)
+
+    def _apply_main(self, msg: DesiredState, dep: DeploymentMsg) -> None:
+        rec = self.machine.record
+        job: dict[str, Any] = {
+            "revision": msg.revision,
+            "slot": dep.slot,
+            "health_window_s": dep.health_window_s,
+            "min_fps_ratio": dep.min_fps_ratio,
+        }
         try:
             shown = dep.manifest.unverified_manifest()  # for the report only; trusted after check_manifest
             job.update(model=shown.model, version=shown.version)
@@ -214,6 +236,54 @@ class Agent:
         self.machine.start(job)
 
     # -- update steps (called by UpdateMachine) ----------------------------------------------
+    def _apply_shadow(self, dep: DeploymentMsg) -> None:
+        """Run (or stop) a candidate beside the serving model. Never touches what serves or is trusted."""
+        spec = dep.shadow
+        if spec is None:
+            old = self.loop.set_shadow(None)
+            if old is not None:
+                old.model.runtime.close()
+                log.info("shadow %s stopped", old.model.ref)
+            self._shadow_job, self._shadow_reason = None, None
+            self._report()
+            return
+        try:
+            ok = check_manifest(
+                spec.manifest,
+                self.cfg.root_public_key,
+                self.trust,
+                __version__,
+                self.caps.runtimes,
+                self.cfg.device_kind,
+            )
+            m, entry = ok.manifest, ok.manifest.artifacts[ok.target]  # type: ignore[index]
+            if self._shadow_job and self._shadow_job["sha256"] == entry.sha256 and self.loop.shadow:
+                self.loop.shadow.share = spec.share
+                return
+            job = {
+                "model": m.model,
+                "version": m.version,
+                "url": entry.url,
+                "sha256": entry.sha256,
+                "length": entry.length,
+                "manifest": spec.manifest.model_dump(mode="json"),
+                "path": str(self.data_dir / "models" / m.model / str(m.version) / f"{ok.target}.onnx"),
+            }
+            self.download(job)
+            self._check_sha(job)
+            loaded = self._load(job)
+        except (ManifestRejected, StepFailed, RuntimeError_) as exc:
+            self._shadow_reason = str(exc)
+            log.warning("shadow candidate refused: %s", exc)
+            self._report()
+            return
+        old = self.loop.set_shadow(loaded, spec.share)
+        if old is not None:
+            old.model.runtime.close()
+        self._shadow_job, self._shadow_reason = job, None
+        log.info("shadow %s running on %.0f%% of frames", loaded.ref, spec.share * 100)
+        self._report()
+
     def download(self, job: dict[str, Any]) -> None:
         path = Path(job["path"])
         if path.exists() and path.stat().st_size == job["length"]:
@@ -232,12 +302,15 @@ class Agent:
                 self._stop.wait(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, 30.0)
 
-    def verify(self, job: dict[str, Any]) -> None:
+    def _check_sha(self, job: dict[str, Any]) -> None:
         path = Path(job["path"])
         got = sha256_file(path)
         if got != job["sha256"]:
             path.unlink(missing_ok=True)
             raise StepFailed(f"sha256 mismatch: manifest says {job['sha256'][:16]}…, artifact is {got[:16]}…")
+
+    def verify(self, job: dict[str, Any]) -> None:
+        self._check_sha(job)
         if job.get("rollback"):
             self.trust.lower_to(job["model"], job["version"])
         else:
@@ -270,9 +343,11 @@ class Agent:
         cand = self._candidate
         if cand is None:
             raise StepFailed("no warmed candidate to activate")
+        old_fps = self.loop.stats.fps()
         self._previous = self.loop.swap(cand)
         self._report()  # the serving version changed between two frames: say so now
-        deadline = time.monotonic() + float(job.get("health_window_s", 10.0))
+        window = float(job.get("health_window_s", 10.0))
+        deadline = time.monotonic() + window
         while time.monotonic() < deadline and not self._stop.is_set():
             h = cand.health
             if h.errors:
@@ -280,6 +355,11 @@ class Agent:
             if h.nan_outputs:
                 raise StepFailed(f"health: {h.nan_outputs} frame(s) with NaN outputs")
             time.sleep(0.05)
+        ratio = float(job.get("min_fps_ratio", 0.5))
+        if window >= 2.0 and old_fps > 0 and ratio > 0:
+            new_fps = cand.health.frames / max(1e-6, time.monotonic() - cand.health.started)
+            if new_fps < ratio * old_fps:
+                raise StepFailed(f"health: {new_fps:.1f} fps is below {ratio:g} × the previous model's {old_fps:.1f}")
 
     def commit(self, job: dict[str, Any]) -> None:
         if self._previous is not None:
@@ -308,6 +388,9 @@ class Agent:
             state=UpdateStateName(rec.state.value),
             target_version=job.get("version"),
             reason=reason,
+            shadow_model=self.loop.shadow.model.manifest.model if self.loop.shadow else None,
+            shadow_version=self.loop.shadow.model.manifest.version if self.loop.shadow else None,
+            shadow_reason=self._shadow_reason,
         )
         msg = ReportedState(
             device_id=self.cfg.device_id,
@@ -322,16 +405,34 @@ class Agent:
             model = self.loop.model
             last = self.loop.last_result
             preds = predictions(last.result, model.manifest.classes) if (last and model) else []
+            per_source = [SourceTelemetry(**s) for s in self.loop.per_source()]
+            down = [s for s in per_source if not s.ok]
+            sh = self.loop.shadow
+            shadow = (
+                ShadowTelemetry(
+                    model=sh.model.manifest.model,
+                    version=sh.model.manifest.version,
+                    frames=sh.frames,
+                    agreement=sh.agreement,
+                    skipped=sh.skipped,
+                    errors=sh.errors,
+                )
+                if sh
+                else None
+            )
             msg = Telemetry(
                 device_id=self.cfg.device_id,
                 model=model.manifest.model if model else None,
                 version=model.manifest.version if model else None,
                 frames=self.loop.stats.frames,
-                dropped=self.source.dropped,
+                dropped=sum(s.dropped for s in self.sources),
                 errors=self.loop.stats.errors,
-                source_ok=self.source.connected,
-                source_error=None if self.source.connected else (self.source.last_error or "not connected")[:500],
+                source_ok=not down,
+                source_error="; ".join(f"{s.name}: {s.error or 'not connected'}" for s in down)[:500] or None,
                 last_prediction=preds,
+                queue_depth=self.loop.queue_depth(),
+                sources=per_source,
+                shadow=shadow,
                 **self.loop.stats.snapshot(),
             )
             self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)
@@ -349,6 +450,11 @@ class Agent:
             return
         self._last_event = (now, labels)
         ev = DetectionEvent(
-            device_id=self.cfg.device_id, model=fr.model, version=fr.version, frame=fr.frame_index, predictions=preds
+            device_id=self.cfg.device_id,
+            source=fr.source,
+            model=fr.model,
+            version=fr.version,
+            frame=fr.frame_index,
+            predictions=preds,
         )
         self.transport.publish(self.topics.events, encode_message(ev), qos=1)

@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "server_url": args.server_url,
         "mqtt_url": args.mqtt_url,
         "token": args.token,
-        "source": args.source,
+        "sources": args.source,
         "data_dir": args.data_dir,
         "root_public_key": args.root_public_key,
         "telemetry_interval_s": args.telemetry_interval,
@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mqtt-url", help="broker URL, e.g. mqtt://fleet:1883")
     r.add_argument("--token", help="device credential from `edgeloop devices enroll` (prefer the config file)")
     r.add_argument("--root-public-key", help="fleet root public key (base64), from enrollment")
-    r.add_argument("--source", help="FILE | rtsp://… | http://… (MJPEG) | 0 (USB index) | GStreamer pipeline")
+    r.add_argument(
+        "--source",
+        action="append",
+        help="FILE | rtsp://… | http://… (MJPEG) | 0 (USB index) | GStreamer pipeline; repeat for more",
+    )
     r.add_argument("--data-dir", type=Path, help="where models and update state live")
     r.add_argument("--telemetry-interval", type=float, help="seconds between telemetry messages")
     r.set_defaults(func=cmd_run)

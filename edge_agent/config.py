@@ -14,6 +14,7 @@ from edge_agent.runtimes.base import RuntimeOptions
 
 class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Name in telemetry (default camN).")
     uri: str = Field(
         description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, or GStreamer pipeline."
     )
@@ -29,7 +30,11 @@ class AgentConfig(BaseModel):
     mqtt_url: str = Field(description="Broker URL, e.g. mqtt://fleet:1883 or mqtts://fleet:8883.")
     token: SecretStr = Field(description="Device credential from `edgeloop devices enroll`.")
     root_public_key: str = Field(description="The fleet's pinned root public key (base64 ed25519).")
-    source: SourceConfig = Field(description="The camera this agent watches.")
+    sources: list[SourceConfig] = Field(
+        min_length=1,
+        max_length=16,
+        description="Cameras this agent watches; they share one model. `source: URI` is accepted for a single camera.",
+    )
     data_dir: Path = Field(Path("/var/lib/edgeloop"), description="Models, update and trust state.")
     telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
@@ -51,14 +56,20 @@ class AgentConfig(BaseModel):
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
             data.update(loaded)
+        if "source" in data:  # single-camera shorthand
+            if "sources" in data:
+                raise ValueError("give either `source` or `sources`, not both")
+            data["sources"] = [data.pop("source")]
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key == "source":
-                src = data.get("source")
-                data["source"] = {**(src if isinstance(src, dict) else {}), "uri": value}
+            if key == "sources":  # --source on the command line replaces the file's cameras
+                data["sources"] = list(value)
             else:
                 data[key] = value
-        if isinstance(data.get("source"), str):
-            data["source"] = {"uri": data["source"]}
-        return cls.model_validate(data)
+        data["sources"] = [{"uri": s} if isinstance(s, str) else s for s in data.get("sources", [])]
+        cfg = cls.model_validate(data)
+        names = [s.name or f"cam{i}" for i, s in enumerate(cfg.sources)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        return cfg

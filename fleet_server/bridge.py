@@ -127,6 +127,7 @@ class MqttBridge:
                     device.model, device.version = slot.model, slot.version
                     device.state, device.reason = slot.state.value, slot.reason
                     device.target_version = slot.target_version
+                    device.shadow_version, device.shadow_reason = slot.shadow_version, slot.shadow_reason
                 device.reported_revision = msg.revision
                 if msg.capabilities is not None:
                     device.capabilities_json = msg.capabilities.model_dump_json()

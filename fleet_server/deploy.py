@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from edge_agent.protocol.messages import Deployment as DeploymentMsg
-from edge_agent.protocol.messages import DesiredState
+from edge_agent.protocol.messages import DesiredState, ShadowSpec
 from edge_agent.protocol.signing import SignedManifest
 from fleet_server.models import Deployment, DeployRequest, Device, ModelVersion
 from fleet_server.registry import rollback_manifest
@@ -40,6 +40,19 @@ def deploy_version(
         .where(Deployment.device_id == device_id, ModelVersion.model == req.model)
     ).one()
     rollback = highest is not None and mv.version < int(highest)
+    shadow_mv = None
+    if req.shadow_model or req.shadow_version is not None:
+        if not (req.shadow_model and req.shadow_version is not None):
+            raise DeployError("a shadow candidate needs both shadow_model and shadow_version", 422)
+        shadow_mv = session.exec(
+            select(ModelVersion).where(
+                ModelVersion.model == req.shadow_model, ModelVersion.version == req.shadow_version
+            )
+        ).first()
+        if shadow_mv is None:
+            raise DeployError(f"no model version {req.shadow_model}:{req.shadow_version} for the shadow", 404)
+        if shadow_mv.task != mv.task:
+            raise DeployError(f"shadow {shadow_mv.model} is a {shadow_mv.task} model; {mv.model} is {mv.task}", 422)
     signed = rollback_manifest(mv, app.keys) if rollback else mv.signed_manifest
     device.desired_revision += 1
     dep = Deployment(
@@ -49,6 +62,9 @@ def deploy_version(
         revision=device.desired_revision,
         signed_manifest=signed,
         health_window_s=req.health_window_s if req.health_window_s is not None else app.settings.health_window_s,
+        min_fps_ratio=req.min_fps_ratio,
+        shadow_version_id=shadow_mv.id if shadow_mv else None,
+        shadow_share=req.shadow_share if shadow_mv else None,
         created_by=actor,
     )
     session.add(device)
@@ -80,12 +96,22 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
         latest.setdefault(row.slot, row)
     if not latest:
         return None
-    deps = [
-        DeploymentMsg(
-            slot=d.slot,
-            manifest=SignedManifest.model_validate_json(d.signed_manifest),
-            health_window_s=d.health_window_s,
+    deps = []
+    for d in latest.values():
+        shadow = None
+        if d.shadow_version_id is not None:
+            smv = session.get(ModelVersion, d.shadow_version_id)
+            if smv is not None:
+                shadow = ShadowSpec(
+                    manifest=SignedManifest.model_validate_json(smv.signed_manifest), share=d.shadow_share or 0.1
+                )
+        deps.append(
+            DeploymentMsg(
+                slot=d.slot,
+                manifest=SignedManifest.model_validate_json(d.signed_manifest),
+                health_window_s=d.health_window_s,
+                min_fps_ratio=d.min_fps_ratio,
+                shadow=shadow,
+            )
         )
-        for d in latest.values()
-    ]
     return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps)

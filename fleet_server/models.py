@@ -29,6 +29,8 @@ class Device(DeviceBase, table=True):
     state: str | None = Field(default=None, max_length=32)
     target_version: int | None = None
     reason: str | None = None
+    shadow_version: int | None = None
+    shadow_reason: str | None = None
     reported_revision: int | None = None
     capabilities_json: str | None = None
     # latest telemetry
@@ -54,6 +56,10 @@ class DevicePublic(DeviceBase):
     last_prediction: list[dict] = []
     source_ok: bool | None = None
     source_error: str | None = None
+    sources: list[dict] = []
+    shadow: dict | None = None
+    shadow_version: int | None = None
+    shadow_reason: str | None = None
 
 
 class DeviceEnrolled(SQLModel):
@@ -115,6 +121,9 @@ class Deployment(SQLModel, table=True):
     revision: int
     signed_manifest: str  # may differ from the version's (a signed rollback)
     health_window_s: float = 10.0
+    min_fps_ratio: float = 0.5
+    shadow_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    shadow_share: float | None = None
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = Field(default="admin", max_length=64)
 
@@ -123,4 +132,8 @@ class DeployRequest(SQLModel):
     model: str
     version: int
     slot: str = "default"
-    health_window_s: float | None = None
+    health_window_s: float | None = Field(default=None, ge=0, le=3600)
+    min_fps_ratio: float = Field(default=0.5, ge=0, le=1)
+    shadow_model: str | None = None
+    shadow_version: int | None = None
+    shadow_share: float = Field(default=0.1, gt=0, le=1)

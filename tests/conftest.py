@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from model_zoo.builders.color_classifier import build_color_classifier
+from model_zoo.builders.color_classifier import build_color_classifier, build_slow_color_classifier
 from model_zoo.datasets.synthetic_video import write_color_video
 from tests.helpers import Proc, start_mosquitto
 
@@ -25,6 +25,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "model_v1": build_color_classifier(d / "color_v1.onnx", sharpness=12.0),
         "model_v2": build_color_classifier(d / "color_v2.onnx", sharpness=20.0),
         "model_v3": build_color_classifier(d / "color_v3.onnx", sharpness=16.0),
+        "model_slow": build_slow_color_classifier(d / "color_slow.onnx"),
         "video": write_color_video(d / "camera.avi", seconds=6.0),
         "not_onnx": _write(d / "notes.onnx", b"this is not a model\n" * 10),
     }

@@ -165,7 +165,7 @@ class Server:
 def start_agent(
     workdir: Path,
     enrolled: dict[str, Any],
-    source: str,
+    source: str | list[str],
     name: str = "agent",
     extra: list[str] | None = None,
     log_name: str | None = None,
@@ -179,7 +179,9 @@ def start_agent(
         "mqtt_url": enrolled["mqtt_url"],
         "token": enrolled["token"],
         "root_public_key": enrolled["root_public_key"],
-        "source": {"uri": source},
+        "sources": [{"uri": source}]
+        if isinstance(source, str)
+        else [{"uri": u, "name": f"cam{i}"} for i, u in enumerate(source)],
         "data_dir": str(data),
         "telemetry_interval_s": 0.5,
     }

@@ -1,8 +1,11 @@
-"""The inference loop: newest frame -> preprocess -> infer -> decode -> sinks.
+"""The inference loop: newest frame of each source -> preprocess -> infer -> decode -> sinks.
 
-The serving model is one reference (`LoadedModel`) read once per frame, so `swap()` takes effect
-between two frames: no frame is dropped or run twice. Sinks run on their own thread behind a bounded
-queue, so a slow sink (network) never slows inference.
+One inference thread serves every source (they share one model), taking the oldest of the sources'
+newest frames, so no source starves and none builds a backlog. The serving model is one reference
+(`LoadedModel`) read once per frame, so `swap()` takes effect between two frames: no frame is dropped
+or run twice. Sinks run on their own thread behind a bounded queue, so a slow sink (network) never
+slows inference. A shadow model, when set, runs on its own thread on a share of frames and scores its
+agreement with the serving model.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from edge_agent.camera.sources import FrameSource
+from edge_agent.camera.sources import Frame, FrameSource
+from edge_agent.decoders.agreement import agreement
 from edge_agent.decoders.base import Decoder, Result
 from edge_agent.preprocess import Preprocessor
 from edge_agent.protocol.manifest import Manifest
@@ -32,6 +37,7 @@ class ModelHealth:
     errors: int = 0
     nan_outputs: int = 0
     last_error: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -46,9 +52,14 @@ class LoadedModel:
     def ref(self) -> str:
         return self.manifest.ref
 
+    def infer(self, image: np.ndarray) -> Result:
+        x, tf = self.preprocess(image)
+        return self.decode(self.runtime.run(x), tf)
+
 
 @dataclass
 class FrameResult:
+    source: str
     frame_index: int
     model: str
     version: int
@@ -79,39 +90,84 @@ class Stats:
             self.times.append(time.monotonic())
             self.frames += 1
 
+    def fps(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self.times if now - t <= window_s]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             lat = np.asarray(self.latency, dtype=np.float64)
             st = np.asarray(self.staleness, dtype=np.float64)
-            times = list(self.times)
-        now = time.monotonic()
-        recent = [t for t in times if now - t <= 5.0]
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0
 
         def pct(a: np.ndarray, q: float) -> float:
-            return float(np.percentile(a, q)) if a.size else 0.0
+            return round(float(np.percentile(a, q)), 3) if a.size else 0.0
 
         return {
-            "fps": round(fps, 2),
-            "latency_ms_p50": round(pct(lat, 50), 3),
-            "latency_ms_p95": round(pct(lat, 95), 3),
-            "latency_ms_p99": round(pct(lat, 99), 3),
-            "staleness_ms_p50": round(pct(st, 50), 3),
-            "staleness_ms_p99": round(pct(st, 99), 3),
+            "fps": round(self.fps(), 2),
+            "latency_ms_p50": pct(lat, 50),
+            "latency_ms_p95": pct(lat, 95),
+            "latency_ms_p99": pct(lat, 99),
+            "staleness_ms_p50": pct(st, 50),
+            "staleness_ms_p99": pct(st, 99),
         }
 
 
+@dataclass
+class ShadowRun:
+    """A candidate model scored against the serving one on a share of frames."""
+
+    model: LoadedModel
+    share: float
+    frames: int = 0
+    skipped: int = 0
+    agree_sum: float = 0.0
+    errors: int = 0
+    _credit: float = 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        return round(self.agree_sum / self.frames, 4) if self.frames else None
+
+    def wants_frame(self) -> bool:
+        self._credit += self.share  # deterministic sampling: exactly `share` of frames over time
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
+
+
 class InferenceLoop:
-    def __init__(self, source: FrameSource, sinks: list[Sink] | None = None, sink_queue: int = 8) -> None:
-        self.source = source
+    def __init__(
+        self,
+        sources: FrameSource | list[FrameSource],
+        sinks: list[Sink] | None = None,
+        sink_queue: int = 8,
+    ) -> None:
+        self.sources = sources if isinstance(sources, list) else [sources]
         self.sinks = list(sinks or [])
         self.stats = Stats()
+        self.source_stats = {s.name: Stats() for s in self.sources}
         self._model: LoadedModel | None = None
+        self.shadow: ShadowRun | None = None
+        self.disagreement_hooks: list[Callable[[FrameResult, Result, float], None]] = []
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        for s in self.sources:
+            s.add_listener(self._wake)
         self._threads: list[threading.Thread] = []
         self._q: queue.Queue[FrameResult] = queue.Queue(maxsize=sink_queue)
+        self._shadow_q: queue.Queue[tuple[FrameResult, ShadowRun]] = queue.Queue(maxsize=1)
         self.sink_dropped = 0
         self.last_result: FrameResult | None = None
+        self._last_index = {s.name: 0 for s in self.sources}
+
+    @property
+    def source(self) -> FrameSource:
+        return self.sources[0]
 
     @property
     def model(self) -> LoadedModel | None:
@@ -120,11 +176,18 @@ class InferenceLoop:
     def swap(self, model: LoadedModel | None) -> LoadedModel | None:
         """Make `model` serve from the next frame on; returns the one it replaces."""
         old, self._model = self._model, model
+        if model is not None:
+            model.health.started = time.monotonic()
         log.info("serving model %s (was %s)", model.ref if model else None, old.ref if old else None)
         return old
 
+    def set_shadow(self, model: LoadedModel | None, share: float = 0.1) -> ShadowRun | None:
+        old = self.shadow
+        self.shadow = ShadowRun(model, max(0.0, min(1.0, share))) if model is not None else None
+        return old
+
     def start(self) -> InferenceLoop:
-        for name, target in (("infer", self._infer), ("sinks", self._sink)):
+        for name, target in (("infer", self._infer), ("sinks", self._sink), ("shadow", self._shadow)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -132,28 +195,48 @@ class InferenceLoop:
 
     def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
+        self._wake.set()
         for t in self._threads:
             t.join(timeout)
 
+    def queue_depth(self) -> int:
+        return self._q.qsize()
+
+    # -- inference thread --------------------------------------------------------------------
+    def _next_frame(self) -> tuple[FrameSource, Frame] | None:
+        """Of the sources with a frame not yet seen, the one whose newest frame is oldest (fairness)."""
+        best: tuple[FrameSource, Frame] | None = None
+        for s in self.sources:
+            f = s.peek()
+            fresh = f is not None and f.index > self._last_index[s.name]
+            if fresh and (best is None or f.t_capture < best[1].t_capture):  # type: ignore[union-attr]
+                best = (s, f)  # type: ignore[assignment]
+        if best is None:
+            return None
+        src = best[0]
+        frame = src.take_newer(self._last_index[src.name])
+        if frame is None:
+            return None
+        self._last_index[src.name] = frame.index
+        return src, frame
+
     def _infer(self) -> None:
-        last = 0
         while not self._stop.is_set():
-            model = self._model
-            if model is None:
+            if self._model is None:
                 self._stop.wait(0.05)
                 continue
-            frame = self.source.latest(after=last, timeout=0.25)
-            if frame is None:
+            self._wake.clear()
+            picked = self._next_frame()
+            if picked is None:
+                self._wake.wait(0.25)
                 continue
-            last = frame.index
-            model = self._model  # re-read: a swap during the wait applies to this frame
+            source, frame = picked
+            model = self._model  # read once: a swap applies from the next frame on
             if model is None:
                 continue
             t0 = time.monotonic()
             try:
-                x, tf = model.preprocess(frame.image)
-                outputs = model.runtime.run(x)
-                result = model.decode(outputs, tf)
+                result = model.infer(frame.image)
             except Exception as exc:  # a bad frame or model must not kill the loop
                 model.health.errors += 1
                 self.stats.errors += 1
@@ -165,23 +248,26 @@ class InferenceLoop:
             model.health.frames += 1
             if result.has_nan():
                 model.health.nan_outputs += 1
-            self.stats.add((t1 - t0) * 1000.0, (t1 - frame.t_capture) * 1000.0)
+            lat, stale = (t1 - t0) * 1000.0, (t1 - frame.t_capture) * 1000.0
+            self.stats.add(lat, stale)
+            self.source_stats[source.name].add(lat, stale)
             fr = FrameResult(
-                frame.index,
-                model.manifest.model,
-                model.manifest.version,
-                result,
-                (t1 - t0) * 1000.0,
-                (t1 - frame.t_capture) * 1000.0,
-                frame.image,
+                source.name, frame.index, model.manifest.model, model.manifest.version, result, lat, stale, frame.image
             )
             self.last_result = fr
+            shadow = self.shadow
+            if shadow is not None and shadow.wants_frame():
+                try:
+                    self._shadow_q.put_nowait((fr, shadow))
+                except queue.Full:
+                    shadow.skipped += 1
             if self.sinks:
                 try:
                     self._q.put_nowait(fr)
                 except queue.Full:
                     self.sink_dropped += 1
 
+    # -- helper threads ----------------------------------------------------------------------
     def _sink(self) -> None:
         while not self._stop.is_set():
             try:
@@ -193,3 +279,41 @@ class InferenceLoop:
                     sink(fr)
                 except Exception:
                     log.exception("sink %s failed", getattr(sink, "__name__", sink))
+
+    def _shadow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fr, run = self._shadow_q.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            try:
+                other = run.model.infer(fr.image)
+                score = agreement(fr.result, other)
+            except Exception as exc:
+                run.errors += 1
+                log.debug("shadow inference failed: %s", exc)
+                continue
+            run.frames += 1
+            run.agree_sum += score
+            if score < 1.0:
+                for hook in self.disagreement_hooks:
+                    hook(fr, other, score)
+
+    def per_source(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.sources:
+            snap = self.source_stats[s.name].snapshot()
+            out.append(
+                {
+                    "name": s.name,
+                    "ok": s.connected,
+                    "error": None if s.connected else s.last_error,
+                    "decode_fps": round(s.decode_fps(), 2),
+                    "infer_fps": snap["fps"],
+                    "dropped": s.dropped,
+                    "staleness_ms_p50": snap["staleness_ms_p50"],
+                    "staleness_ms_p99": snap["staleness_ms_p99"],
+                    "reconnects": s.reconnects,
+                }
+            )
+        return out

@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,12 @@ class FrameSource:
         pace_file: bool = True,
         stall_timeout_s: float = 5.0,
         backoff_max_s: float = 30.0,
+        name: str = "cam0",
     ) -> None:
         self.spec = spec
+        self.name = name
+        self._listeners: list[threading.Event] = []
+        self._capture_times: deque[float] = deque(maxlen=512)
         self.is_file = not spec.isdigit() and "://" not in spec and "!" not in spec and not spec.startswith("/dev/")
         self.loop_file = loop_file
         self.pace_file = pace_file
@@ -76,6 +81,31 @@ class FrameSource:
             self._thread.join(timeout)
 
     # -- consumer side -----------------------------------------------------------------------
+    def add_listener(self, event: threading.Event) -> None:
+        """`event` is set whenever a new frame arrives (one inference thread can watch many sources)."""
+        self._listeners.append(event)
+
+    def peek(self) -> Frame | None:
+        """The newest frame, without taking it."""
+        return self._latest
+
+    def take_newer(self, after: int) -> Frame | None:
+        """The newest frame with index > `after`, without waiting; marks it taken."""
+        with self._cond:
+            f = self._latest
+            if f is not None and f.index > after:
+                self._taken_index = f.index
+                return f
+        return None
+
+    def decode_fps(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        with self._cond:
+            recent = [t for t in self._capture_times if now - t <= window_s]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return 0.0
+        return (len(recent) - 1) / (recent[-1] - recent[0])
+
     def latest(self, after: int, timeout: float) -> Frame | None:
         """The newest frame with index > `after`, waiting up to `timeout` seconds for one."""
         deadline = time.monotonic() + timeout
@@ -115,8 +145,12 @@ class FrameSource:
             if prev is not None and prev.index > self._taken_index:
                 self.dropped += 1
             self.captured += 1
-            self._latest = Frame(image, self.captured, time.monotonic())
+            now = time.monotonic()
+            self._latest = Frame(image, self.captured, now)
+            self._capture_times.append(now)
             self._cond.notify_all()
+        for ev in self._listeners:
+            ev.set()
 
     def _run(self) -> None:
         backoff = 0.5

@@ -43,11 +43,21 @@ class UpdateStateName(str, Enum):
     failed = "failed"
 
 
+class ShadowSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    manifest: SignedManifest = Field(description="Signed manifest of the candidate to run beside the active model.")
+    share: float = Field(0.1, gt=0, le=1, description="Share of frames the candidate also runs on.")
+
+
 class Deployment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slot: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Camera/model slot.")
     manifest: SignedManifest = Field(description="Signed manifest of the model version to run.")
     health_window_s: float = Field(10.0, ge=0, le=3600, description="Seconds a new model must stay healthy.")
+    min_fps_ratio: float = Field(
+        0.5, ge=0, le=1, description="Roll back if the new model's fps falls below this share of the old one's."
+    )
+    shadow: ShadowSpec | None = Field(None, description="A candidate to score beside the active model.")
 
 
 class DesiredState(_Msg):
@@ -62,6 +72,9 @@ class SlotReport(BaseModel):
     state: UpdateStateName = UpdateStateName.idle
     target_version: int | None = Field(None, description="Version being installed, if any.")
     reason: str | None = Field(None, description="Why the last update failed, if it did.")
+    shadow_model: str | None = Field(None, description="Candidate running in shadow, if any.")
+    shadow_version: int | None = None
+    shadow_reason: str | None = Field(None, description="Why the shadow candidate is not running, if so.")
 
 
 class Capabilities(BaseModel):
@@ -94,6 +107,29 @@ class Prediction(BaseModel):
     box: tuple[float, float, float, float] | None = Field(None, description="x1,y1,x2,y2 in frame pixels.")
 
 
+class SourceTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    ok: bool
+    error: str | None = Field(None, max_length=500)
+    decode_fps: float = 0.0
+    infer_fps: float = 0.0
+    dropped: int = 0
+    staleness_ms_p50: float = 0.0
+    staleness_ms_p99: float = 0.0
+    reconnects: int = 0
+
+
+class ShadowTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    version: int
+    frames: int
+    agreement: float | None = Field(None, description="Mean agreement: top-1 match or IoU-matched F1.")
+    skipped: int = 0
+    errors: int = 0
+
+
 class Telemetry(_Msg):
     ts: float = Field(default_factory=time.time)
     slot: str = "default"
@@ -111,11 +147,15 @@ class Telemetry(_Msg):
     source_ok: bool = True
     source_error: str | None = Field(None, max_length=500, description="Why the source is down, if it is.")
     last_prediction: list[Prediction] = Field(default_factory=list, max_length=20)
+    queue_depth: int = 0
+    sources: list[SourceTelemetry] = Field(default_factory=list, max_length=16)
+    shadow: ShadowTelemetry | None = None
 
 
 class DetectionEvent(_Msg):
     ts: float = Field(default_factory=time.time)
     slot: str = "default"
+    source: str = "cam0"
     model: str
     version: int
     frame: int

@@ -40,6 +40,10 @@ def to_public(d: Device) -> DevicePublic:
         last_prediction=tel.get("last_prediction", []),
         source_ok=tel.get("source_ok"),
         source_error=tel.get("source_error"),
+        sources=tel.get("sources", []),
+        shadow=tel.get("shadow"),
+        shadow_version=d.shadow_version,
+        shadow_reason=d.shadow_reason,
     )
 
 

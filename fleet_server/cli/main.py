@@ -161,6 +161,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"model": name, "version": version, "slot": args.slot}
     if args.health_window is not None:
         body["health_window_s"] = args.health_window
+    if args.min_fps_ratio is not None:
+        body["min_fps_ratio"] = args.min_fps_ratio
+    if args.shadow:
+        body["shadow_model"], body["shadow_version"] = _ref(args.shadow)
+        body["shadow_share"] = args.shadow_share
     r = AdminClient(args.server_url, args.token).request("PUT", f"/api/v1/devices/{args.device}/deployment", json=body)
     note = " (signed rollback)" if r.get("rollback") else ""
     _out(args, r, f"{args.device}: desired {name}:{version}{note}, revision {r['revision']}")
@@ -237,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--device", required=True, help="device id")
     dp.add_argument("--slot", default="default", help="model slot on the device")
     dp.add_argument("--health-window", type=float, help="seconds the new model must stay healthy (default 10)")
+    dp.add_argument(
+        "--min-fps-ratio",
+        type=float,
+        help="roll back when the new model runs below this share of the old one's fps (default 0.5)",
+    )
+    dp.add_argument("--shadow", metavar="NAME:VERSION", help="also run this candidate in shadow and report agreement")
+    dp.add_argument("--shadow-share", type=float, default=0.1, help="share of frames the shadow runs on (default 0.1)")
     _admin_flags(dp)
     dp.set_defaults(func=cmd_deploy)
     return p

@@ -43,3 +43,44 @@ def build_color_classifier(path: Path, size: int = 64, sharpness: float = 12.0) 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def build_slow_color_classifier(path: Path, size: int = 64, work: int = 512, repeats: int = 30) -> Path:
+    """The same classifier plus a heavy branch whose result is multiplied by zero: same answers, far
+    slower (for health-window tests: a model that is right but too slow for the camera)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    build_color_classifier(path, size=size)
+    model = onnx.load(str(path))
+    g = model.graph
+    rng = np.random.default_rng(0)
+    g.initializer.extend(
+        [
+            numpy_helper.from_array((rng.standard_normal((work, work)) / np.sqrt(work)).astype(np.float32), "Wheavy"),
+            numpy_helper.from_array(np.array([work, work], dtype=np.int64), "heavy_shape"),
+            numpy_helper.from_array(np.zeros((1, 3), np.float32), "zero3"),
+            numpy_helper.from_array(np.array([0, 1], dtype=np.int64), "axes01"),
+        ]
+    )
+    nodes = [
+        helper.make_node("ReduceMean", ["mean", "axes01"], ["m0"], keepdims=1),  # depends on the input
+        helper.make_node("Expand", ["m0", "heavy_shape"], ["t0"]),
+    ]
+    prev = "t0"
+    for i in range(repeats):
+        nodes.append(helper.make_node("MatMul", [prev, "Wheavy"], [f"t{i + 1}"]))
+        prev = f"t{i + 1}"
+    nodes += [
+        helper.make_node("ReduceMean", [prev, "axes01"], ["r"], keepdims=1),
+        helper.make_node("Mul", ["r", "zero3"], ["extra"]),
+        helper.make_node("Add", ["logits", "extra"], ["logits_slow"]),
+    ]
+    softmax = next(n for n in g.node if n.op_type == "Softmax")
+    softmax.input[0] = "logits_slow"
+    idx = list(g.node).index(softmax)
+    for k, n in enumerate(nodes):
+        g.node.insert(idx + k, n)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
