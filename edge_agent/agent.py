@@ -21,6 +21,7 @@ from edge_agent.camera.sources import FrameSource
 from edge_agent.config import AgentConfig
 from edge_agent.decoders.base import decoder_for
 from edge_agent.decoders.results import Classification
+from edge_agent.endpoints import Endpoints
 from edge_agent.preprocess import Preprocessor, Transform
 from edge_agent.protocol.manifest import Manifest
 from edge_agent.protocol.messages import Deployment as DeploymentMsg
@@ -91,6 +92,7 @@ class Agent:
         ]
         self.loop = InferenceLoop(self.sources, sinks=[self._event_sink])
         self._shadow_job: dict[str, Any] | None = None
+        self.endpoints: Endpoints | None = None
         self._shadow_reason: str | None = None
         self.machine = UpdateMachine(self.data_dir / "update.json", steps=self, on_change=self._on_state)
         self._desired: queue.Queue[DesiredState] = queue.Queue(maxsize=1)
@@ -110,6 +112,11 @@ class Agent:
         self.loop.start()
         self.transport.subscribe(self.topics.desired, self._on_desired, qos=1)
         self.transport.start()
+        if self.cfg.endpoints.enabled:
+            ep = self.cfg.endpoints
+            self.endpoints = Endpoints(
+                self.loop, lambda: {"state": self.machine.state.value}, ep.host, ep.port, ep.preview_fps
+            ).start()
         for name, target in (("updater", self._updater), ("telemetry", self._telemetry)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -127,6 +134,8 @@ class Agent:
             time.sleep(0.1)
         finally:
             self.transport.stop()
+            if self.endpoints is not None:
+                self.endpoints.stop()
             self.loop.stop()
             for src in self.sources:
                 src.stop()

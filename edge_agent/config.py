@@ -23,6 +23,14 @@ class SourceConfig(BaseModel):
     stall_timeout_s: float = Field(5.0, gt=0, description="Reconnect when no frame arrives for this long.")
 
 
+class EndpointsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="Serve /healthz, /metrics and /preview.")
+    host: str = Field("127.0.0.1", description="Bind address; keep localhost unless the network is trusted.")
+    port: int = Field(9108, ge=0, le=65535, description="HTTP port (0 = any free port).")
+    preview_fps: float = Field(10.0, gt=0, le=60, description="Frame rate of the /preview stream.")
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device_id: str = Field(description="This device's id, as enrolled on the server.")
@@ -39,6 +47,7 @@ class AgentConfig(BaseModel):
     telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
+    endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Local HTTP endpoints.")
     device_kind: str = Field("cpu", description="cpu, cuda or tensorrt: decides which artifact target to take.")
 
     @field_validator("device_id")
