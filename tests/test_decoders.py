@@ -108,3 +108,20 @@ def test_preprocess_letterbox_pads_and_maps_back() -> None:
 def test_preprocess_rejects_non_bgr_frames() -> None:
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         Preprocessor(InputSpec(shape=(1, 3, 8, 8)))(np.zeros((8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+def test_fused_kernel_matches_numpy(resize: str, color: str) -> None:
+    """The numba kernel is chosen when it measures faster; it must give the same input tensor."""
+    from edge_agent import kernels
+
+    if not kernels.numba_available():
+        pytest.skip("numba not installed")
+    spec = InputSpec(
+        shape=(1, 3, 96, 128), resize=resize, color=color, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    )
+    frame = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    fused, _ = Preprocessor(spec, kernel="numba")(frame)
+    plain, _ = Preprocessor(spec, kernel="numpy")(frame)
+    np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-6)

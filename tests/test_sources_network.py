@@ -4,62 +4,15 @@ reason in the fleet, while the agent keeps running."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from edge_agent.camera.sources import FrameSource
 from tests.helpers import Server, start_agent, wait_for
-
-
-class MjpegCamera:
-    """A real HTTP MJPEG server (multipart/x-mixed-replace) that can stall, or go away entirely."""
-
-    def __init__(self) -> None:
-        self.stall = threading.Event()
-        cam = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                i = 0
-                try:
-                    while not cam.closed:
-                        if cam.stall.is_set():
-                            time.sleep(0.05)
-                            continue
-                        img = np.zeros((120, 160, 3), np.uint8)
-                        img[..., 2] = 200  # red scene
-                        cv2.putText(img, str(i), (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
-                        jpg = cv2.imencode(".jpg", img)[1].tobytes()
-                        head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
-                        self.wfile.write(head + jpg + b"\r\n")
-                        i += 1
-                        time.sleep(1 / 30)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-        self.closed = False
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.srv.daemon_threads = True
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/stream.mjpg"
-
-    def close(self) -> None:
-        self.closed = True
-        self.srv.shutdown()
-        self.srv.server_close()
+from tools.mjpeg_server import MjpegCamera
 
 
 @pytest.fixture()

@@ -45,7 +45,9 @@ class FrameSource:
         stall_timeout_s: float = 5.0,
         backoff_max_s: float = 30.0,
         name: str = "cam0",
+        pace_fps: float | None = None,
     ) -> None:
+        self.pace_fps = pace_fps
         self.spec = spec
         self.name = name
         self._listeners: list[threading.Event] = []
@@ -95,6 +97,7 @@ class FrameSource:
             f = self._latest
             if f is not None and f.index > after:
                 self._taken_index = f.index
+                self._cond.notify_all()
                 return f
         return None
 
@@ -114,6 +117,7 @@ class FrameSource:
                 f = self._latest
                 if f is not None and f.index > after:
                     self._taken_index = f.index
+                    self._cond.notify_all()
                     return f
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -178,8 +182,8 @@ class FrameSource:
                 self.reconnects += 1
 
     def _read_until_broken(self, cap: cv2.VideoCapture) -> None:
-        fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
-        period = 1.0 / fps if (self.pace_file and fps and 1.0 <= fps <= 240.0) else 0.0
+        fps = (self.pace_fps or cap.get(cv2.CAP_PROP_FPS)) if self.is_file else 0.0
+        period = 1.0 / fps if (self.pace_file and fps and 1.0 <= fps <= 2000.0) else 0.0
         next_t = time.monotonic()
         last_frame_t = time.monotonic()
         while not self._stop.is_set():
@@ -205,6 +209,12 @@ class FrameSource:
                     continue
             last_frame_t = time.monotonic()
             self._publish(image)
+            if self.is_file and not self.pace_file:
+                # an unpaced file is read on demand: decode the next frame while this one is inferred,
+                # never frames that would only be dropped
+                with self._cond:
+                    self._cond.wait_for(lambda: self._taken_index >= self.captured or self._stop.is_set())
+                continue
             if period:
                 next_t += period
                 delay = next_t - time.monotonic()
