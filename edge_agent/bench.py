@@ -56,8 +56,8 @@ def describe_model(path: Path, classes: list[str] | None = None, resize: str = "
         model="bench",
         version=1,
         task=task,
-        classes=names,  # type: ignore[arg-type]
-        input=InputSpec(shape=shape, resize=resize, layout="NCHW" if shape[1] == 3 else "NHWC"),  # type: ignore[arg-type]
+        classes=names,
+        input=InputSpec(shape=shape, resize=resize, layout="NCHW" if shape[1] == 3 else "NHWC"),
         decoder=dec,
         artifacts={"onnx-fp32": ArtifactEntry(url=str(path), sha256="0" * 64, length=size)},
         created_at=now,

@@ -20,7 +20,7 @@ try:  # numba is optional: the agent still runs (slower) without it
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only where numba is absent
-    numba = None
+    numba = None  # type: ignore[assignment]
     HAVE_NUMBA = False
 
 
