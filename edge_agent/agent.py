@@ -74,6 +74,7 @@ class Agent:
         self.data_dir = config.data_dir
         self.topics = DeviceTopics(config.device_id)
         self.caps = capabilities.detect()
+        self.device_kind = capabilities.device_kind(self.caps) if config.device_kind == "auto" else config.device_kind
         self.trust = TrustStore(self.data_dir / "trust.json")
         token = config.token.get_secret_value()
         offline = encode_message(StatusMessage(device_id=config.device_id, status="offline"))
@@ -219,7 +220,7 @@ class Agent:
                 self.trust,
                 __version__,
                 self.caps.runtimes,
-                self.cfg.device_kind,
+                self.device_kind,
             )
         except ManifestRejected as exc:
             log.warning("refused %s:%s: %s", job.get("model"), job.get("version"), exc)
@@ -263,7 +264,7 @@ class Agent:
                 self.trust,
                 __version__,
                 self.caps.runtimes,
-                self.cfg.device_kind,
+                self.device_kind,
             )
             m, entry = ok.manifest, ok.manifest.artifacts[ok.target]  # type: ignore[index]
             if self._shadow_job and self._shadow_job["sha256"] == entry.sha256 and self.loop.shadow:
@@ -330,7 +331,16 @@ class Agent:
 
     def _load(self, job: dict[str, Any]) -> LoadedModel:
         manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
-        runtime = create_runtime("onnxruntime", Path(job["path"]), self.cfg.runtime)
+        target = job.get("target", "onnx-fp32")
+        opts = self.cfg.runtime.model_copy(
+            update={
+                "artifact_sha256": job.get("sha256"),
+                "cache_dir": self.data_dir / "engines",
+                "precision": {"onnx-fp16": "fp16", "tensorrt": "int8"}.get(target, "fp32"),
+            }
+        )
+        runtime_name = "tensorrt" if target == "tensorrt" and "tensorrt" in self.caps.runtimes else "onnxruntime"
+        runtime = create_runtime(runtime_name, Path(job["path"]), opts)
         if tuple(runtime.input_shape) != tuple(manifest.input.shape):
             raise StepFailed(f"model input {runtime.input_shape} differs from manifest {manifest.input.shape}")
         decode = decoder_for(manifest.decoder, len(manifest.classes))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 
 from edge_agent import __version__
@@ -24,6 +27,40 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f in _INTERESTING_FLAGS)
 
 
+@functools.cache
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name (nvidia-smi), or None."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    name = out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
+    return name or None
+
+
+def tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return None
+
+
+def device_kind(caps: Capabilities) -> str:
+    """tensorrt, cuda or cpu: which family of artifact targets this device runs best."""
+    if caps.gpu and (caps.tensorrt or "TensorrtExecutionProvider" in caps.providers):
+        return "tensorrt"
+    if caps.gpu and "CUDAExecutionProvider" in caps.providers:
+        return "cuda"
+    return "cpu"
+
+
 def detect() -> Capabilities:
     providers: list[str] = []
     try:
@@ -32,18 +69,13 @@ def detect() -> Capabilities:
         providers = list(ort.get_available_providers())
     except ImportError:
         pass
-    trt = None
-    try:
-        import tensorrt
-
-        trt = str(tensorrt.__version__)
-    except ImportError:
-        pass
+    trt = tensorrt_version()
     return Capabilities(
         agent_version=__version__,
         runtimes=available_runtimes(),
         providers=providers,
         cpu_flags=cpu_flags(),
         tensorrt=trt,
+        gpu=gpu_name(),
         arch=platform.machine(),
     )

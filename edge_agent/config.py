@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -48,7 +48,9 @@ class AgentConfig(BaseModel):
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
     endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Local HTTP endpoints.")
-    device_kind: str = Field("cpu", description="cpu, cuda or tensorrt: decides which artifact target to take.")
+    device_kind: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="Which artifact targets to prefer; auto: from the detected GPU, CUDA and TensorRT."
+    )
 
     @field_validator("device_id")
     @classmethod

@@ -30,6 +30,10 @@ def create_runtime(name: str, model_path: Path, options: RuntimeOptions | None =
         from edge_agent.runtimes.onnxruntime_rt import OnnxRuntime
 
         return OnnxRuntime(model_path, options)
+    if name == "tensorrt":
+        from edge_agent.runtimes.tensorrt_rt import TensorRTRuntime
+
+        return TensorRTRuntime(model_path, options)
     raise RuntimeError_(f"unknown runtime {name!r}; this agent has {available_runtimes()}")
 
 

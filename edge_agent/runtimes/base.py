@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +21,16 @@ class RuntimeOptions(BaseModel):
     providers: list[str] = Field(
         default_factory=list, description="Execution providers in order; empty = best available."
     )
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="GPU engine precision (TensorRT).")
+    cache_dir: Path | None = Field(None, description="Where TensorRT engines and timing caches are kept.")
+    artifact_sha256: str | None = Field(None, description="Identifies the artifact in engine cache keys.")
+    int8_calibration: Path | None = Field(None, description="TensorRT INT8 calibration cache shipped with the model.")
+
+
+def engine_cache_key(sha256: str, trt_version: str, gpu: str, precision: str) -> str:
+    """An engine is valid only for this artifact, TensorRT version, GPU model and precision."""
+    safe_gpu = "".join(ch if ch.isalnum() else "-" for ch in gpu).strip("-").lower() or "gpu"
+    return f"{sha256[:16]}-trt{trt_version}-{safe_gpu}-{precision}"
 
 
 class Runtime(ABC):

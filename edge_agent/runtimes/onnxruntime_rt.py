@@ -15,6 +15,10 @@ _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutio
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
+def options_cache_default() -> Path:
+    return Path.home() / ".cache" / "edgeloop" / "engines"
+
+
 def physical_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -40,8 +44,11 @@ class OnnxRuntime(Runtime):
         available = ort.get_available_providers()
         wanted = options.providers or [p for p in _PREFERRED if p in available]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        provider_options = [self._provider_options(p, options) for p in providers]
         try:
-            self._session = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=so, providers=providers, provider_options=provider_options
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise RuntimeError_(f"onnxruntime cannot load {model_path.name}: {exc}") from exc
         inputs = self._session.get_inputs()
@@ -57,6 +64,35 @@ class OnnxRuntime(Runtime):
         self._dtype = np.dtype(_DTYPES[inp.type])
         self.providers = self._session.get_providers()
         log.info("onnxruntime loaded %s on %s, %d threads", model_path.name, self.providers[0], so.intra_op_num_threads)
+
+    @staticmethod
+    def _provider_options(provider: str, options: RuntimeOptions) -> dict[str, str]:
+        """TensorRT EP: engines and timing cache on disk under a key of (artifact sha256, TensorRT
+        version, GPU name, precision). Runs only where a GPU and TensorRT are present (not on CI)."""
+        if provider == "TensorrtExecutionProvider":
+            from edge_agent.capabilities import gpu_name, tensorrt_version
+            from edge_agent.runtimes.base import engine_cache_key
+
+            base = options.cache_dir or options_cache_default()
+            key = engine_cache_key(
+                options.artifact_sha256 or "nosha", tensorrt_version() or "ort", gpu_name() or "gpu", options.precision
+            )
+            out = {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(base / key),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(base / "timing"),
+                "trt_fp16_enable": "True" if options.precision in ("fp16", "int8") else "False",
+                "trt_int8_enable": "True" if options.precision == "int8" else "False",
+            }
+            if options.precision == "int8" and options.int8_calibration is not None:
+                out["trt_int8_calibration_table_name"] = str(options.int8_calibration)
+            (base / key).mkdir(parents=True, exist_ok=True)
+            (base / "timing").mkdir(parents=True, exist_ok=True)
+            return out
+        if provider == "CUDAExecutionProvider":
+            return {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+        return {}
 
     @property
     def input_shape(self) -> tuple[int, ...]:

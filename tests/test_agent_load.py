@@ -1,0 +1,96 @@
+"""Loading a model on the agent: a model whose input or outputs do not match its manifest is refused
+at load with a clear reason (and, in the update machine, the old model keeps serving)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig
+from edge_agent.protocol.manifest import ArtifactEntry, InputSpec
+from edge_agent.update.download import sha256_file
+from edge_agent.update.machine import StepFailed
+from tests.factories import Keys, signed
+from tests.helpers import BIN
+
+
+def _agent(tmp_path: Path) -> Agent:
+    cfg = AgentConfig.load(
+        None,
+        {
+            "device_id": "d",
+            "server_url": "http://127.0.0.1:9",
+            "mqtt_url": "mqtt://127.0.0.1:9",
+            "token": "t",
+            "root_public_key": Keys().root_public,
+            "sources": ["0"],
+            "data_dir": str(tmp_path),
+        },
+    )
+    return Agent(cfg)
+
+
+def _job(model: Path, **over: object) -> dict:
+    entry = ArtifactEntry(url="/x", sha256=sha256_file(model), length=model.stat().st_size)
+    env = signed(Keys(), 1, artifacts={"onnx-fp32": entry}, **over)
+    return {"path": str(model), "sha256": entry.sha256, "target": "onnx-fp32", "manifest": env.model_dump(mode="json")}
+
+
+@pytest.mark.parametrize(
+    "over, fragment",
+    [
+        ({"input": InputSpec(shape=(1, 3, 32, 32))}, "differs from manifest (1, 3, 32, 32)"),
+        ({"classes": ("a", "b", "c", "d")}, "decoder classify"),
+    ],
+)
+def test_mismatched_model_is_refused_at_load(
+    tmp_path: Path, assets: dict[str, Path], over: dict, fragment: str
+) -> None:
+    agent = _agent(tmp_path)
+    with pytest.raises(StepFailed, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        agent.warm(_job(assets["model_v1"], **over))
+    assert agent.loop.model is None
+
+
+def test_matching_model_loads_warm(tmp_path: Path, assets: dict[str, Path]) -> None:
+    agent = _agent(tmp_path)
+    agent.warm(_job(assets["model_v1"]))
+    assert agent._candidate is not None and agent._candidate.health.errors == 0
+
+
+def test_bench_command_reports_ratios_from_one_run(assets: dict[str, Path]) -> None:
+    r = subprocess.run(
+        [
+            str(BIN / "edgeloop-agent"),
+            "--log-level",
+            "WARNING",
+            "bench",
+            "--model",
+            str(assets["model_v1"]),
+            "--source",
+            str(assets["video"]),
+            "--seconds",
+            "0.5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["loop_fps"] > 0 and out["raw_fps"] > 0 and out["naive_fps"] > 0
+    assert out["loop_over_raw"] == pytest.approx(out["loop_fps"] / out["raw_fps"], rel=0.01)
+    assert out["loop_over_naive"] == pytest.approx(out["loop_fps"] / out["naive_fps"], rel=0.01)
+    assert set(out["raw_fps_by_setting"]) >= {"threads=1,spin=0", "threads=1,spin=1"}
+    assert out["staleness_ms_p99"] >= out["staleness_ms_p50"] > 0
+    bad = subprocess.run(
+        [str(BIN / "edgeloop-agent"), "bench", "--model", "/nonexistent.onnx", "--source", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "no such file" in bad.stderr
