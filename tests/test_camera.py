@@ -43,11 +43,22 @@ def test_newest_frame_only_no_backlog(assets: dict[str, Path]) -> None:
         src.stop()
 
 
-def test_file_without_loop_ends_after_every_frame(assets: dict[str, Path]) -> None:
+def test_unpaced_file_is_read_on_demand_every_frame_once(assets: dict[str, Path]) -> None:
+    """Offline processing of a file: every frame is inferred exactly once, none decoded only to be dropped."""
     src = FrameSource(str(assets["video"]), loop_file=False, pace_file=False).start()
-    wait_for(lambda: src.ended, 10, "end of file")
-    assert src.captured == 180  # 6 s at 30 fps
-    src.stop()
+    seen: list[int] = []
+    try:
+        while not src.ended or (src.peek() is not None and src.peek().index > (seen[-1] if seen else 0)):
+            f = src.latest(after=seen[-1] if seen else 0, timeout=2)
+            if f is None:
+                break
+            seen.append(f.index)
+            time.sleep(0.001)  # a consumer slower than the decoder
+    finally:
+        src.stop()
+    assert src.ended
+    assert seen == list(range(1, 181))  # 6 s at 30 fps, in order, none skipped
+    assert src.dropped == 0
 
 
 def _load(path: Path, version: int) -> LoadedModel:
