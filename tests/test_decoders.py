@@ -125,3 +125,21 @@ def test_fused_kernel_matches_numpy(resize: str, color: str) -> None:
     fused, _ = Preprocessor(spec, kernel="numba")(frame)
     plain, _ = Preprocessor(spec, kernel="numpy")(frame)
     np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_nms_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The numba NMS must keep exactly the boxes the plain version keeps, in the same order."""
+    from edge_agent import kernels
+
+    if not kernels.numba_available():
+        pytest.skip("numba not installed")
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 600, (400, 2)).astype(np.float32)
+    wh = rng.uniform(5, 120, (400, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    scores = rng.uniform(0, 1, 400).astype(np.float32)
+    fast = nms(boxes, scores, 0.45, 100)
+    monkeypatch.setattr(kernels, "greedy_nms", lambda *a: None)
+    plain = nms(boxes, scores, 0.45, 100)
+    assert fast.tolist() == plain.tolist()

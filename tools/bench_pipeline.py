@@ -190,6 +190,26 @@ def section_reconnect() -> dict:
     }
 
 
+def section_postprocess() -> dict:
+    """YOLOv8-style decode + per-class NMS on a COCO-sized output (80 classes x 8400 anchors)."""
+    from edge_agent.decoders.yolov8 import decode_yolov8
+    from edge_agent.preprocess import Transform
+
+    rng = np.random.default_rng(0)
+    out = np.zeros((1, 84, 8400), np.float32)
+    out[0, :2] = rng.uniform(0, 640, (2, 8400))
+    out[0, 2:4] = rng.uniform(10, 100, (2, 8400))
+    out[0, 4:] = rng.uniform(0, 0.2, (80, 8400))
+    idx = rng.choice(8400, 300, replace=False)
+    out[0, 4 + rng.integers(0, 80, 300), idx] = rng.uniform(0.3, 0.95, 300)
+    tf = Transform(1, 1, 0, 0, 640, 640)
+    decode_yolov8([out], 80, tf, 0.25, 0.45, 100)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        decode_yolov8([out], 80, tf, 0.25, 0.45, 100)
+    return {"decode_nms_ms": round((time.perf_counter() - t0) / 200 * 1000, 3), "candidates": 300, "kept_max": 100}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
@@ -205,6 +225,7 @@ def main() -> int:
         "overload_2x": section_overload(heavy, video, max(10.0, args.seconds * 2)),
         "hot_swap": section_swap(light, light_b, video),
         "reconnect": section_reconnect(),
+        "postprocess": section_postprocess(),
         "machine": {
             "cores": bench.physical_cores(),
             "python": platform.python_version(),
@@ -232,6 +253,7 @@ def main() -> int:
         ("hot swap: frames skipped at the swap", s["frames_skipped_at_swap"]),
         ("hot swap: longest gap near swap / median ms", f"{s['longest_gap_ms_near_swap']}/{s['median_gap_ms']}"),
         ("MJPEG reconnect after camera returns (s)", c["reconnect_s_after_camera_returns"]),
+        ("YOLOv8 decode+NMS, 80x8400, 300 cand. (ms)", out["postprocess"]["decode_nms_ms"]),
     ]
     for k, v in rows:
         print(f"{k:<44}{v!s:>12}")
