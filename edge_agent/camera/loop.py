@@ -314,6 +314,7 @@ class InferenceLoop:
                     "staleness_ms_p50": snap["staleness_ms_p50"],
                     "staleness_ms_p99": snap["staleness_ms_p99"],
                     "reconnects": s.reconnects,
+                    "queue_depth": s.pending(),
                 }
             )
         return out

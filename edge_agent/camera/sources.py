@@ -101,6 +101,11 @@ class FrameSource:
                 return f
         return None
 
+    def pending(self) -> int:
+        """Frames waiting for the consumer: 0 or 1, by design (only the newest is kept)."""
+        f = self._latest
+        return 1 if f is not None and f.index > self._taken_index else 0
+
     def decode_fps(self, window_s: float = 5.0) -> float:
         now = time.monotonic()
         with self._cond:

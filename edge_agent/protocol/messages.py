@@ -118,6 +118,7 @@ class SourceTelemetry(BaseModel):
     staleness_ms_p50: float = 0.0
     staleness_ms_p99: float = 0.0
     reconnects: int = 0
+    queue_depth: int = Field(0, description="Frames waiting for inference (0 or 1: only the newest is kept).")
 
 
 class ShadowTelemetry(BaseModel):
