@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,11 +12,12 @@ from urllib.parse import urlparse
 
 from fastapi import FastAPI
 
-from fleet_server.api import artifacts, devices, models
+from fleet_server.api import artifacts, devices, models, rollouts_api
 from fleet_server.bridge import MqttBridge
 from fleet_server.broker import choose_broker
 from fleet_server.db import make_engine, migrate
 from fleet_server.keys import ensure_admin_token, ensure_keys
+from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
 
@@ -65,10 +68,15 @@ def create_app(settings: Settings) -> FastAPI:
         bridge.start()
         if not bridge.wait_connected(10):
             log.warning("MQTT broker not reachable yet; desired state is published once it is")
+        replica = f"{socket.gethostname()}-{os.getpid()}"
+        rollouts = RolloutEngine(state["engine"], app.state, interval_s=settings.rollout_tick_s, name=replica)
+        app.state.rollouts = rollouts
+        rollouts.start()
         log.info("edgeloop server ready: api %s, mqtt %s", settings.base_url, broker.public_url)
         try:
             yield
         finally:
+            rollouts.stop()
             bridge.stop()
             broker.stop()
             state["engine"].dispose()
@@ -77,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(devices.router)
     app.include_router(models.router)
     app.include_router(artifacts.router)
+    app.include_router(rollouts_api.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

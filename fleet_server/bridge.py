@@ -28,9 +28,46 @@ from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_
 from edge_agent.transport.mqtt import MqttTransport
 from fleet_server.deploy import desired_message
 from fleet_server.models import Deployment, Device
+from fleet_server.rollouts.tables import TelemetryAgg
 
 log = logging.getLogger(__name__)
 _MODELS = {"reported": ReportedState, "status": StatusMessage, "telemetry": Telemetry}
+
+
+EWMA_ALPHA = 0.3
+
+
+def aggregate(session: Session, device_id: str, msg: Telemetry) -> None:
+    """Fold one telemetry message into the rolling figures of (device, model, version)."""
+    key = (device_id, msg.model or "", int(msg.version or 0))
+    agg = session.get(TelemetryAgg, key)
+    conf = sum(p.score for p in msg.last_prediction) / len(msg.last_prediction) if msg.last_prediction else None
+    err = msg.errors / max(1, msg.frames + msg.errors)
+    agreement = msg.shadow.agreement if msg.shadow else None
+    if agg is None:
+        agg = TelemetryAgg(
+            device_id=key[0],
+            model=key[1],
+            version=key[2],
+            n=1,
+            fps=msg.fps,
+            p95=msg.latency_ms_p95,
+            error_rate=err,
+            confidence=conf or 0.0,
+            agreement=agreement,
+        )
+    else:
+        a = EWMA_ALPHA
+        agg.n += 1
+        agg.fps = (1 - a) * agg.fps + a * msg.fps
+        agg.p95 = (1 - a) * agg.p95 + a * msg.latency_ms_p95
+        agg.error_rate = (1 - a) * agg.error_rate + a * err
+        if conf is not None:
+            agg.confidence = (1 - a) * agg.confidence + a * conf
+        if agreement is not None:
+            agg.agreement = agreement if agg.agreement is None else (1 - a) * agg.agreement + a * agreement
+        agg.updated_at = datetime.now(timezone.utc)
+    session.add(agg)
 
 
 class MqttBridge:
@@ -136,5 +173,7 @@ class MqttBridge:
                 device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
                 device.staleness_ms_p99 = msg.staleness_ms_p99
                 device.telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
+                if msg.model and msg.version is not None and msg.frames > 0:
+                    aggregate(session, device_id, msg)
             session.add(device)
             session.commit()

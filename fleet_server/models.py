@@ -19,6 +19,7 @@ class DeviceBase(SQLModel):
 
 class Device(DeviceBase, table=True):
     token_hash: str = Field(max_length=64, index=True)
+    tags_json: str = "{}"
     created_at: datetime = Field(default_factory=utcnow)
     online: bool = False
     last_seen: datetime | None = None
@@ -41,6 +42,7 @@ class Device(DeviceBase, table=True):
 
 
 class DevicePublic(DeviceBase):
+    tags: dict[str, str] = {}
     online: bool
     last_seen: datetime | None
     model: str | None

@@ -8,6 +8,7 @@ import pytest
 from model_zoo.builders.color_classifier import build_color_classifier, build_slow_color_classifier
 from model_zoo.datasets.synthetic_video import write_color_video
 from tests.helpers import Proc, start_mosquitto
+from tests.pg import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,14 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, port = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
     yield f"mqtt://127.0.0.1:{port}"
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server on a free port for the session (each test makes its own database)."""
+    pg = PostgresServer()
+    yield pg
+    pg.stop()
 
 
 @pytest.fixture(scope="session")

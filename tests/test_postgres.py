@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -17,13 +16,6 @@ from tests.helpers import Server, start_agent, wait_for
 from tests.pg import PostgresServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    pg = PostgresServer()
-    yield pg
-    pg.stop()
 
 
 def _retained_desired(mqtt_url: str, device: str, timeout: float = 5.0) -> dict | None:

@@ -25,6 +25,7 @@ def to_public(d: Device) -> DevicePublic:
             tel = {}
     return DevicePublic(
         id=d.id,
+        tags=json.loads(d.tags_json or "{}"),
         online=d.online,
         last_seen=d.last_seen,
         model=d.model,

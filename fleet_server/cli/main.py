@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_flags(dl)
     dl.set_defaults(func=cmd_devices_list)
 
+    from fleet_server.cli.rollouts_cli import add_parsers
+
+    add_parsers(sub, d, _admin_flags)
+
     dp = sub.add_parser("deploy", help="set a device's desired model version")
     dp.add_argument("ref", help="NAME:VERSION")
     dp.add_argument("--device", required=True, help="device id")

@@ -7,6 +7,7 @@ from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
 import fleet_server.models  # noqa: F401  (registers the tables)
+import fleet_server.rollouts.tables  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

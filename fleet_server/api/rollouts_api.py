@@ -1,0 +1,78 @@
+"""Rollouts and device tags: create, list, status, pause/resume/promote/abort/rollback, audit log."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, HTTPException
+from sqlmodel import col, select
+
+from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.models import Device
+from fleet_server.rollouts.selectors import SelectorError, parse_tags
+from fleet_server.rollouts.service import RolloutCreate, RolloutError, act, audit, create_rollout, status
+from fleet_server.rollouts.tables import AuditLog, Rollout
+
+router = APIRouter(prefix="/api/v1", tags=["rollouts"])
+
+
+@router.put("/devices/{device_id}/tags")
+def set_tags(device_id: str, body: dict, session: SessionDep, who: AdminDep) -> dict:
+    d = session.get(Device, device_id)
+    if d is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    try:
+        tags = parse_tags([f"{k}={v}" for k, v in dict(body.get("tags", {})).items()])
+    except SelectorError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    merged = {**json.loads(d.tags_json or "{}"), **tags}
+    for k in body.get("remove", []):
+        merged.pop(k, None)
+    d.tags_json = json.dumps(merged, sort_keys=True)
+    session.add(d)
+    audit(session, who.name, "tagged", f"device/{device_id}", d.tags_json)
+    session.commit()
+    return {"device_id": device_id, "tags": merged}
+
+
+@router.post("/rollouts", status_code=201)
+def create(body: RolloutCreate, session: SessionDep, who: AdminDep) -> dict:
+    try:
+        r, superseded = create_rollout(session, body, who.name)
+    except RolloutError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    out = status(session, r)
+    out["superseded"] = superseded
+    return out
+
+
+@router.get("/rollouts")
+def list_rollouts(session: SessionDep, _: AdminDep, limit: int = 50) -> list[dict]:
+    rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(min(limit, 500))).all()
+    return [status(session, r) for r in rows]
+
+
+@router.get("/rollouts/{rollout_id}")
+def get_rollout(rollout_id: int, session: SessionDep, _: AdminDep) -> dict:
+    r = session.get(Rollout, rollout_id)
+    if r is None:
+        raise HTTPException(404, f"no rollout {rollout_id}")
+    out = status(session, r)
+    out["audit"] = [
+        {"at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail}
+        for a in session.exec(
+            select(AuditLog).where(AuditLog.target == f"rollout/{rollout_id}").order_by(col(AuditLog.id))
+        ).all()
+    ]
+    return out
+
+
+@router.post("/rollouts/{rollout_id}/{action}")
+def rollout_action(rollout_id: int, action: str, session: SessionDep, who: AdminDep) -> dict:
+    if action not in ("pause", "resume", "promote", "abort", "rollback"):
+        raise HTTPException(404, f"unknown action {action!r}")
+    try:
+        r = act(session, rollout_id, action, who.name)
+    except RolloutError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    return status(session, r)

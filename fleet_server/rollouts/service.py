@@ -1,0 +1,249 @@
+"""Creating rollouts and acting on them (pause, resume, promote, abort); every action is audited."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
+
+from edge_agent.update.checks import TARGET_PREFERENCE
+from fleet_server.models import Artifact, Device, ModelVersion
+from fleet_server.rollouts.gates import DEFAULT_GATES, GateError, parse_gate
+from fleet_server.rollouts.selectors import SelectorError, parse_selector
+from fleet_server.rollouts.tables import (
+    ACTIVE_STATES,
+    PAUSED,
+    PENDING,
+    RUNNING,
+    SUPERSEDED,
+    AuditLog,
+    Rollout,
+    RolloutDevice,
+)
+
+
+class RolloutError(Exception):
+    def __init__(self, message: str, status: int = 422, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+class RolloutCreate(BaseModel):
+    model: str
+    version: int
+    selector: str
+    slot: str = "default"
+    canary: str = Field("1", description="devices in the canary: a count (5) or a share (2%)")
+    waves: list[str] = Field(default_factory=lambda: ["100%"], description="cumulative shares after the canary")
+    bake_s: float = Field(600.0, ge=0)
+    max_failure: float = Field(0.05, ge=0, le=1, description="failed share of a wave that aborts the rollout")
+    gates: list[str] = Field(default_factory=lambda: list(DEFAULT_GATES))
+    offline_timeout_s: float = Field(600.0, ge=0)
+    skip_incompatible: bool = False
+
+
+def audit(session: Session, actor: str, action: str, target: str, detail: str | None = None) -> None:
+    session.add(AuditLog(actor=actor, action=action, target=target, detail=detail))
+
+
+def _count(spec: str, total: int) -> int:
+    spec = spec.strip()
+    try:
+        if spec.endswith("%"):
+            share = float(spec[:-1]) / 100.0
+            if not 0 < share <= 1:
+                raise ValueError
+            return max(1, math.ceil(share * total))
+        n = int(spec)
+        if n < 1:
+            raise ValueError
+        return min(n, total)
+    except ValueError:
+        raise RolloutError(f"cannot read {spec!r}: use a count (5) or a share (10%)") from None
+
+
+def wave_sizes(canary: str, waves: list[str], total: int) -> list[int]:
+    """Cumulative device counts per wave, canary first; the last wave always covers every device."""
+    sizes = [_count(canary, total)]
+    for w in waves:
+        n = _count(w, total)
+        if n > sizes[-1]:
+            sizes.append(n)
+    if sizes[-1] < total:
+        sizes.append(total)
+    return sizes
+
+
+def _device_kind(device: Device) -> str:
+    caps = json.loads(device.capabilities_json or "{}")
+    providers = caps.get("providers", [])
+    if caps.get("gpu") and (caps.get("tensorrt") or "TensorrtExecutionProvider" in providers):
+        return "tensorrt"
+    if caps.get("gpu") and "CUDAExecutionProvider" in providers:
+        return "cuda"
+    return "cpu"
+
+
+def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Rollout, list[str]]:
+    """Validate everything before writing anything. Returns the rollout and the superseded rollouts' ids."""
+    try:
+        selector = parse_selector(req.selector)
+        gates = [parse_gate(g) for g in req.gates]
+    except (SelectorError, GateError) as exc:
+        raise RolloutError(str(exc)) from exc
+    mv = session.exec(
+        select(ModelVersion).where(ModelVersion.model == req.model, ModelVersion.version == req.version)
+    ).first()
+    if mv is None:
+        raise RolloutError(f"no model version {req.model}:{req.version}", 404)
+    devices = [
+        d
+        for d in session.exec(select(Device).order_by(Device.id)).all()
+        if selector.matches(d.id, json.loads(d.tags_json or "{}"))
+    ]
+    if not devices:
+        raise RolloutError(f"selector {req.selector!r} matches no device; nothing was created")
+    targets = {a.target for a in session.exec(select(Artifact).where(Artifact.version_id == mv.id)).all()}
+    incompatible = [d.id for d in devices if not targets & set(TARGET_PREFERENCE[_device_kind(d)])]
+    if incompatible and not req.skip_incompatible:
+        raise RolloutError(
+            f"{len(incompatible)} device(s) have no artifact of {req.model}:{req.version} for their class: "
+            f"{', '.join(incompatible[:20])}; compile for them or pass skip_incompatible",
+            detail=incompatible,
+        )
+    devices = [d for d in devices if d.id not in incompatible]
+    if not devices:
+        raise RolloutError("every selected device is incompatible; nothing was created")
+    sizes = wave_sizes(req.canary, req.waves, len(devices))
+    # supersede: one active rollout per device slot
+    superseded: list[str] = []
+    ids = [d.id for d in devices]
+    active = session.exec(select(Rollout).where(col(Rollout.state).in_(ACTIVE_STATES), Rollout.slot == req.slot)).all()
+    for old in active:
+        overlap = session.exec(
+            select(RolloutDevice.device_id).where(
+                RolloutDevice.rollout_id == old.id, col(RolloutDevice.device_id).in_(ids)
+            )
+        ).first()
+        if overlap is not None:
+            old.state, old.reason = SUPERSEDED, f"superseded by a rollout of {req.model}:{req.version}"
+            old.rev += 1
+            session.add(old)
+            superseded.append(str(old.id))
+            audit(session, actor, "superseded", f"rollout/{old.id}", old.reason)
+    r = Rollout(
+        model=req.model,
+        version=req.version,
+        version_id=int(mv.id or 0),
+        slot=req.slot,
+        selector=req.selector,
+        waves_json=json.dumps(sizes),
+        bake_s=req.bake_s,
+        max_failure=req.max_failure,
+        gates_json=json.dumps([g.text for g in gates]),
+        offline_timeout_s=req.offline_timeout_s,
+        created_by=actor,
+    )
+    session.add(r)
+    session.flush()
+    # a stable, spread-out order so canaries are not always the alphabetically first devices
+    order = sorted(devices, key=lambda d: hashlib.sha256(f"{r.id}:{d.id}".encode()).hexdigest())
+    for i, d in enumerate(order):
+        wave = next(k for k, n in enumerate(sizes) if i < n)
+        prev = None
+        if d.model == req.model and d.version is not None:
+            prev = session.exec(
+                select(ModelVersion).where(ModelVersion.model == d.model, ModelVersion.version == d.version)
+            ).first()
+        session.add(
+            RolloutDevice(
+                rollout_id=int(r.id or 0),
+                device_id=d.id,
+                wave=wave,
+                prev_version_id=prev.id if prev else None,
+                prev_version=d.version if prev else None,
+                state=PENDING,
+            )
+        )
+    audit(
+        session,
+        actor,
+        "created",
+        f"rollout/{r.id}",
+        f"{req.model}:{req.version} on {len(devices)} device(s), waves {sizes}, gates {[g.text for g in gates]}",
+    )
+    session.commit()
+    session.refresh(r)
+    return r, superseded
+
+
+def act(session: Session, rollout_id: int, action: str, actor: str) -> Rollout:
+    r = session.get(Rollout, rollout_id)
+    if r is None:
+        raise RolloutError(f"no rollout {rollout_id}", 404)
+    if action == "pause":
+        if r.state != RUNNING:
+            raise RolloutError(f"rollout {rollout_id} is {r.state}, not running", 409)
+        r.state = PAUSED
+    elif action == "resume":
+        if r.state != PAUSED:
+            raise RolloutError(f"rollout {rollout_id} is {r.state}, not paused", 409)
+        r.state = RUNNING
+    elif action == "promote":
+        if r.state not in ACTIVE_STATES:
+            raise RolloutError(f"rollout {rollout_id} is {r.state}", 409)
+        r.promote = True
+    elif action in ("abort", "rollback"):
+        if r.state not in ACTIVE_STATES and action == "abort":
+            raise RolloutError(f"rollout {rollout_id} is {r.state}", 409)
+        r.reason = f"{action} requested by {actor}"
+        r.state = "aborting"
+    else:
+        raise RolloutError(f"unknown action {action!r}", 400)
+    r.rev += 1
+    r.updated_at = datetime.now(timezone.utc)
+    session.add(r)
+    audit(session, actor, action, f"rollout/{rollout_id}")
+    session.commit()
+    session.refresh(r)
+    return r
+
+
+def status(session: Session, r: Rollout) -> dict[str, Any]:
+    rows = session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id)).all()
+    sizes = json.loads(r.waves_json)
+    waves = []
+    for k in range(len(sizes)):
+        in_wave = [d for d in rows if d.wave == k]
+        counts: dict[str, int] = {}
+        for d in in_wave:
+            counts[d.state] = counts.get(d.state, 0) + 1
+        waves.append(
+            {"wave": k, "name": "canary" if k == 0 else f"wave {k}", "devices": len(in_wave), "states": counts}
+        )
+    return {
+        "id": r.id,
+        "model": r.model,
+        "version": r.version,
+        "selector": r.selector,
+        "state": r.state,
+        "wave": r.wave,
+        "waves": waves,
+        "bake_s": r.bake_s,
+        "max_failure": r.max_failure,
+        "gates": json.loads(r.gates_json),
+        "reason": r.reason,
+        "created_by": r.created_by,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "devices": [
+            {"id": d.device_id, "wave": d.wave, "state": d.state, "reason": d.reason, "prev_version": d.prev_version}
+            for d in rows
+        ],
+    }

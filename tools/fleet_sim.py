@@ -1,0 +1,309 @@
+"""Fleet simulator: N protocol-level agents in one process, sharing one MQTT connection.
+
+Each simulated device is enrolled on the server, follows its desired state (verifying the manifest
+signature like a real agent), reports the version it runs, and sends telemetry whose fps / latency /
+confidence can be made worse for chosen versions. Failure injection: a version that fails to install,
+a download failure rate, and devices that are offline until brought back.
+
+Needs a broker that lets this one connection speak for many devices (a test or lab broker without
+per-device ACLs). Used by tests and tools/bench_fleet.py.
+
+    python tools/fleet_sim.py --devices 50 --server-url http://127.0.0.1:8080 --token ADMIN \\
+        --mqtt-url mqtt://127.0.0.1:1883 --slow 2=1.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.protocol.messages import (  # noqa: E402
+    DesiredState,
+    MessageError,
+    Prediction,
+    ReportedState,
+    SlotReport,
+    StatusMessage,
+    Telemetry,
+    UpdateStateName,
+    decode_message,
+    encode_message,
+)
+from edge_agent.protocol.signing import SignatureError, verify_signed_manifest  # noqa: E402
+from edge_agent.protocol.topics import DeviceTopics, parse_device_topic  # noqa: E402
+
+
+@dataclass
+class SimDevice:
+    id: str
+    online: bool = True
+    model: str | None = None
+    version: int | None = None
+    state: str = "idle"
+    target: int | None = None
+    reason: str | None = None
+    revision: int = 0
+    frames: int = 0
+    base_fps: float = 30.0
+    base_p95: float = 8.0
+    pending: DesiredState | None = None
+    installs: list[int] = field(default_factory=list)
+
+
+class FleetSim:
+    def __init__(
+        self,
+        server_url: str,
+        admin_token: str,
+        mqtt_url: str,
+        n: int,
+        prefix: str = "sim",
+        slow: dict[int, float] | None = None,
+        fail_versions: set[int] | None = None,
+        download_failure_rate: float = 0.0,
+        offline: set[str] | None = None,
+        telemetry_interval_s: float = 0.5,
+        install_delay_s: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        self.server_url, self.mqtt_url = server_url.rstrip("/"), mqtt_url
+        self.http = httpx.Client(
+            base_url=self.server_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
+        )
+        self.rng = random.Random(seed)
+        self.devices = {
+            f"{prefix}-{i:05d}": SimDevice(
+                f"{prefix}-{i:05d}", base_fps=30.0 + self.rng.uniform(-1, 1), base_p95=8.0 + self.rng.uniform(-0.5, 0.5)
+            )
+            for i in range(n)
+        }
+        for d in offline or set():
+            self.devices[d].online = False
+        self.slow = dict(slow or {})
+        self.fail_versions = set(fail_versions or set())
+        self.download_failure_rate = download_failure_rate
+        self.telemetry_interval_s, self.install_delay_s = telemetry_interval_s, install_delay_s
+        self.root_public_key: str | None = None
+        self._q: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        host, port = mqtt_url.split("://")[1].rsplit(":", 1)
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"fleet-sim-{prefix}-{seed}",
+            clean_session=True,
+        )
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = lambda c, u, m: self._q.put((m.topic, m.payload))
+        self._host, self._port = host, int(port)
+        self.rejected = 0
+        self.telemetry_sent: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def enroll(self, tags: dict[str, str] | None = None, tag_fn=None) -> None:  # type: ignore[no-untyped-def]
+        for d in self.devices.values():
+            r = self.http.post("/api/v1/devices", json={"device_id": d.id})
+            if r.status_code == 409:
+                continue
+            r.raise_for_status()
+            self.root_public_key = r.json()["root_public_key"]
+            t = dict(tags or {})
+            if tag_fn is not None:
+                t.update(tag_fn(d.id))
+            if t:
+                self.http.put(f"/api/v1/devices/{d.id}/tags", json={"tags": t}).raise_for_status()
+
+    def start(self) -> FleetSim:
+        self.client.connect(self._host, self._port, keepalive=30)
+        self.client.loop_start()
+        for name, fn in (("sim-desired", self._desired_worker), ("sim-telemetry", self._telemetry_loop)):
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for d in self.devices.values():
+            if d.online:
+                self._publish_status(d, "offline")
+        time.sleep(0.2)
+        self.client.loop_stop()
+        self.client.disconnect()
+        for t in self._threads:
+            t.join(2)
+        self.http.close()
+
+    def set_online(self, device_id: str, online: bool) -> None:
+        d = self.devices[device_id]
+        with self._lock:
+            d.online = online
+        self._publish_status(d, "online" if online else "offline")
+        if online and d.pending is not None:
+            self._q.put(("__pending__", device_id.encode()))
+
+    # -- MQTT --------------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:  # type: ignore[no-untyped-def]
+        client.subscribe("edgeloop/v1/devices/+/desired", 1)
+        for d in self.devices.values():
+            if d.online:
+                self._publish_status(d, "online")
+
+    def _publish_status(self, d: SimDevice, status: str) -> None:
+        msg = StatusMessage(device_id=d.id, status=status)  # type: ignore[arg-type]
+        self.client.publish(DeviceTopics(d.id).status, encode_message(msg), qos=1, retain=True)
+
+    def _report(self, d: SimDevice) -> None:
+        msg = ReportedState(
+            device_id=d.id,
+            revision=d.revision,
+            slots={
+                "default": SlotReport(
+                    model=d.model,
+                    version=d.version,
+                    state=UpdateStateName(d.state),
+                    target_version=d.target,
+                    reason=d.reason,
+                )
+            },
+        )
+        self.client.publish(DeviceTopics(d.id).reported, encode_message(msg), qos=1, retain=True)
+
+    def _desired_worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                topic, payload = self._q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if topic == "__pending__":
+                d = self.devices[payload.decode()]
+                msg, d.pending = d.pending, None
+                if msg is not None:
+                    self._install(d, msg)
+                continue
+            parsed = parse_device_topic(topic)
+            if parsed is None or parsed[0] not in self.devices or not payload:
+                continue
+            d = self.devices[parsed[0]]
+            try:
+                msg = decode_message(payload, DesiredState, expect_device=d.id)
+            except MessageError:
+                self.rejected += 1
+                continue
+            if not d.online:
+                d.pending = msg  # applied when the device comes back
+                continue
+            self._install(d, msg)
+
+    def _install(self, d: SimDevice, msg: DesiredState) -> None:
+        if msg.revision == d.revision or not msg.deployments:
+            return
+        dep = msg.deployments[0]
+        try:
+            m = verify_signed_manifest(dep.manifest, self.root_public_key or "")
+        except SignatureError as exc:
+            d.revision, d.state, d.reason = msg.revision, "failed", f"signature: {exc}"
+            self._report(d)
+            return
+        d.revision, d.target, d.reason = msg.revision, m.version, None
+        d.state = "downloading"
+        self._report(d)
+        time.sleep(self.install_delay_s)
+        if m.version in self.fail_versions or self.rng.random() < self.download_failure_rate:
+            d.state, d.reason = "failed", "download: simulated failure"
+            self._report(d)
+            return
+        with self._lock:
+            d.model, d.version, d.state = m.model, m.version, "committed"
+            d.installs.append(m.version)
+        self._report(d)
+
+    def _telemetry_loop(self) -> None:
+        while not self._stop.wait(self.telemetry_interval_s):
+            with self._lock:
+                devs = [d for d in self.devices.values() if d.online and d.version is not None]
+            for d in devs:
+                factor = self.slow.get(int(d.version or 0), 1.0)
+                d.frames += int(d.base_fps * self.telemetry_interval_s)
+                msg = Telemetry(
+                    device_id=d.id,
+                    model=d.model,
+                    version=d.version,
+                    frames=d.frames,
+                    fps=round(d.base_fps / factor + self.rng.uniform(-0.3, 0.3), 2),
+                    latency_ms_p50=round(d.base_p95 * 0.6 * factor, 3),
+                    latency_ms_p95=round(d.base_p95 * factor + self.rng.uniform(-0.2, 0.2), 3),
+                    latency_ms_p99=round(d.base_p95 * 1.2 * factor, 3),
+                    last_prediction=[Prediction(label="red", score=round(0.9 / factor, 3))],
+                )
+                self.client.publish(DeviceTopics(d.id).telemetry, encode_message(msg), qos=0)
+                self.telemetry_sent[d.id] = self.telemetry_sent.get(d.id, 0) + 1
+
+    # -- views -------------------------------------------------------------------------------
+    def pause_telemetry(self) -> None:
+        with self._lock:
+            self.telemetry_interval_s = 3600.0
+
+    def versions(self) -> dict[str, int | None]:
+        with self._lock:
+            return {d.id: d.version for d in self.devices.values()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--prefix", default="sim")
+    ap.add_argument("--server-url", required=True)
+    ap.add_argument("--token", required=True, help="admin token (to enroll and tag the devices)")
+    ap.add_argument("--mqtt-url", required=True)
+    ap.add_argument("--slow", action="append", default=[], help="VERSION=FACTOR: that version runs FACTOR x slower")
+    ap.add_argument("--fail-version", type=int, action="append", default=[], help="that version fails to install")
+    ap.add_argument("--offline-share", type=float, default=0.0, help="share of devices that stay offline")
+    ap.add_argument("--tag", action="append", default=[], help="key=value tag for every simulated device")
+    ap.add_argument("--seconds", type=float, default=0, help="run this long (default: until Ctrl-C)")
+    args = ap.parse_args()
+    slow = {int(k): float(v) for k, v in (s.split("=") for s in args.slow)}
+    n_off = int(args.devices * args.offline_share)
+    offline = {f"{args.prefix}-{i:05d}" for i in range(n_off)}
+    sim = FleetSim(
+        args.server_url,
+        args.token,
+        args.mqtt_url,
+        args.devices,
+        args.prefix,
+        slow,
+        set(args.fail_version),
+        offline=offline,
+    )
+    sim.enroll(dict(t.split("=", 1) for t in args.tag))
+    sim.start()
+    print(f"{args.devices} simulated devices running ({n_off} offline); Ctrl-C to stop", flush=True)
+    try:
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    print(json.dumps({"versions": sim.versions()})[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
