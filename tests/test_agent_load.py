@@ -84,8 +84,8 @@ def test_bench_command_reports_ratios_from_one_run(assets: dict[str, Path]) -> N
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["loop_fps"] > 0 and out["raw_fps"] > 0 and out["naive_fps"] > 0
-    assert out["loop_over_raw"] == pytest.approx(out["loop_fps"] / out["raw_fps"], rel=0.01)
-    assert out["loop_over_naive"] == pytest.approx(out["loop_fps"] / out["naive_fps"], rel=0.01)
+    assert out["loop_over_raw"] == pytest.approx(out["loop_fps"] / out["raw_fps"], rel=0.02, abs=0.002)
+    assert out["loop_over_naive"] == pytest.approx(out["loop_fps"] / out["naive_fps"], rel=0.02, abs=0.002)
     assert set(out["raw_fps_by_setting"]) >= {"threads=1,spin=0", "threads=1,spin=1"}
     assert out["staleness_ms_p99"] >= out["staleness_ms_p50"] > 0
     bad = subprocess.run(
