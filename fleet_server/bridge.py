@@ -35,6 +35,7 @@ _MODELS = {"reported": ReportedState, "status": StatusMessage, "telemetry": Tele
 
 
 EWMA_ALPHA = 0.3
+BATCH = 500
 
 
 def aggregate(session: Session, device_id: str, msg: Telemetry) -> None:
@@ -44,6 +45,7 @@ def aggregate(session: Session, device_id: str, msg: Telemetry) -> None:
     conf = sum(p.score for p in msg.last_prediction) / len(msg.last_prediction) if msg.last_prediction else None
     err = msg.errors / max(1, msg.frames + msg.errors)
     agreement = msg.shadow.agreement if msg.shadow else None
+    detections = float(len(msg.last_prediction))
     if agg is None:
         agg = TelemetryAgg(
             device_id=key[0],
@@ -62,6 +64,7 @@ def aggregate(session: Session, device_id: str, msg: Telemetry) -> None:
         agg.fps = (1 - a) * agg.fps + a * msg.fps
         agg.p95 = (1 - a) * agg.p95 + a * msg.latency_ms_p95
         agg.error_rate = (1 - a) * agg.error_rate + a * err
+        agg.detections = (1 - a) * agg.detections + a * detections
         if conf is not None:
             agg.confidence = (1 - a) * agg.confidence + a * conf
         if agreement is not None:
@@ -131,49 +134,70 @@ class MqttBridge:
                 log.warning("bridge queue full: dropped %d device message(s) so far", self.overflow)
 
     def _work(self) -> None:
+        """Apply device messages in batches: one transaction for up to BATCH messages."""
         while not self._stop.is_set():
             try:
-                device_id, kind, payload = self._q.get(timeout=0.25)
+                first = self._q.get(timeout=0.25)
             except queue.Empty:
                 continue
-            try:
-                msg = decode_message(payload, _MODELS[kind], expect_device=device_id)
-            except MessageError as exc:
-                self.rejected += 1
-                log.warning("ignored %s from %s: %s", kind, device_id, exc)
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            decoded = []
+            for device_id, kind, payload in batch:
+                try:
+                    decoded.append((device_id, kind, decode_message(payload, _MODELS[kind], expect_device=device_id)))
+                except MessageError as exc:
+                    self.rejected += 1
+                    log.warning("ignored %s from %s: %s", kind, device_id, exc)
+            if not decoded:
                 continue
             try:
-                self._apply(device_id, kind, msg)
-                self.applied += 1
+                self._apply_batch(decoded)
+                self.applied += len(decoded)
             except Exception:
-                log.exception("could not store %s from %s", kind, device_id)
+                log.exception("could not store a batch of %d device message(s); applying one by one", len(decoded))
+                for item in decoded:
+                    try:
+                        self._apply_batch([item])
+                        self.applied += 1
+                    except Exception:
+                        log.exception("could not store %s from %s", item[1], item[0])
 
-    def _apply(self, device_id: str, kind: str, msg: object) -> None:
-        now = datetime.now(timezone.utc)
+    def _apply_batch(self, items: list[tuple[str, str, object]]) -> None:
         with Session(self.engine) as session:
-            device = session.get(Device, device_id)
-            if device is None:
-                log.warning("ignored %s from unenrolled device %s", kind, device_id)
-                return
-            device.last_seen = now
-            if isinstance(msg, StatusMessage):
-                device.online = msg.status == "online"
-            elif isinstance(msg, ReportedState):  # retained: may be old, so it says nothing about online
-                slot = msg.slots.get("default")
-                if slot is not None:
-                    device.model, device.version = slot.model, slot.version
-                    device.state, device.reason = slot.state.value, slot.reason
-                    device.target_version = slot.target_version
-                    device.shadow_version, device.shadow_reason = slot.shadow_version, slot.shadow_reason
-                device.reported_revision = msg.revision
-                if msg.capabilities is not None:
-                    device.capabilities_json = msg.capabilities.model_dump_json()
-            elif isinstance(msg, Telemetry):
-                device.online = True
-                device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
-                device.staleness_ms_p99 = msg.staleness_ms_p99
-                device.telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
-                if msg.model and msg.version is not None and msg.frames > 0:
-                    aggregate(session, device_id, msg)
-            session.add(device)
+            for device_id, kind, msg in items:
+                self._apply_one(session, device_id, kind, msg)
             session.commit()
+
+    def _apply_one(self, session: Session, device_id: str, kind: str, msg: object) -> None:
+        now = datetime.now(timezone.utc)
+        device = session.get(Device, device_id)
+        if device is None:
+            log.warning("ignored %s from unenrolled device %s", kind, device_id)
+            return
+        device.last_seen = now
+        if isinstance(msg, StatusMessage):
+            device.online = msg.status == "online"
+        elif isinstance(msg, ReportedState):  # retained: may be old, so it says nothing about online
+            slot = msg.slots.get("default")
+            if slot is not None:
+                device.model, device.version = slot.model, slot.version
+                device.state, device.reason = slot.state.value, slot.reason
+                device.target_version = slot.target_version
+                device.shadow_version, device.shadow_reason = slot.shadow_version, slot.shadow_reason
+            device.reported_revision = msg.revision
+            if msg.capabilities is not None:
+                device.capabilities_json = msg.capabilities.model_dump_json()
+        elif isinstance(msg, Telemetry):
+            device.online = True
+            device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
+            device.staleness_ms_p99 = msg.staleness_ms_p99
+            device.telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
+            if msg.model and msg.version is not None and msg.frames > 0:
+                aggregate(session, device_id, msg)
+        session.add(device)
+        session.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,3 +145,53 @@ def test_bad_rollouts_are_refused_before_anything_is_created(fleet: Server, mosq
         assert fleet.http.get(f"/api/v1/rollouts/{first['id']}").json()["state"] == "superseded"
     finally:
         sim.stop()
+
+
+def test_pause_resume_promote_and_rollback_from_the_cli(fleet: Server, mosquitto: str) -> None:
+    sim = _sim(fleet, mosquitto, 3, "ops")
+    try:
+        _all_on(fleet, sim, 1)
+        out = fleet.cli(
+            "rollout",
+            "create",
+            "colors:2",
+            "--selector",
+            "site=berlin",
+            "--canary",
+            "1",
+            "--waves",
+            "100%",
+            "--bake",
+            "1h",
+            "--json",
+        ).stdout
+        rid = str(__import__("json").loads(out)["id"])
+
+        def get() -> dict:
+            return dict(fleet.http.get(f"/api/v1/rollouts/{rid}").json())
+
+        wait_for(lambda: get()["waves"][0]["states"].get("active") == 1, 20, "canary active")
+        fleet.cli("rollout", "pause", rid)
+        assert get()["state"] == "paused"
+        fleet.cli("rollout", "promote", rid)  # remembered, but a paused rollout does not move
+        time.sleep(1.0)
+        assert get()["wave"] == 0
+        fleet.cli("rollout", "resume", rid)
+        wait_for(lambda: get()["wave"] == 1, 20, "promoted past the canary's bake")
+        wait_for(lambda: get()["waves"][1]["states"].get("active") == 2, 20, "wave 1 active")
+        fleet.cli("rollout", "promote", rid)
+        wait_for(lambda: get()["state"] == "completed", 20, "completed")
+        assert all(v == 2 for v in sim.versions().values())
+        fleet.cli("rollout", "rollback", rid)
+        wait_for(lambda: get()["state"] == "aborted", 20, "rolled back")
+        wait_for(lambda: all(v == 1 for v in sim.versions().values()), 20, "fleet back on v1")
+        actions = [a["action"] for a in get()["audit"]]
+        for a in ("pause", "promote", "resume", "completed", "rollback", "aborted"):
+            assert a in actions, actions
+        assert bad_action(fleet, rid).status_code == 409  # cannot pause an aborted rollout
+    finally:
+        sim.stop()
+
+
+def bad_action(fleet: Server, rid: str):  # type: ignore[no-untyped-def]
+    return fleet.http.post(f"/api/v1/rollouts/{rid}/pause")

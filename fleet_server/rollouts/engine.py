@@ -60,6 +60,7 @@ def agg_dict(a: TelemetryAgg | None) -> dict[str, Any] | None:
         "p95": a.p95,
         "error_rate": a.error_rate,
         "confidence": a.confidence,
+        "detections": a.detections,
         "agreement": a.agreement,
     }
 
@@ -147,7 +148,7 @@ class RolloutEngine:
                 self._release(s, rollout_id)
 
     def _step(self, s: Session, r: Rollout) -> None:
-        if r.state in (RUNNING, "aborting"):
+        if r.state in (RUNNING, "aborting"):  # re-read after the claim
             self.steps += 1
             actor = f"rollout-engine:{self.name}"
             if r.state == "aborting":

@@ -1,5 +1,6 @@
 """Behaviour gates: `fps>=0.9x` (relative to the device's own baseline on the previous version),
-`p95<=1.2x`, `agreement>=0.9` (absolute), `error_rate<=0.01`, `confidence>=0.95x`."""
+`p95<=1.2x`, `agreement>=0.9` (absolute), `error_rate<=0.01`, `confidence>=0.95x` and
+`detections>=0.8x` / `detections<=1.2x` (mean-confidence and detection-rate drift)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-METRICS = ("fps", "p95", "error_rate", "confidence", "agreement")
+METRICS = ("fps", "p95", "error_rate", "confidence", "detections", "agreement")
 DEFAULT_GATES = ("fps>=0.9x", "p95<=1.2x")
 _GATE = re.compile(r"^(?P<metric>[a-z_0-9]+)\s*(?P<op>>=|<=)\s*(?P<value>\d+(\.\d+)?)(?P<rel>x?)$")
 

@@ -77,6 +77,7 @@ class TelemetryAgg(SQLModel, table=True):
     p95: float = 0.0
     error_rate: float = 0.0
     confidence: float = 0.0
+    detections: float = 0.0  # mean number of predictions per reported frame (detection rate)
     agreement: float | None = None
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-23 17:16:11.946088
+Create Date: 2026-11-23 17:21:39.128208
 """
 
 import sqlalchemy as sa
@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("p95", sa.Float(), nullable=False),
         sa.Column("error_rate", sa.Float(), nullable=False),
         sa.Column("confidence", sa.Float(), nullable=False),
+        sa.Column("detections", sa.Float(), nullable=False),
         sa.Column("agreement", sa.Float(), nullable=True),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("device_id", "model", "version"),
