@@ -90,6 +90,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
         bridge = getattr(app.state, "bridge", None)
-        return {"ok": True, "mqtt_connected": bool(bridge and bridge.transport.connected)}
+        counters = (
+            {"applied": bridge.applied, "rejected": bridge.rejected, "overflow": bridge.overflow} if bridge else {}
+        )
+        return {"ok": True, "mqtt_connected": bool(bridge and bridge.transport.connected), "bridge": counters}
 
     return app

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from edge_agent.protocol.messages import (
     MessageError,
@@ -38,16 +38,16 @@ EWMA_ALPHA = 0.3
 BATCH = 500
 
 
-def aggregate(session: Session, device_id: str, msg: Telemetry) -> None:
+def aggregate(session: Session, aggs: dict[tuple[str, str, int], TelemetryAgg], device_id: str, msg: Telemetry) -> None:
     """Fold one telemetry message into the rolling figures of (device, model, version)."""
     key = (device_id, msg.model or "", int(msg.version or 0))
-    agg = session.get(TelemetryAgg, key)
+    agg = aggs.get(key)
     conf = sum(p.score for p in msg.last_prediction) / len(msg.last_prediction) if msg.last_prediction else None
     err = msg.errors / max(1, msg.frames + msg.errors)
     agreement = msg.shadow.agreement if msg.shadow else None
     detections = float(len(msg.last_prediction))
     if agg is None:
-        agg = TelemetryAgg(
+        agg = aggs[key] = TelemetryAgg(
             device_id=key[0],
             model=key[1],
             version=key[2],
@@ -168,17 +168,36 @@ class MqttBridge:
                         log.exception("could not store %s from %s", item[1], item[0])
 
     def _apply_batch(self, items: list[tuple[str, str, object]]) -> None:
-        with Session(self.engine) as session:
+        """One transaction; devices and aggregates fetched in two queries; no flush until the commit."""
+        ids = sorted({device_id for device_id, _, _ in items})
+        with Session(self.engine) as session, session.no_autoflush:
+            devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+            aggs = {
+                (a.device_id, a.model, a.version): a
+                for a in session.exec(select(TelemetryAgg).where(col(TelemetryAgg.device_id).in_(ids))).all()
+            }
+            last_telemetry: dict[str, Telemetry] = {}
+            now = datetime.now(timezone.utc)
             for device_id, kind, msg in items:
-                self._apply_one(session, device_id, kind, msg)
+                device = devices.get(device_id)
+                if device is None:
+                    log.warning("ignored %s from unenrolled device %s", kind, device_id)
+                    continue
+                self._apply_one(session, aggs, device, msg, now)
+                if isinstance(msg, Telemetry):
+                    last_telemetry[device_id] = msg
+            for device_id, msg in last_telemetry.items():
+                devices[device_id].telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
             session.commit()
 
-    def _apply_one(self, session: Session, device_id: str, kind: str, msg: object) -> None:
-        now = datetime.now(timezone.utc)
-        device = session.get(Device, device_id)
-        if device is None:
-            log.warning("ignored %s from unenrolled device %s", kind, device_id)
-            return
+    def _apply_one(
+        self,
+        session: Session,
+        aggs: dict[tuple[str, str, int], TelemetryAgg],
+        device: Device,
+        msg: object,
+        now: datetime,
+    ) -> None:
         device.last_seen = now
         if isinstance(msg, StatusMessage):
             device.online = msg.status == "online"
@@ -196,8 +215,6 @@ class MqttBridge:
             device.online = True
             device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
             device.staleness_ms_p99 = msg.staleness_ms_p99
-            device.telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
             if msg.model and msg.version is not None and msg.frames > 0:
-                aggregate(session, device_id, msg)
+                aggregate(session, aggs, device.id, msg)
         session.add(device)
-        session.flush()
