@@ -15,6 +15,7 @@ per-device ACLs). Used by tests and tools/bench_fleet.py.
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import queue
 import random
@@ -185,52 +186,67 @@ class FleetSim:
         self.client.publish(DeviceTopics(d.id).reported, encode_message(msg), qos=1, retain=True)
 
     def _desired_worker(self) -> None:
+        """Desired messages start installs; installs finish `install_delay_s` later, all in parallel."""
+        due: list[tuple[float, int, str, int, str]] = []  # (time, seq, device, version, model)
+        seq = 0
         while not self._stop.is_set():
+            timeout = max(0.0, min(0.2, due[0][0] - time.monotonic())) if due else 0.2
             try:
-                topic, payload = self._q.get(timeout=0.2)
+                topic, payload = self._q.get(timeout=timeout)
             except queue.Empty:
+                topic, payload = "", b""
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                _, _, dev_id, version, model = heapq.heappop(due)
+                self._finish(self.devices[dev_id], version, model)
+            if not topic:
                 continue
             if topic == "__pending__":
                 d = self.devices[payload.decode()]
                 msg, d.pending = d.pending, None
-                if msg is not None:
-                    self._install(d, msg)
-                continue
-            parsed = parse_device_topic(topic)
-            if parsed is None or parsed[0] not in self.devices or not payload:
-                continue
-            d = self.devices[parsed[0]]
-            try:
-                msg = decode_message(payload, DesiredState, expect_device=d.id)
-            except MessageError:
-                self.rejected += 1
-                continue
-            if not d.online:
-                d.pending = msg  # applied when the device comes back
-                continue
-            self._install(d, msg)
+            else:
+                parsed = parse_device_topic(topic)
+                if parsed is None or parsed[0] not in self.devices or not payload:
+                    continue
+                d = self.devices[parsed[0]]
+                try:
+                    msg = decode_message(payload, DesiredState, expect_device=d.id)
+                except MessageError:
+                    self.rejected += 1
+                    continue
+                if not d.online:
+                    d.pending = msg  # applied when the device comes back
+                    continue
+            started = self._start_install(d, msg) if msg is not None else None
+            if started is not None:
+                seq += 1
+                heapq.heappush(due, (now + self.install_delay_s, seq, d.id, started[0], started[1]))
 
-    def _install(self, d: SimDevice, msg: DesiredState) -> None:
+    def _start_install(self, d: SimDevice, msg: DesiredState) -> tuple[int, str] | None:
         if msg.revision == d.revision or not msg.deployments:
-            return
+            return None
         dep = msg.deployments[0]
         try:
             m = verify_signed_manifest(dep.manifest, self.root_public_key or "")
         except SignatureError as exc:
             d.revision, d.state, d.reason = msg.revision, "failed", f"signature: {exc}"
             self._report(d)
-            return
+            return None
         d.revision, d.target, d.reason = msg.revision, m.version, None
         d.state = "downloading"
         self._report(d)
-        time.sleep(self.install_delay_s)
-        if m.version in self.fail_versions or self.rng.random() < self.download_failure_rate:
+        return m.version, m.model
+
+    def _finish(self, d: SimDevice, version: int, model: str) -> None:
+        if d.target != version:
+            return  # superseded by a newer desired state meanwhile
+        if version in self.fail_versions or self.rng.random() < self.download_failure_rate:
             d.state, d.reason = "failed", "download: simulated failure"
             self._report(d)
             return
         with self._lock:
-            d.model, d.version, d.state = m.model, m.version, "committed"
-            d.installs.append(m.version)
+            d.model, d.version, d.state = model, version, "committed"
+            d.installs.append(version)
         self._report(d)
 
     def _telemetry_loop(self) -> None:
