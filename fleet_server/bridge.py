@@ -28,49 +28,61 @@ from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_
 from edge_agent.transport.mqtt import MqttTransport
 from fleet_server.deploy import desired_message
 from fleet_server.models import Deployment, Device
-from fleet_server.rollouts.tables import TelemetryAgg
+from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
 
 log = logging.getLogger(__name__)
 _MODELS = {"reported": ReportedState, "status": StatusMessage, "telemetry": Telemetry}
 
 
-EWMA_ALPHA = 0.3
 BATCH = 500
 
 
-def aggregate(session: Session, aggs: dict[tuple[str, str, int], TelemetryAgg], device_id: str, msg: Telemetry) -> None:
-    """Fold one telemetry message into the rolling figures of (device, model, version)."""
+def fold(pending: dict[tuple[str, str, int], dict[str, float]], device_id: str, msg: Telemetry) -> None:
+    """Add one telemetry message to the batch's sums for (device, model, version)."""
     key = (device_id, msg.model or "", int(msg.version or 0))
-    agg = aggs.get(key)
-    conf = sum(p.score for p in msg.last_prediction) / len(msg.last_prediction) if msg.last_prediction else None
-    err = msg.errors / max(1, msg.frames + msg.errors)
-    agreement = msg.shadow.agreement if msg.shadow else None
-    detections = float(len(msg.last_prediction))
-    if agg is None:
-        agg = aggs[key] = TelemetryAgg(
-            device_id=key[0],
-            model=key[1],
-            version=key[2],
-            n=1,
-            fps=msg.fps,
-            p95=msg.latency_ms_p95,
-            error_rate=err,
-            confidence=conf or 0.0,
-            agreement=agreement,
-        )
-    else:
-        a = EWMA_ALPHA
-        agg.n += 1
-        agg.fps = (1 - a) * agg.fps + a * msg.fps
-        agg.p95 = (1 - a) * agg.p95 + a * msg.latency_ms_p95
-        agg.error_rate = (1 - a) * agg.error_rate + a * err
-        agg.detections = (1 - a) * agg.detections + a * detections
-        if conf is not None:
-            agg.confidence = (1 - a) * agg.confidence + a * conf
-        if agreement is not None:
-            agg.agreement = agreement if agg.agreement is None else (1 - a) * agg.agreement + a * agreement
-        agg.updated_at = datetime.now(timezone.utc)
-    session.add(agg)
+    row = pending.setdefault(key, dict.fromkeys(SUM_COLUMNS, 0.0))
+    row["n"] += 1
+    row["fps_sum"] += msg.fps
+    row["p95_sum"] += msg.latency_ms_p95
+    row["err_sum"] += msg.errors / max(1, msg.frames + msg.errors)
+    row["det_sum"] += float(len(msg.last_prediction))
+    if msg.last_prediction:
+        row["conf_sum"] += sum(p.score for p in msg.last_prediction) / len(msg.last_prediction)
+        row["conf_n"] += 1
+    if msg.shadow is not None and msg.shadow.agreement is not None:
+        row["agree_sum"] += msg.shadow.agreement
+        row["agree_n"] += 1
+
+
+def upsert_sums(session: Session, pending: dict[tuple[str, str, int], dict[str, float]]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, one row per (device, model, version)."""
+    if not pending:
+        return
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "device_id": k[0],
+            "model": k[1],
+            "version": k[2],
+            "updated_at": now,
+            **{c: (int(v) if c in ("n", "conf_n", "agree_n") else v) for c, v in sums.items()},
+        }
+        for k, sums in pending.items()
+    ]
+    table = TelemetryAgg.__table__  # type: ignore[attr-defined]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise RuntimeError(f"telemetry aggregation needs SQLite or PostgreSQL, not {dialect}")
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["device_id", "model", "version"],
+        set_={**{c: table.c[c] + stmt.excluded[c] for c in SUM_COLUMNS}, "updated_at": stmt.excluded.updated_at},
+    )
+    session.execute(stmt, rows)  # executemany of one cached statement
 
 
 class MqttBridge:
@@ -172,10 +184,7 @@ class MqttBridge:
         ids = sorted({device_id for device_id, _, _ in items})
         with Session(self.engine) as session, session.no_autoflush:
             devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
-            aggs = {
-                (a.device_id, a.model, a.version): a
-                for a in session.exec(select(TelemetryAgg).where(col(TelemetryAgg.device_id).in_(ids))).all()
-            }
+            pending: dict[tuple[str, str, int], dict[str, float]] = {}
             last_telemetry: dict[str, Telemetry] = {}
             now = datetime.now(timezone.utc)
             for device_id, kind, msg in items:
@@ -183,20 +192,16 @@ class MqttBridge:
                 if device is None:
                     log.warning("ignored %s from unenrolled device %s", kind, device_id)
                     continue
-                self._apply_one(session, aggs, device, msg, now)
+                self._apply_one(pending, device, msg, now)
                 if isinstance(msg, Telemetry):
                     last_telemetry[device_id] = msg
             for device_id, msg in last_telemetry.items():
                 devices[device_id].telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
+            upsert_sums(session, pending)
             session.commit()
 
     def _apply_one(
-        self,
-        session: Session,
-        aggs: dict[tuple[str, str, int], TelemetryAgg],
-        device: Device,
-        msg: object,
-        now: datetime,
+        self, pending: dict[tuple[str, str, int], dict[str, float]], device: Device, msg: object, now: datetime
     ) -> None:
         device.last_seen = now
         if isinstance(msg, StatusMessage):
@@ -216,5 +221,4 @@ class MqttBridge:
             device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
             device.staleness_ms_p99 = msg.staleness_ms_p99
             if msg.model and msg.version is not None and msg.frames > 0:
-                aggregate(session, aggs, device.id, msg)
-        session.add(device)
+                fold(pending, device.id, msg)

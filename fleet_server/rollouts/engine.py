@@ -52,17 +52,7 @@ def _aware(t: datetime | None) -> datetime | None:
 
 
 def agg_dict(a: TelemetryAgg | None) -> dict[str, Any] | None:
-    if a is None:
-        return None
-    return {
-        "n": a.n,
-        "fps": a.fps,
-        "p95": a.p95,
-        "error_rate": a.error_rate,
-        "confidence": a.confidence,
-        "detections": a.detections,
-        "agreement": a.agreement,
-    }
+    return a.means() if a is not None else None
 
 
 class RolloutEngine:
@@ -239,10 +229,14 @@ class RolloutEngine:
 
     def _observe(self, s: Session, r: Rollout, rows: list[RolloutDevice]) -> None:
         started = _aware(r.wave_started_at) or _now()
-        for d in rows:
-            if d.state != DEPLOYING:
-                continue
-            dev = s.get(Device, d.device_id)
+        waiting = [d for d in rows if d.state == DEPLOYING]
+        devices = (
+            {x.id: x for x in s.exec(select(Device).where(col(Device.id).in_([d.device_id for d in waiting]))).all()}
+            if waiting
+            else {}
+        )
+        for d in waiting:
+            dev = devices.get(d.device_id)
             if dev is None:
                 d.state, d.reason = NOT_UPDATED, "device deleted"
             elif dev.version == r.version and dev.model == r.model and dev.state == "committed":

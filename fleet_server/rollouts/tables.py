@@ -67,19 +67,41 @@ class RolloutDevice(SQLModel, table=True):
 
 
 class TelemetryAgg(SQLModel, table=True):
-    """Rolling (exponentially weighted) telemetry per device and model version; raw messages are not kept."""
+    """Telemetry per device and model version, as sums: raw messages are not kept.
+
+    Sums add up exactly across server replicas (each adds what it received, in one upsert per batch);
+    means are sum / count. A rollout resets the row of the version it installs, so the new version is
+    judged on its own window.
+    """
 
     device_id: str = Field(primary_key=True, max_length=64)
     model: str = Field(primary_key=True, max_length=64)
     version: int = Field(primary_key=True)
     n: int = 0
-    fps: float = 0.0
-    p95: float = 0.0
-    error_rate: float = 0.0
-    confidence: float = 0.0
-    detections: float = 0.0  # mean number of predictions per reported frame (detection rate)
-    agreement: float | None = None
+    fps_sum: float = 0.0
+    p95_sum: float = 0.0
+    err_sum: float = 0.0
+    conf_sum: float = 0.0
+    conf_n: int = 0
+    det_sum: float = 0.0  # predictions per reported frame, summed (detection rate)
+    agree_sum: float = 0.0
+    agree_n: int = 0
     updated_at: datetime = Field(default_factory=utcnow)
+
+    def means(self) -> dict[str, float | int | None]:
+        n = max(1, self.n)
+        return {
+            "n": self.n,
+            "fps": self.fps_sum / n,
+            "p95": self.p95_sum / n,
+            "error_rate": self.err_sum / n,
+            "confidence": self.conf_sum / self.conf_n if self.conf_n else None,
+            "detections": self.det_sum / n,
+            "agreement": self.agree_sum / self.agree_n if self.agree_n else None,
+        }
+
+
+SUM_COLUMNS = ("n", "fps_sum", "p95_sum", "err_sum", "conf_sum", "conf_n", "det_sum", "agree_sum", "agree_n")
 
 
 class AuditLog(SQLModel, table=True):

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-23 17:21:39.128208
+Create Date: 2026-11-23 17:31:04.588907
 """
 
 import sqlalchemy as sa
@@ -36,12 +36,14 @@ def upgrade() -> None:
         sa.Column("model", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("n", sa.Integer(), nullable=False),
-        sa.Column("fps", sa.Float(), nullable=False),
-        sa.Column("p95", sa.Float(), nullable=False),
-        sa.Column("error_rate", sa.Float(), nullable=False),
-        sa.Column("confidence", sa.Float(), nullable=False),
-        sa.Column("detections", sa.Float(), nullable=False),
-        sa.Column("agreement", sa.Float(), nullable=True),
+        sa.Column("fps_sum", sa.Float(), nullable=False),
+        sa.Column("p95_sum", sa.Float(), nullable=False),
+        sa.Column("err_sum", sa.Float(), nullable=False),
+        sa.Column("conf_sum", sa.Float(), nullable=False),
+        sa.Column("conf_n", sa.Integer(), nullable=False),
+        sa.Column("det_sum", sa.Float(), nullable=False),
+        sa.Column("agree_sum", sa.Float(), nullable=False),
+        sa.Column("agree_n", sa.Integer(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("device_id", "model", "version"),
     )
