@@ -126,7 +126,8 @@ class RolloutEngine:
         return True
 
     def advance(self, rollout_id: int) -> None:
-        with Session(self.engine) as s:
+        # expire_on_commit=False: a wave commits once per device; expiring every loaded row each time is O(n^2)
+        with Session(self.engine, expire_on_commit=False) as s:
             r = s.get(Rollout, rollout_id)
             if r is None or r.state not in (RUNNING, "aborting"):
                 return
@@ -198,14 +199,42 @@ class RolloutEngine:
             s.commit()
 
     def _start_wave(self, s: Session, r: Rollout, rows: list[RolloutDevice], actor: str) -> None:
+        # take every pending device of the wave in one compare-and-set: a device is deployed once
+        taken = set(
+            s.execute(
+                update(RolloutDevice)
+                .where(
+                    col(RolloutDevice.rollout_id) == r.id,
+                    col(RolloutDevice.wave) == r.wave,
+                    col(RolloutDevice.state) == PENDING,
+                )
+                .values(state=DEPLOYING, updated_at=_now())
+                .returning(col(RolloutDevice.id))
+            )
+            .scalars()
+            .all()
+        )
+        s.commit()
+        ids = [d.device_id for d in rows if d.id in taken]
+        devices = {x.id: x for x in s.exec(select(Device).where(col(Device.id).in_(ids))).all()} if ids else {}
+        aggs = (
+            {
+                (a.device_id, a.version): a
+                for a in s.exec(
+                    select(TelemetryAgg).where(col(TelemetryAgg.device_id).in_(ids), TelemetryAgg.model == r.model)
+                ).all()
+            }
+            if ids
+            else {}
+        )
         for d in rows:
-            if d.state != PENDING or not self._take_device(s, d, (PENDING,), DEPLOYING):
+            if d.id not in taken:
                 continue
-            dev = s.get(Device, d.device_id)
+            d.state = DEPLOYING
+            dev = devices.get(d.device_id)
             if dev is not None and d.prev_version is not None and dev.model == r.model:
-                base = s.get(TelemetryAgg, (d.device_id, r.model, d.prev_version))
-                d.baseline_json = json.dumps(agg_dict(base))
-            stale = s.get(TelemetryAgg, (d.device_id, r.model, r.version))
+                d.baseline_json = json.dumps(agg_dict(aggs.get((d.device_id, d.prev_version))))
+            stale = aggs.get((d.device_id, r.version))
             if stale is not None:
                 s.delete(stale)  # judge the new version on fresh telemetry only
             try:
