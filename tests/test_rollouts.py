@@ -195,3 +195,34 @@ def test_pause_resume_promote_and_rollback_from_the_cli(fleet: Server, mosquitto
 
 def bad_action(fleet: Server, rid: str):  # type: ignore[no-untyped-def]
     return fleet.http.post(f"/api/v1/rollouts/{rid}/pause")
+
+
+def test_shadow_canary_gates_on_agreement_before_anything_is_activated(fleet: Server, mosquitto: str) -> None:
+    """With --shadow the canary runs the candidate beside the old model; a candidate that disagrees never
+    serves a single frame anywhere, one that agrees is then activated wave by wave."""
+    sim = _sim(fleet, mosquitto, 4, "shd", agreement={2: 0.6, 3: 1.0})
+    try:
+        _all_on(fleet, sim, 1)
+        bad = _rollout(
+            fleet,
+            version=2,
+            canary="2",
+            waves=["100%"],
+            bake_s=1.0,
+            shadow=True,
+            gates=["agreement>=0.9"],
+            max_failure=0.0,
+        )
+        done = _wait_state(fleet, bad["id"], ("aborted", "completed"))
+        assert done["state"] == "aborted" and "agreement 0.6" in done["reason"], done
+        wait_for(lambda: all(sim.devices[d].shadow_version is None for d in sim.devices), 20, "shadow removed")
+        assert all(2 not in sim.devices[d].installs for d in sim.devices)  # v2 never active anywhere
+
+        good = _rollout(
+            fleet, version=3, canary="2", waves=["100%"], bake_s=0.5, shadow=True, gates=["agreement>=0.9", "fps>=0.8x"]
+        )
+        done = _wait_state(fleet, good["id"], ("aborted", "completed"))
+        assert done["state"] == "completed", (done["reason"], done["devices"])
+        wait_for(lambda: all(v == 3 for v in sim.versions().values()), 20, "fleet on v3")
+    finally:
+        sim.stop()

@@ -36,6 +36,7 @@ from edge_agent.protocol.messages import (  # noqa: E402
     MessageError,
     Prediction,
     ReportedState,
+    ShadowTelemetry,
     SlotReport,
     StatusMessage,
     Telemetry,
@@ -61,6 +62,8 @@ class SimDevice:
     base_fps: float = 30.0
     base_p95: float = 8.0
     pending: DesiredState | None = None
+    shadow_version: int | None = None
+    shadow_frames: int = 0
     installs: list[int] = field(default_factory=list)
 
 
@@ -79,8 +82,10 @@ class FleetSim:
         telemetry_interval_s: float = 0.5,
         install_delay_s: float = 0.1,
         seed: int = 0,
+        agreement: dict[int, float] | None = None,
     ) -> None:
         self.server_url, self.mqtt_url = server_url.rstrip("/"), mqtt_url
+        self.agreement = dict(agreement or {})  # shadow agreement a candidate version scores (default 1.0)
         self.http = httpx.Client(
             base_url=self.server_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
         )
@@ -180,6 +185,8 @@ class FleetSim:
                     state=UpdateStateName(d.state),
                     target_version=d.target,
                     reason=d.reason,
+                    shadow_model=d.model if d.shadow_version else None,
+                    shadow_version=d.shadow_version,
                 )
             },
         )
@@ -232,7 +239,15 @@ class FleetSim:
             d.revision, d.state, d.reason = msg.revision, "failed", f"signature: {exc}"
             self._report(d)
             return None
+        shadow_version = None
+        if dep.shadow is not None:
+            try:
+                shadow_version = verify_signed_manifest(dep.shadow.manifest, self.root_public_key or "").version
+            except SignatureError:
+                shadow_version = None
         d.revision, d.target, d.reason = msg.revision, m.version, None
+        if d.shadow_version != shadow_version:
+            d.shadow_version, d.shadow_frames = shadow_version, 0
         d.state = "downloading"
         self._report(d)
         return m.version, m.model
@@ -266,9 +281,21 @@ class FleetSim:
                     latency_ms_p95=round(d.base_p95 * factor + self.rng.uniform(-0.2, 0.2), 3),
                     latency_ms_p99=round(d.base_p95 * 1.2 * factor, 3),
                     last_prediction=[Prediction(label="red", score=round(0.9 / factor, 3))],
+                    shadow=self._shadow_telemetry(d),
                 )
                 self.client.publish(DeviceTopics(d.id).telemetry, encode_message(msg), qos=0)
                 self.telemetry_sent[d.id] = self.telemetry_sent.get(d.id, 0) + 1
+
+    def _shadow_telemetry(self, d: SimDevice) -> ShadowTelemetry | None:
+        if d.shadow_version is None or d.model is None:
+            return None
+        d.shadow_frames += int(d.base_fps * self.telemetry_interval_s * 0.2)
+        return ShadowTelemetry(
+            model=d.model,
+            version=d.shadow_version,
+            frames=d.shadow_frames,
+            agreement=self.agreement.get(d.shadow_version, 1.0),
+        )
 
     # -- views -------------------------------------------------------------------------------
     def pause_telemetry(self) -> None:

@@ -87,6 +87,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         "gates": args.gate or ["fps>=0.9x", "p95<=1.2x"],
         "offline_timeout_s": args.offline_timeout,
         "skip_incompatible": args.skip_incompatible,
+        "shadow": args.shadow,
+        "shadow_share": args.shadow_share,
     }
     r = AdminClient(args.server_url, args.token).request("POST", "/api/v1/rollouts", json=body)
     if args.json:
@@ -166,6 +168,12 @@ def add_parsers(sub: Any, devices_sub: Any, admin_flags: Any) -> None:
         default=600.0,
         help="wait this long for offline devices, then count them as not updated (10m)",
     )
+    c.add_argument(
+        "--shadow",
+        action="store_true",
+        help="the canary first runs the new version in shadow beside the old one (gate it with agreement>=N)",
+    )
+    c.add_argument("--shadow-share", type=share, default=0.2, help="share of frames the shadow runs on (20%%)")
     c.add_argument("--skip-incompatible", action="store_true", help="leave out devices without a fitting artifact")
     admin_flags(c)
     c.set_defaults(func=cmd_create)

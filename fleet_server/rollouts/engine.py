@@ -51,6 +51,10 @@ def _aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
 
 
+def _is_shadow_wave(r: Rollout) -> bool:
+    return bool(r.shadow) and r.wave == 0
+
+
 def agg_dict(a: TelemetryAgg | None) -> dict[str, Any] | None:
     return a.means() if a is not None else None
 
@@ -186,6 +190,15 @@ class RolloutEngine:
                 f"rollout/{r.id}",
                 f"{name}: {len(counted) - len(bad)}/{len(counted)} ok, {len(rows) - len(counted)} not updated",
             )
+            if _is_shadow_wave(r):
+                # the candidate agreed in shadow: its canary devices now activate it with the next wave
+                for d in rows:
+                    if d.state == ACTIVE:
+                        d.state, d.wave = PENDING, 1
+                        s.add(d)
+                if len(sizes) == 1:
+                    sizes.append(sizes[0])
+                    r.waves_json = json.dumps(sizes)
             if r.wave + 1 >= len(sizes):
                 r.state = COMPLETED
                 r.reason = None
@@ -237,10 +250,19 @@ class RolloutEngine:
             stale = aggs.get((d.device_id, r.version))
             if stale is not None:
                 s.delete(stale)  # judge the new version on fresh telemetry only
-            try:
-                deploy_version(
-                    s, self.app, d.device_id, DeployRequest(model=r.model, version=r.version, slot=r.slot), actor
+            if _is_shadow_wave(r) and d.prev_version is not None:
+                req = DeployRequest(
+                    model=r.model,
+                    version=d.prev_version,
+                    slot=r.slot,
+                    shadow_model=r.model,
+                    shadow_version=r.version,
+                    shadow_share=r.shadow_share,
                 )
+            else:
+                req = DeployRequest(model=r.model, version=r.version, slot=r.slot)
+            try:
+                deploy_version(s, self.app, d.device_id, req, actor)
             except DeployError as exc:
                 d.state, d.reason = FAILED, str(exc)
             d.updated_at = _now()
@@ -268,6 +290,15 @@ class RolloutEngine:
             dev = devices.get(d.device_id)
             if dev is None:
                 d.state, d.reason = NOT_UPDATED, "device deleted"
+            elif _is_shadow_wave(r) and d.prev_version is not None:
+                if dev.version == d.prev_version and dev.shadow_version == r.version and dev.state == "committed":
+                    d.state = ACTIVE
+                elif dev.shadow_reason:
+                    d.state, d.reason = FAILED, f"shadow: {dev.shadow_reason}"
+                elif (_now() - started).total_seconds() > r.offline_timeout_s:
+                    d.state, d.reason = NOT_UPDATED, "shadow not started in time"
+                else:
+                    continue
             elif dev.version == r.version and dev.model == r.model and dev.state == "committed":
                 d.state = ACTIVE
             elif dev.state == "failed" and dev.target_version == r.version:
@@ -284,9 +315,19 @@ class RolloutEngine:
 
     def _judge(self, s: Session, r: Rollout, rows: list[RolloutDevice]) -> bool | None:
         gates = [parse_gate(g) for g in json.loads(r.gates_json)]
+        shadow_wave = _is_shadow_wave(r)
+        if shadow_wave:  # the candidate only runs beside the old model: judge its agreement, nothing else
+            gates = [g for g in gates if g.metric == "agreement"]
+        else:  # agreement exists only while a shadow runs
+            gates = [g for g in gates if g.metric != "agreement"]
         settled = _aware(r.wave_settled_at) or _now()
         for d in rows:
             if d.state != ACTIVE or not gates:
+                continue
+            if shadow_wave:
+                verdict = self._judge_shadow(s, r, d, gates, settled)
+                if verdict is None:
+                    return None
                 continue
             agg = s.get(TelemetryAgg, (d.device_id, r.model, r.version))
             if agg is None or agg.n < MIN_SAMPLES:
@@ -303,6 +344,26 @@ class RolloutEngine:
             if failed:
                 d.state, d.reason = GATE_FAILED, "; ".join(failed)
             s.add(d)
+        return True
+
+    def _judge_shadow(self, s: Session, r: Rollout, d: RolloutDevice, gates: list, settled: datetime) -> bool | None:
+        """Agreement of the shadow candidate over this wave: the active version's sums since the wave began."""
+        agg = s.get(TelemetryAgg, (d.device_id, r.model, d.prev_version))
+        base = json.loads(d.baseline_json) if d.baseline_json else {}
+        base = base or {}
+        n = (agg.agree_n if agg else 0) - int(base.get("agree_n") or 0)
+        if n < MIN_SAMPLES:
+            if (_now() - settled).total_seconds() - r.bake_s < r.offline_timeout_s:
+                return None
+            d.state, d.reason = GATE_FAILED, "no shadow agreement reported"
+            s.add(d)
+            return True
+        agreement = ((agg.agree_sum if agg else 0.0) - float(base.get("agree_sum") or 0.0)) / n
+        failed = [text for ok, text in (g.check({"agreement": agreement}, None) for g in gates) if not ok]
+        d.result_json = json.dumps({"agreement": agreement, "frames": n})
+        if failed:
+            d.state, d.reason = GATE_FAILED, "; ".join(failed)
+        s.add(d)
         return True
 
     def _abort(self, s: Session, r: Rollout, reason: str, actor: str) -> None:

@@ -46,6 +46,8 @@ class RolloutCreate(BaseModel):
     gates: list[str] = Field(default_factory=lambda: list(DEFAULT_GATES))
     offline_timeout_s: float = Field(600.0, ge=0)
     skip_incompatible: bool = False
+    shadow: bool = Field(False, description="canary runs the new version in shadow first; gate on agreement")
+    shadow_share: float = Field(0.2, gt=0, le=1)
 
 
 def audit(session: Session, actor: str, action: str, target: str, detail: str | None = None) -> None:
@@ -102,6 +104,8 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
     ).first()
     if mv is None:
         raise RolloutError(f"no model version {req.model}:{req.version}", 404)
+    if any(g.metric == "agreement" for g in gates) and not req.shadow:
+        raise RolloutError("an agreement gate needs --shadow: agreement is measured while the candidate runs in shadow")
     devices = [
         d
         for d in session.exec(select(Device).order_by(Device.id)).all()
@@ -149,6 +153,8 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
         gates_json=json.dumps([g.text for g in gates]),
         offline_timeout_s=req.offline_timeout_s,
         created_by=actor,
+        shadow=req.shadow,
+        shadow_share=req.shadow_share,
     )
     session.add(r)
     session.flush()
@@ -238,6 +244,7 @@ def status(session: Session, r: Rollout) -> dict[str, Any]:
         "bake_s": r.bake_s,
         "max_failure": r.max_failure,
         "gates": json.loads(r.gates_json),
+        "shadow": r.shadow,
         "reason": r.reason,
         "created_by": r.created_by,
         "created_at": r.created_at,

@@ -30,6 +30,8 @@ class Rollout(SQLModel, table=True):
     wave_started_at: datetime | None = None
     wave_settled_at: datetime | None = None
     promote: bool = False
+    shadow: bool = False  # canary runs the new version in shadow beside the old one first
+    shadow_share: float = 0.2
     reason: str | None = None
     created_by: str = Field(default="admin", max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
@@ -98,6 +100,8 @@ class TelemetryAgg(SQLModel, table=True):
             "confidence": self.conf_sum / self.conf_n if self.conf_n else None,
             "detections": self.det_sum / n,
             "agreement": self.agree_sum / self.agree_n if self.agree_n else None,
+            "agree_sum": self.agree_sum,
+            "agree_n": self.agree_n,
         }
 
 

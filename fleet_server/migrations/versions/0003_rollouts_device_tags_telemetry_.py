@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-23 17:31:04.588907
+Create Date: 2026-11-23 17:56:24.563550
 """
 
 import sqlalchemy as sa
@@ -65,6 +65,8 @@ def upgrade() -> None:
         sa.Column("wave_started_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("wave_settled_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("promote", sa.Boolean(), nullable=False),
+        sa.Column("shadow", sa.Boolean(), nullable=False),
+        sa.Column("shadow_share", sa.Float(), nullable=False),
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
