@@ -34,3 +34,11 @@ class AdminClient:
                 detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
             raise CliError(f"{method} {path}: HTTP {resp.status_code}: {detail}")
         return resp.json() if resp.content else None
+
+
+def parse_ref(text: str) -> tuple[str, int]:
+    """NAME:VERSION -> (name, version)."""
+    name, _, version = text.rpartition(":")
+    if not name or not version.isdigit():
+        raise CliError(f"expected NAME:VERSION, got {text!r}")
+    return name, int(version)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fleet_server.cli.client import AdminClient, CliError
+from fleet_server.cli.client import AdminClient, CliError, parse_ref
 
 
 def _out(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -100,15 +100,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ref(text: str) -> tuple[str, int]:
-    name, _, version = text.rpartition(":")
-    if not name or not version.isdigit():
-        raise CliError(f"expected NAME:VERSION, got {text!r}")
-    return name, int(version)
-
-
 def cmd_models_show(args: argparse.Namespace) -> int:
-    name, version = _ref(args.ref)
+    name, version = parse_ref(args.ref)
     r = AdminClient(args.server_url, args.token).request("GET", f"/api/v1/models/{name}/versions/{version}")
     lines = [
         f"{r['name']}:{r['version']}  task={r['task']} decoder={r['decoder']} input={r['input_shape']}",
@@ -157,14 +150,14 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    name, version = _ref(args.ref)
+    name, version = parse_ref(args.ref)
     body: dict[str, Any] = {"model": name, "version": version, "slot": args.slot}
     if args.health_window is not None:
         body["health_window_s"] = args.health_window
     if args.min_fps_ratio is not None:
         body["min_fps_ratio"] = args.min_fps_ratio
     if args.shadow:
-        body["shadow_model"], body["shadow_version"] = _ref(args.shadow)
+        body["shadow_model"], body["shadow_version"] = parse_ref(args.shadow)
         body["shadow_share"] = args.shadow_share
     r = AdminClient(args.server_url, args.token).request("PUT", f"/api/v1/devices/{args.device}/deployment", json=body)
     note = " (signed rollback)" if r.get("rollback") else ""

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from fleet_server.cli.client import AdminClient, CliError
+from fleet_server.cli.client import AdminClient, CliError, parse_ref
 
 
 def duration(text: str) -> float:
@@ -28,13 +28,6 @@ def share(text: str) -> float:
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be between 0% and 100%")
     return v
-
-
-def _ref(text: str) -> tuple[str, int]:
-    name, _, version = text.rpartition(":")
-    if not name or not version.isdigit():
-        raise CliError(f"expected NAME:VERSION, got {text!r}")
-    return name, int(version)
 
 
 def bar(done: int, total: int, width: int = 20) -> str:
@@ -75,7 +68,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    name, version = _ref(args.ref)
+    name, version = parse_ref(args.ref)
     body = {
         "model": name,
         "version": version,

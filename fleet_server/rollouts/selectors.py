@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TERM = re.compile(r"^(?P<key>[A-Za-z0-9_.-]{1,64})\s*(?P<op>!=|=)\s*(?P<value>[^,]{1,256})$")
+_TERM = re.compile(r"^(?P<key>[A-Za-z0-9_.-]{1,64})\s*(?P<op>!=|=)\s*(?P<value>[^,=!]{1,256})$")
 
 
 class SelectorError(ValueError):

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
+from edge_agent.capabilities import device_kind
+from edge_agent.protocol.messages import Capabilities
 from edge_agent.update.checks import TARGET_PREFERENCE
 from fleet_server.models import Artifact, Device, ModelVersion
 from fleet_server.rollouts.gates import DEFAULT_GATES, GateError, parse_gate
@@ -83,13 +85,9 @@ def wave_sizes(canary: str, waves: list[str], total: int) -> list[int]:
 
 
 def _device_kind(device: Device) -> str:
-    caps = json.loads(device.capabilities_json or "{}")
-    providers = caps.get("providers", [])
-    if caps.get("gpu") and (caps.get("tensorrt") or "TensorrtExecutionProvider" in providers):
-        return "tensorrt"
-    if caps.get("gpu") and "CUDAExecutionProvider" in providers:
-        return "cuda"
-    return "cpu"
+    if not device.capabilities_json:
+        return "cpu"
+    return device_kind(Capabilities.model_validate_json(device.capabilities_json))
 
 
 def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Rollout, list[str]]:
