@@ -67,7 +67,7 @@ def test_native_tensorrt_absent_is_a_clear_error(assets: dict[str, Path]) -> Non
     try:
         import tensorrt  # noqa: F401
 
-        pytest.skip("TensorRT is installed here: the GPU check belongs on a GPU machine")
+        pytest.skip(reason="TensorRT is installed: this checks the error on machines without TensorRT (no GPU)")
     except ImportError:
         pass
     with pytest.raises(RuntimeError_, match="native TensorRT needs tensorrt"):
