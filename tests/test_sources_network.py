@@ -4,6 +4,9 @@ reason in the fleet, while the agent keeps running."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.camera.sources import FrameSource
-from tests.helpers import Server, start_agent, wait_for
+from tests.helpers import Server, free_port, start_agent, wait_for
 from tools.mjpeg_server import MjpegCamera
 
 
@@ -66,3 +69,42 @@ def test_vanished_camera_shows_down_in_the_fleet(
         if agent:
             agent.stop()
         fleet.stop()
+
+
+@pytest.fixture()
+def rtsp_camera() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real RTSP server (GStreamer, MJPEG over RTP) in a separate process under the system Python."""
+    proc = subprocess.Popen(
+        ["/usr/bin/python3", str(Path(__file__).parent.parent / "tools" / "rtsp_server.py"), str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    assert url.startswith("rtsp://"), "the RTSP test server did not start: run `make test` to install GStreamer"
+    yield proc, url
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(5)
+
+
+def test_rtsp_camera_that_stops_sending_without_disconnecting_is_recovered(
+    rtsp_camera: tuple[subprocess.Popen[str], str],
+) -> None:
+    proc, url = rtsp_camera
+    src = FrameSource(url, stall_timeout_s=1.0).start()
+    try:
+        wait_for(lambda: src.captured >= 10, 20, "frames from the RTSP camera")
+        os.kill(proc.pid, signal.SIGSTOP)  # the socket stays open; nothing arrives
+        wait_for(lambda: src.reconnects >= 1, 10, "stall noticed and reconnect started")
+        assert "stalled" in (src.last_error or "")
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGCONT)
+        n = src.captured
+        wait_for(lambda: src.captured >= n + 10, 30, "frames again after the camera came back")
+    finally:
+        t0 = time.monotonic()
+        src.stop()
+        assert time.monotonic() - t0 < 1.0
