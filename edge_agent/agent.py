@@ -43,6 +43,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.signing import SignedManifest
 from edge_agent.protocol.topics import DeviceTopics
 from edge_agent.runtimes import RuntimeError_, create_runtime
+from edge_agent.runtimes.base import extract_trt_calibration
 from edge_agent.transport.mqtt import MqttTransport, Will
 from edge_agent.update.checks import ManifestRejected, check_manifest
 from edge_agent.update.download import DownloadError, download, resolve_url, sha256_file
@@ -340,6 +341,9 @@ class Agent:
             }
         )
         runtime_name = "tensorrt" if target == "tensorrt" and "tensorrt" in self.caps.runtimes else "onnxruntime"
+        if target == "tensorrt":
+            cache = extract_trt_calibration(Path(job["path"]), self.data_dir / "engines")
+            opts = opts.model_copy(update={"int8_calibration": cache} if cache else {"precision": "fp16"})
         runtime = create_runtime(runtime_name, Path(job["path"]), opts)
         if tuple(runtime.input_shape) != tuple(manifest.input.shape):
             raise StepFailed(f"model input {runtime.input_shape} differs from manifest {manifest.input.shape}")

@@ -53,8 +53,11 @@ class ArtifactEntry(_Strict):
     url: str = Field(description="Download path, relative to the server URL, or absolute URL.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the artifact bytes.")
     length: int = Field(gt=0, description="Exact artifact size in bytes; agents download no more.")
-    latency_ms: float | None = Field(None, description="Latency measured on the build host, if any.")
+    latency_ms: float | None = Field(None, description="Latency p50 measured on the build host, if any.")
+    latency_p99_ms: float | None = Field(None, description="Latency p99 measured on the build host, if any.")
+    measured_on: str | None = Field(None, description="Device class the latency was measured on (cpu, cuda, ...).")
     accuracy: dict[str, float] = Field(default_factory=dict, description="Measured metrics, if any.")
+    accuracy_delta: float | None = Field(None, description="Primary metric minus FP32's, in points.")
 
 
 class Compatibility(_Strict):
@@ -75,6 +78,12 @@ class Manifest(_Strict):
     created_at: datetime
     expires_at: datetime
     rollback: bool = Field(False, description="Signed permission to install over a newer trusted version.")
+    recommended: dict[str, Target] = Field(
+        default_factory=dict, description="Device class (cpu, cuda, tensorrt) -> the target measured best for it."
+    )
+    lineage: dict[str, str] = Field(
+        default_factory=dict, description="Where this version came from: dataset, fine-tuned-from, job."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -83,6 +92,9 @@ class Manifest(_Strict):
             raise ValueError(f"task {self.task!r} needs decoder {allowed}, got {self.decoder.type!r}")
         if self.expires_at <= self.created_at:
             raise ValueError("manifest expires before it was created")
+        missing = {k: v for k, v in self.recommended.items() if v not in self.artifacts}
+        if missing:
+            raise ValueError(f"recommended targets {missing} have no artifact")
         return self
 
     @property

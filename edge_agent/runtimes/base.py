@@ -62,3 +62,26 @@ class Runtime(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+TRT_CALIB_KEY = "edgeloop.trt_int8_calibration"
+
+
+def extract_trt_calibration(model_path: Path, out_dir: Path) -> Path | None:
+    """Write the INT8 calibration cache a `tensorrt` artifact carries in its ONNX metadata; None if it has none.
+
+    The cache lives inside the signed artifact, so it is covered by the artifact's sha256 check.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    text = sess.get_modelmeta().custom_metadata_map.get(TRT_CALIB_KEY)
+    del sess
+    if not text:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{model_path.stem}.{model_path.parent.name}.calib"
+    path.write_text(text)
+    return path

@@ -69,7 +69,11 @@ def check_manifest(
         raise ManifestRejected(
             f"incompatible: {manifest.ref} runs on {list(compat.runtimes)}, this agent has {runtimes}"
         )
-    for target in TARGET_PREFERENCE.get(device_kind, TARGET_PREFERENCE["cpu"]):
+    preference = TARGET_PREFERENCE.get(device_kind, TARGET_PREFERENCE["cpu"])
+    measured = manifest.recommended.get(device_kind)
+    if measured in manifest.artifacts and measured in preference:  # measured best beats the static order
+        return Accepted(manifest, measured)
+    for target in preference:
         if target in manifest.artifacts:
             return Accepted(manifest, target)
     raise ManifestRejected(
