@@ -12,14 +12,16 @@ from urllib.parse import urlparse
 
 from fastapi import FastAPI
 
-from fleet_server.api import artifacts, devices, models, rollouts_api
+from fleet_server.api import artifacts, datasets_api, devices, jobs_api, models, rollouts_api
 from fleet_server.bridge import MqttBridge
 from fleet_server.broker import choose_broker
 from fleet_server.db import make_engine, migrate
+from fleet_server.jobs.runner import JobRunner
 from fleet_server.keys import ensure_admin_token, ensure_keys
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
+from fleet_server.zoo import job_result_registrar
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,19 @@ def create_app(settings: Settings) -> FastAPI:
         rollouts = RolloutEngine(state["engine"], app.state, interval_s=settings.rollout_tick_s, name=replica)
         app.state.rollouts = rollouts
         rollouts.start()
+        app.state.jobs_dir = settings.data_dir / "jobs"
+        jobs = JobRunner(
+            state["engine"], job_result_registrar(settings, state["keys"], state["store"]), app.state.jobs_dir, replica
+        )
+        app.state.jobs = jobs
+        if settings.run_jobs:
+            jobs.start()
         log.info("edgeloop server ready: api %s, mqtt %s", settings.base_url, broker.public_url)
         try:
             yield
         finally:
             rollouts.stop()
+            jobs.stop()
             bridge.stop()
             broker.stop()
             state["engine"].dispose()
@@ -86,6 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(artifacts.router)
     app.include_router(rollouts_api.router)
+    app.include_router(jobs_api.router)
+    app.include_router(datasets_api.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -90,6 +90,9 @@ class ModelVersion(SQLModel, table=True):
     input_shape: str = Field(max_length=64)
     signed_manifest: str  # SignedManifest JSON as published
     created_at: datetime = Field(default_factory=utcnow)
+    report_json: str | None = None  # compile report: the target table and the recommendation per device class
+    lineage_json: str | None = None  # dataset, fine-tuned-from, job
+    checkpoint: str | None = Field(default=None, max_length=255)  # training checkpoint, relative to data_dir
 
 
 class Artifact(SQLModel, table=True):
@@ -110,6 +113,8 @@ class ModelVersionPublic(SQLModel):
     input_shape: list[int]
     created_at: datetime
     artifacts: list[dict]
+    report: dict | None = None
+    lineage: dict | None = None
 
 
 # -- deployments ---------------------------------------------------------------------------------

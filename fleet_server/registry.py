@@ -108,6 +108,26 @@ def register_version(
     length: int,
     valid_days: int,
 ) -> ModelVersion:
+    entry = ArtifactEntry(url=f"/api/v1/artifacts/{sha256}", sha256=sha256, length=length)
+    return register_artifacts(session, keys, name, task, classes, spec, dec, {"onnx-fp32": entry}, valid_days)
+
+
+def register_artifacts(
+    session: Session,
+    keys: KeyRing,
+    name: str,
+    task: str,
+    classes: list[str],
+    spec: InputSpec,
+    dec: DecoderSpec,
+    artifacts: dict[str, ArtifactEntry],
+    valid_days: int,
+    recommended: dict[str, str] | None = None,
+    lineage: dict[str, str] | None = None,
+    report: dict | None = None,
+    checkpoint: str | None = None,
+) -> ModelVersion:
+    """The next version of `name` with these artifacts, its manifest signed by the release key."""
     existing = session.get(Model, name)
     if existing is None:
         session.add(Model(name=name, task=task))
@@ -119,13 +139,15 @@ def register_version(
     manifest = Manifest(
         model=name,
         version=version,
-        task=task,
+        task=task,  # type: ignore[arg-type]
         classes=tuple(classes),
         input=spec,
-        decoder=dec,  # type: ignore[arg-type]
-        artifacts={"onnx-fp32": ArtifactEntry(url=f"/api/v1/artifacts/{sha256}", sha256=sha256, length=length)},
+        decoder=dec,
+        artifacts=artifacts,  # type: ignore[arg-type]
         created_at=now,
         expires_at=now + timedelta(days=valid_days),
+        recommended=recommended or {},  # type: ignore[arg-type]
+        lineage={**(lineage or {})},
     )
     signed = sign_manifest(manifest, keys.release, keys.cert)
     mv = ModelVersion(
@@ -136,10 +158,14 @@ def register_version(
         classes_json=json.dumps(classes),
         input_shape=json.dumps(list(spec.shape)),
         signed_manifest=signed.model_dump_json(),
+        report_json=json.dumps(report) if report is not None else None,
+        lineage_json=json.dumps(lineage) if lineage else None,
+        checkpoint=checkpoint,
     )
     session.add(mv)
     session.flush()
-    session.add(Artifact(version_id=int(mv.id or 0), target="onnx-fp32", sha256=sha256, length=length))
+    for target, entry in artifacts.items():
+        session.add(Artifact(version_id=int(mv.id or 0), target=target, sha256=entry.sha256, length=entry.length))
     return mv
 
 

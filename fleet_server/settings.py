@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     health_window_s: float = Field(10.0, ge=0, description="Default health window for new deployments.")
     manifest_valid_days: int = Field(365, ge=1, description="Manifests expire this many days after signing.")
     rollout_tick_s: float = Field(1.0, gt=0, le=60, description="How often the rollout engine advances rollouts.")
+    run_jobs: bool = Field(True, description="Run training / compile / synthesis jobs on this replica.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
 
     @model_validator(mode="after")

@@ -309,6 +309,45 @@ def build_tensorrt(fp32: Path, out: Path, cache_text: str) -> None:
     onnx.save(model, str(out))
 
 
+def engine_row(
+    onnx_path: Path, shape: tuple[int, ...], work: Path, host: dict[str, Any], seconds: float
+) -> TargetResult:
+    """A TensorRT engine built and timed here, when this host can: a report row, not a shipped artifact
+    (engines are specific to one GPU and TensorRT version, so devices build their own)."""
+    res = TargetResult("tensorrt-engine", "built")
+    if not host["gpu"]:
+        res.status = "not built: no GPU"
+        return res
+    if not host["tensorrt"]:
+        res.status = "not built: no TensorRT"
+        return res
+    # Unverified here (no GPU on the build machines this was written on): the same code path as the agent.
+    from edge_agent.runtimes import RuntimeOptions, create_runtime
+    from edge_agent.runtimes.base import extract_trt_calibration
+
+    cache = extract_trt_calibration(onnx_path, work)
+    opts = RuntimeOptions(
+        precision="int8", int8_calibration=cache, cache_dir=work / "engines", artifact_sha256=_sha(onnx_path)
+    )
+    rt = create_runtime("tensorrt", onnx_path, opts)
+    try:
+        x = np.zeros(shape, np.float32)
+        rt.warmup(5)
+        times = []
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(times) < 20:
+            t0 = time.perf_counter()
+            rt.run(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        rt.close()
+    res.latency_p50_ms = round(float(np.percentile(times, 50)), 3)
+    res.latency_p99_ms = round(float(np.percentile(times, 99)), 3)
+    res.measured_on = "tensorrt"
+    res.notes.append(f"engine + timing cache in {work / 'engines'} (not shipped)")
+    return res
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
@@ -435,11 +474,10 @@ def compile_checkpoint(
                 step("tensorrt: computing the INT8 calibration cache", frac)
                 build_tensorrt(fp32, path, trt_calibration_cache(pre, calib(), work))
                 res.path, res.size, res.sha256 = str(path), path.stat().st_size, _sha(path)
-                if host["tensorrt"] and host["gpu"]:
-                    res.notes.append("engine build on this host not implemented yet; built on the device")
-                else:
-                    res.notes.append("engine not built here: no GPU" if not host["gpu"] else "no TensorRT here")
-                res.notes.append("latency and accuracy unmeasured: the engine is built on the device")
+                res.notes.append("the device builds its engine from this ONNX and the cache it carries")
+                results.append(res)
+                res = engine_row(path, spec.shape, work, host, latency_seconds)
+                path = work / "engine.plan"
             if res.status == "built" and res.latency_p50_ms and ref.latency_p50_ms:
                 res.speedup = round(ref.latency_p50_ms / res.latency_p50_ms, 3)
             if res.accuracy and res.delta is None:
@@ -479,11 +517,24 @@ def recommend(
     """Per device class: the fastest measured target within budget and not slower than FP32 there."""
     ref = next(r for r in results if r.target == "onnx-fp32")
     recommended, reasons = {}, {}
+    engine = next((r for r in results if r.target == "tensorrt-engine" and r.built), None)
+    shipped = next((r for r in results if r.target == "tensorrt" and r.built), None)
+    int8 = next((r for r in results if r.target == "onnx-int8"), None)
+    if engine and shipped and engine.latency_p50_ms is not None:
+        # the engine's accuracy follows the int8 calibration; use the onnx-int8 delta as its estimate
+        if int8 is not None and int8.delta is not None and int8.delta < -budget_points:
+            recommended["tensorrt"], reasons["tensorrt"] = "onnx-fp32", "int8 calibration is over the accuracy budget"
+        else:
+            recommended["tensorrt"] = "tensorrt"
+            reasons["tensorrt"] = f"engine built here: p50 {engine.latency_p50_ms} ms"
     for dc in DEVICE_CLASSES:
+        if dc in recommended:
+            continue
         fits = [
             r
             for r in results
             if r.built
+            and r.target in TARGETS
             and dc in TARGETS[r.target].device_classes
             and r.measured_on == dc
             and r.latency_p50_ms is not None
@@ -504,7 +555,8 @@ def recommend(
             slower = [
                 r.target
                 for r in results
-                if r.measured_on == dc and r.target != "onnx-fp32" and dc in TARGETS[r.target].device_classes
+                if r.measured_on == dc and r.target in TARGETS and r.target != "onnx-fp32"
+                if dc in TARGETS[r.target].device_classes
             ]
             reasons[dc] = f"fastest within budget ({', '.join(slower)} slower or over budget)" if slower else ""
         else:

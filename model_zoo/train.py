@@ -386,6 +386,14 @@ def train(
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         _emit(progress, json_mode, summary)
     if world > 1:
+        # replicas must hold identical weights after every step; check it once at the end
+        flat = torch.cat([p.detach().float().flatten().cpu() for p in model.parameters()])
+        sums = [torch.zeros(2) for _ in range(world)]
+        dist.all_gather(sums, torch.stack([flat.sum(), (flat * flat).sum()]))
+        in_sync = all(torch.allclose(sums[0], x, rtol=1e-5, atol=1e-6) for x in sums)
+        if main:
+            summary["ddp"] = {"world": world, "backend": dist.get_backend(), "in_sync": bool(in_sync)}
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         dist.barrier()
         dist.destroy_process_group()
     return summary

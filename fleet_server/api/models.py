@@ -43,6 +43,8 @@ def to_public(session, mv: ModelVersion) -> ModelVersionPublic:  # type: ignore[
             {"target": a.target, "sha256": a.sha256, "length": a.length, "url": f"/api/v1/artifacts/{a.sha256}"}
             for a in arts
         ],
+        report=json.loads(mv.report_json) if mv.report_json else None,
+        lineage=json.loads(mv.lineage_json) if mv.lineage_json else None,
     )
 
 

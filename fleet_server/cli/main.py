@@ -109,8 +109,23 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         f"{'TARGET':<12} {'BYTES':>10}  SHA256",
     ]
     lines += [f"{a['target']:<12} {a['length']:>10}  {a['sha256']}" for a in r["artifacts"]]
+    if r.get("lineage"):
+        lines.append("lineage: " + ", ".join(f"{k}={v}" for k, v in sorted(r["lineage"].items())))
+    if r.get("report"):
+        from model_zoo.compile import CompileReport, table_text
+
+        report = CompileReport.from_json(r["report"])
+        lines += ["", f"compile report (host: {_host_text(report.host)}; budget {report.budget_points} pts)"]
+        lines.append(table_text(report))
     _out(args, r, "\n".join(lines))
     return 0
+
+
+def _host_text(h: dict[str, Any]) -> str:
+    flags = "".join(f" {f}" for f in ("avx2", "vnni") if h.get(f))
+    gpu = f", {h['gpu']}" if h.get("gpu") else ", no GPU"
+    trt = f", TensorRT {h['tensorrt']}" if h.get("tensorrt") else ""
+    return f"{h.get('machine')} x{h.get('cpu_count')}{flags}{gpu}{trt}"
 
 
 # -- devices --------------------------------------------------------------------------------------
@@ -233,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fleet_server.cli.rollouts_cli import add_parsers
 
     add_parsers(sub, d, _admin_flags)
+
+    from fleet_server.cli import zoo_cli
+
+    zoo_cli.add_parsers(sub, _admin_flags)
 
     dp = sub.add_parser("deploy", help="set a device's desired model version")
     dp.add_argument("ref", help="NAME:VERSION")

@@ -322,24 +322,31 @@ def synthesize(
     val_fraction: float = 0.2,
     classes: tuple[str, ...] | None = None,
     parent: DatasetVersion | None = None,
+    task: str = "detect",
 ) -> DatasetVersion:
-    """A dataset version of `count` synthetic scenes with exact boxes."""
+    """A dataset version of `count` synthetic scenes with exact boxes (detect), or of one large shape per
+    image labelled with its class (classify)."""
     from model_zoo.datasets.synthetic_scenes import preset, render_scene
 
-    cfg = preset(preset_name, **({"classes": classes} if classes else {}))
+    overrides: dict = {"classes": classes} if classes else {}
+    if task == "classify":
+        overrides.update(objects=(1, 1), scale=(0.45, 0.8), occlusion=0.0, min_visible=0.0)
+    cfg = preset(preset_name, **overrides)
     samples = []
     for i in range(count):
         sc = render_scene(cfg, seed, i, size)
+        if task == "classify" and len(sc.labels) != 1:
+            continue
         samples.append(
             NewSample(
                 encode_image(sc.image, ".jpg"),
                 size[0],
                 size[1],
-                [tuple(map(float, b)) for b in sc.boxes],  # type: ignore[misc]
+                [] if task == "classify" else [tuple(map(float, b)) for b in sc.boxes],  # type: ignore[misc]
                 [int(v) for v in sc.labels],
                 source=f"synthetic:{preset_name}:{seed}:{i}",
             )
         )
     return store.create(
-        name, "detect", cfg.classes, samples, val_fraction, parent, note=f"synthetic {preset_name} x{count} seed {seed}"
+        name, task, cfg.classes, samples, val_fraction, parent, note=f"synthetic {preset_name} x{count} seed {seed}"
     )

@@ -81,6 +81,7 @@ class Scene:
     image: np.ndarray  # HxWx3 uint8 BGR
     boxes: np.ndarray  # (K, 4) float32 xyxy, pixels, exclusive right/bottom edge
     labels: np.ndarray  # (K,) int64 class index into config.classes
+    owners: np.ndarray  # HxW int32: index of the labelled object that shows at each pixel, -1 elsewhere
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -209,17 +210,16 @@ def render_scene(cfg: SceneConfig, seed: int, index: int, size: tuple[int, int] 
         img = img + rng.normal(0, cfg.noise, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8)
     boxes, kept = [], []
+    visible = np.full((h, w), -1, np.int32)
     for i, cls in enumerate(labels):
-        ys, xs = np.nonzero(owners == i)
+        sel = owners == i
+        ys, xs = np.nonzero(sel)
         if xs.size == 0 or xs.size < cfg.min_visible * areas[i]:
             continue
+        visible[sel] = len(kept)
         boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
         kept.append(cls)
-    return Scene(
-        image,
-        np.asarray(boxes, np.float32).reshape(-1, 4),
-        np.asarray(kept, np.int64),
-    )
+    return Scene(image, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(kept, np.int64), visible)
 
 
 def scenes(cfg: SceneConfig, seed: int, count: int, size: tuple[int, int] = (256, 256)) -> Iterator[Scene]:

@@ -1,0 +1,245 @@
+"""Runs queued jobs on this replica, one at a time, each in a worker process.
+
+A job is claimed with a compare-and-set on its state plus a lease the runner renews while the worker
+lives. A job whose lease lapsed (its replica died) goes back to the queue and resumes: a training run
+continues from its last checkpoint. The worker's JSON lines become the job's progress and message and
+are kept in JOB_DIR/log.jsonl; on success the runner registers what the worker built (model version or
+dataset version) and stores the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from fleet_server.jobs.tables import Job
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(seconds=30)
+MAX_ATTEMPTS = 3
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        register: Callable[[Session, Job, dict[str, Any]], dict[str, Any]],
+        jobs_dir: Path,
+        name: str,
+        interval_s: float = 0.5,
+    ) -> None:
+        self.engine, self.register, self.jobs_dir, self.name = engine, register, jobs_dir, name
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc and proc.poll() is None:
+            proc.terminate()  # the lease lapses and another replica (or the next start) resumes the job
+        if self._thread:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                job_id = self.claim()
+                if job_id is not None:
+                    self.execute(job_id)
+            except Exception:
+                log.exception("job runner step failed")
+
+    # -- claiming ------------------------------------------------------------------------------
+    def claim(self) -> int | None:
+        now = _now()
+        with Session(self.engine) as s:
+            stale = s.exec(
+                select(Job).where(Job.state == "running", col(Job.lease_until) < now).order_by(col(Job.id))
+            ).all()
+            for j in stale:
+                if j.attempts >= MAX_ATTEMPTS:
+                    self._finish(s, j, "failed", error=f"abandoned after {j.attempts} attempts (worker lost)")
+                else:
+                    s.execute(
+                        update(Job)
+                        .where(col(Job.id) == j.id, col(Job.state) == "running", col(Job.lease_until) < now)
+                        .values(state="queued", owner=None, message="requeued: its server stopped")
+                    )
+                    s.commit()
+            for j in s.exec(select(Job).where(Job.state == "queued").order_by(col(Job.id)).limit(5)).all():
+                res = s.execute(
+                    update(Job)
+                    .where(col(Job.id) == j.id, col(Job.state) == "queued")
+                    .values(
+                        state="running",
+                        owner=self.name,
+                        lease_until=now + LEASE,
+                        attempts=j.attempts + 1,
+                        started_at=j.started_at or now,
+                    )
+                )
+                s.commit()
+                if res.rowcount == 1:  # type: ignore[attr-defined]
+                    return int(j.id or 0)
+        return None
+
+    # -- running -------------------------------------------------------------------------------
+    def job_dir(self, job_id: int) -> Path:
+        return self.jobs_dir / str(job_id)
+
+    def execute(self, job_id: int) -> None:
+        with Session(self.engine) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            params = json.loads(job.params_json)
+            kind = job.kind
+        jd = self.job_dir(job_id)
+        jd.mkdir(parents=True, exist_ok=True)
+        (jd / "params.json").write_text(json.dumps({"kind": kind, **params}))
+        (jd / "result.json").unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        log.info("job %d (%s) started", job_id, kind)
+        with open(jd / "stderr.log", "a") as err:
+            self._proc = proc = subprocess.Popen(
+                [sys.executable, "-m", "fleet_server.jobs.worker", str(jd)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+            watcher = threading.Thread(target=self._watch, args=(job_id, proc), daemon=True)
+            watcher.start()
+            last_error = None
+            assert proc.stdout is not None
+            with open(jd / "log.jsonl", "a") as logf:
+                for line in proc.stdout:
+                    logf.write(line)
+                    logf.flush()
+                    try:
+                        ev = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if ev.get("event") == "error":
+                        last_error = str(ev.get("message", ""))
+                    self._progress(job_id, ev)
+            rc = proc.wait()
+            watcher.join(2)
+        self._proc = None
+        with Session(self.engine) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.owner != self.name or job.state != "running":
+                return  # someone else took it over (our lease lapsed)
+            if job.cancel_requested:
+                self._finish(s, job, "cancelled", error="cancelled by request")
+            elif self._stop.is_set() and rc != 0:
+                return  # shutting down: the lease lapses and the job resumes later
+            elif rc == 0 and (jd / "result.json").is_file():
+                try:
+                    result = self.register(s, job, json.loads((jd / "result.json").read_text()))
+                except Exception as exc:  # noqa: BLE001 - the job fails with the reason, the server lives on
+                    log.exception("job %d: registering its result failed", job_id)
+                    s.rollback()
+                    self._finish(s, job, "failed", error=f"register: {exc}")
+                    return
+                self._finish(s, job, "succeeded", result=result)
+            else:
+                tail = _tail(jd / "stderr.log")
+                self._finish(s, job, "failed", error=last_error or tail or f"worker exited with {rc}")
+        log.info("job %d (%s) ended", job_id, kind)
+
+    def _watch(self, job_id: int, proc: subprocess.Popen[str]) -> None:
+        """Renew the lease while the worker runs; stop it when a cancel is requested."""
+        while proc.poll() is None:
+            with Session(self.engine) as s:
+                s.execute(
+                    update(Job)
+                    .where(col(Job.id) == job_id, col(Job.owner) == self.name)
+                    .values(lease_until=_now() + LEASE)
+                )
+                s.commit()
+                cancel = s.exec(select(Job.cancel_requested).where(Job.id == job_id)).first()
+            if cancel:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return
+            if self._stop.wait(1.0):
+                return
+
+    def _progress(self, job_id: int, ev: dict[str, Any]) -> None:
+        values: dict[str, Any] = {}
+        if "progress" in ev:
+            values["progress"] = max(0.0, min(1.0, float(ev["progress"])))
+        if ev.get("event") == "epoch":
+            metric = next((k for k in ("mAP50", "top1") if k in ev), None)
+            values["message"] = f"epoch {ev['epoch']}/{ev['epochs']} loss {ev['loss']}" + (
+                f" {metric} {ev[metric]}" if metric else ""
+            )
+        elif ev.get("message"):
+            values["message"] = str(ev["message"])[:500]
+        if not values:
+            return
+        with Session(self.engine) as s:
+            s.execute(update(Job).where(col(Job.id) == job_id, col(Job.owner) == self.name).values(**values))
+            s.commit()
+
+    def _finish(
+        self, s: Session, job: Job, state: str, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        job.state, job.finished_at, job.lease_until = state, _now(), None
+        if result is not None:
+            job.result_json, job.progress = json.dumps(result), 1.0
+            job.message = result.get("summary", job.message)
+        if error is not None:
+            job.error = error[:2000]
+            job.message = error.splitlines()[0][:500] if error else job.message
+        s.add(job)
+        s.commit()
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def log_tail(job_dir: Path, n: int = 50) -> list[dict[str, Any]]:
+    try:
+        lines = (job_dir / "log.jsonl").read_text().splitlines()[-n:]
+    except OSError:
+        return []
+    out = []
+    for ln in lines:
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError:
+            continue
+    return out

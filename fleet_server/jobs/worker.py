@@ -1,0 +1,173 @@
+"""One job, in its own process: `python -m fleet_server.jobs.worker JOB_DIR`.
+
+Reads JOB_DIR/params.json, prints one JSON object per line (progress events the runner stores), writes
+JOB_DIR/result.json on success and exits 0; on a user error it prints {"event": "error", "message": …}
+and exits 2. It never touches the database: the runner, in the server, registers what it produced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def _scaled(lo: float, hi: float):  # type: ignore[no-untyped-def]
+    def cb(ev: dict[str, Any]) -> None:
+        if "progress" in ev:
+            ev = {**ev, "progress": round(lo + (hi - lo) * float(ev["progress"]), 4)}
+        emit(ev)
+
+    return cb
+
+
+def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+    from model_zoo.compile import compile_checkpoint
+    from model_zoo.datasets.store import DatasetStore
+
+    store = DatasetStore(Path(p["datasets_dir"]))
+    dv = store.load(p["dataset"], p.get("dataset_version"))
+    run_dir = job_dir / "run"
+    nproc = int(p.get("nproc", 1))
+    train_args = [
+        "--data",
+        str(store.root),
+        "--dataset",
+        dv.ref,
+        "--model",
+        p["model"],
+        "--epochs",
+        str(p["epochs"]),
+        "--batch",
+        str(p["batch"]),
+        "--lr",
+        str(p["lr"]),
+        "--out",
+        str(run_dir),
+        "--progress",
+        "json",
+        "--seed",
+        str(p.get("seed", 0)),
+    ]
+    if p.get("size"):
+        train_args += ["--size", str(p["size"])]
+    if p.get("init_from"):
+        train_args += ["--from", p["init_from"]]
+    if p.get("max_minutes"):
+        train_args += ["--max-minutes", str(p["max_minutes"])]
+    if (run_dir / "last.pt").is_file():
+        train_args.append("--resume")  # a job re-run after a server restart continues where it stopped
+        emit({"event": "step", "message": "resuming from the last checkpoint"})
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        cmd += ["-m", "model_zoo.train", *train_args]
+    else:
+        cmd = [sys.executable, "-m", "model_zoo.train", *train_args]
+    scale = _scaled(0.0, 0.8)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    for line in proc.stdout:
+        try:
+            scale(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise UserError(_last_line(err) or f"training exited with {proc.returncode}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    report = compile_checkpoint(
+        run_dir / "best.pt",
+        dv,
+        job_dir / "compiled",
+        tuple(p.get("targets") or ()) or _default_targets(),
+        calibration=p.get("calibration", "minmax"),
+        progress=_scaled(0.8, 1.0),
+    )
+    return {
+        "checkpoint": str(run_dir / "best.pt"),
+        "compiled": str(job_dir / "compiled"),
+        "report": report.to_json(),
+        "training": summary,
+    }
+
+
+def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+    from model_zoo.compile import compile_checkpoint
+    from model_zoo.datasets.store import DatasetStore
+
+    dv = DatasetStore(Path(p["datasets_dir"])).load(p["dataset"], p.get("dataset_version"))
+    report = compile_checkpoint(
+        Path(p["checkpoint"]),
+        dv,
+        job_dir / "compiled",
+        tuple(p.get("targets") or ()) or _default_targets(),
+        calibration=p.get("calibration", "minmax"),
+        progress=_scaled(0.0, 1.0),
+    )
+    return {"checkpoint": p["checkpoint"], "compiled": str(job_dir / "compiled"), "report": report.to_json()}
+
+
+def run_synthesize(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+    from model_zoo.datasets.store import DatasetStore, synthesize
+
+    store = DatasetStore(Path(p["datasets_dir"]))
+    parent = store.load(p["name"]) if p.get("extend") and store.versions(p["name"]) else None
+    emit({"event": "step", "message": f"rendering {p['count']} {p['preset']} scenes", "progress": 0.0})
+    dv = synthesize(
+        store,
+        p["name"],
+        p["preset"],
+        int(p["count"]),
+        seed=int(p.get("seed", 0)),
+        size=(int(p.get("width", 256)), int(p.get("height", 256))),
+        val_fraction=float(p.get("val_fraction", 0.2)),
+        parent=parent,
+    )
+    return {"dataset": dv.summary()}
+
+
+def _default_targets() -> tuple[str, ...]:
+    from model_zoo.compile import DEFAULT_TARGETS
+
+    return DEFAULT_TARGETS
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:400] if lines else ""
+
+
+class UserError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job_dir = Path(argv[0])
+    p = json.loads((job_dir / "params.json").read_text())
+    runners = {"train": run_train, "compile": run_compile, "synthesize": run_synthesize}
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        result = runners[p["kind"]](job_dir, p)
+    except UserError as exc:
+        emit({"event": "error", "message": str(exc)})
+        return 2
+    except (ValueError, FileNotFoundError) as exc:  # DatasetError, CompileError and bad parameters
+        emit({"event": "error", "message": str(exc).splitlines()[0][:400]})
+        return 2
+    tmp = job_dir / ".result.json.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, job_dir / "result.json")
+    emit({"event": "done", "progress": 1.0})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

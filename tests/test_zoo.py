@@ -1,0 +1,161 @@
+"""Training, export, evaluation and compile, on the CPU with torch: the detector really learns, the ONNX
+artifact scores the same through the agent's decoder as the model did in torch, DDP keeps replicas in
+sync, and the compile step measures every target and refuses the ones that are slower or less accurate.
+These are the numbers a user trusts before a model reaches a device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the train extra (torch) is installed by `make test`")
+
+from edge_agent.protocol.manifest import InputSpec  # noqa: E402
+from edge_agent.runtimes.base import extract_trt_calibration  # noqa: E402
+from model_zoo.compile import (  # noqa: E402
+    CompileError,
+    TargetResult,
+    compile_checkpoint,
+    recommend,
+    table_text,
+)
+from model_zoo.datasets.store import DatasetStore, synthesize  # noqa: E402
+from model_zoo.evaluate import evaluate_onnx  # noqa: E402
+from model_zoo.models import build, export_onnx  # noqa: E402
+from model_zoo.train import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One short CPU training run of the detector on easy synthetic scenes (about 30 s on 2 cores)."""
+    d = tmp_path_factory.mktemp("zoo")
+    store = DatasetStore(d / "data")
+    dv = synthesize(store, "shapes", "easy", 300, seed=1, size=(128, 128))
+    summary = train(dv, "eldet", d / "run", epochs=8, batch=16, lr=4e-3, size=128, progress_mode="none")
+    history = [json.loads(ln) for ln in (d / "run" / "metrics.jsonl").read_text().splitlines()]
+    return {"dir": d, "store": store, "dv": dv, "summary": summary, "history": history, "ckpt": d / "run" / "best.pt"}
+
+
+def test_detector_learns_on_the_cpu(trained: dict) -> None:
+    h = trained["history"]
+    assert len(h) == 8 and h[-1]["loss"] < h[0]["loss"] * 0.7
+    assert h[-1]["mAP50"] >= 0.35, h
+    assert h[-1]["mAP50"] > 5 * max(h[0]["mAP50"], 0.01)
+    assert trained["summary"]["best"]["mAP50"] == max(e["mAP50"] for e in h)
+    ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    assert ck["dataset"] == {"ref": trained["dv"].ref, "id": trained["dv"].id} and ck["classes"] == [
+        "circle",
+        "square",
+        "triangle",
+    ]
+
+
+def test_onnx_through_the_agent_decoder_scores_what_torch_scored(trained: dict, tmp_path: Path) -> None:
+    ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    model = build("eldet", 3, 128)
+    model.load_state_dict(ck["state_dict"])
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(model, "eldet", 128, str(onnx_path))
+    spec = InputSpec(shape=(1, 3, 128, 128), resize="letterbox")
+    got = evaluate_onnx(onnx_path, trained["dv"], "detect", spec)
+    best = max(trained["history"], key=lambda e: e["mAP50"])
+    assert abs(got["mAP50"] - best["mAP50"]) < 0.03, (got, best)
+    assert abs(got["mAP50_95"] - best["mAP50_95"]) < 0.03, (got, best)
+
+
+def test_resume_continues_from_the_last_checkpoint(trained: dict, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes((trained["dir"] / "run" / "last.pt").read_bytes())
+    s = train(trained["dv"], "eldet", run, epochs=9, batch=16, size=128, resume=True, progress_mode="none")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 9 and s["epochs_run"] == 9
+
+
+def test_compile_measures_every_target_and_picks_by_the_rules(trained: dict, tmp_path: Path) -> None:
+    report = compile_checkpoint(trained["ckpt"], trained["dv"], tmp_path / "c", latency_seconds=0.4)
+    rows = {r.target: r for r in report.results}
+    assert list(rows) == ["onnx-fp32", "onnx-int8", "onnx-fp16", "tensorrt", "tensorrt-engine"]
+    fp32, int8, fp16 = rows["onnx-fp32"], rows["onnx-int8"], rows["onnx-fp16"]
+    for r in (fp32, int8, fp16):
+        assert r.latency_p50_ms and r.latency_p99_ms and r.latency_p99_ms >= r.latency_p50_ms
+        assert r.accuracy["mAP50"] > 0.2 and Path(r.path or "").stat().st_size == r.size
+    assert int8.size and fp32.size and int8.size < fp32.size * 0.5
+    assert int8.status == "built" or int8.status.startswith("rejected:")
+    assert any("decode tail kept float" in n for n in int8.notes)
+    # the TensorRT artifact carries its INT8 calibration cache; the agent extracts it before the engine build
+    assert rows["tensorrt"].status == "built"
+    cache = extract_trt_calibration(Path(rows["tensorrt"].path or ""), tmp_path / "engines")
+    assert cache is not None
+    lines = cache.read_text().splitlines()
+    assert lines[0].startswith("TRT-") and len(lines) > 10
+    assert all(len(ln.split(": ")[1]) == 8 for ln in lines[1:])
+    assert rows["tensorrt-engine"].status == "not built: no GPU" or torch.cuda.is_available()
+    # the recommendation obeys the rules it states
+    cpu = rows[report.recommended["cpu"]]
+    assert cpu.latency_p50_ms is not None and fp32.latency_p50_ms is not None
+    assert cpu.latency_p50_ms <= fp32.latency_p50_ms and (cpu.delta or 0) >= -report.budget_points
+    assert report.recommended["cuda"] == "onnx-fp32"  # nothing measured on a GPU here
+    text = table_text(report)
+    assert "not built: no GPU" in text and "recommended for cpu" in text
+
+
+def _row(target: str, p50: float | None, delta: float | None, on: str | None = "cpu") -> TargetResult:
+    return TargetResult(target, "built", latency_p50_ms=p50, delta=delta, measured_on=on)
+
+
+def test_recommendation_refuses_slower_and_less_accurate_targets() -> None:
+    host = {"gpu": None, "tensorrt": None}
+    rec, why = recommend([_row("onnx-fp32", 2.0, 0.0), _row("onnx-int8", 2.9, -0.1)], 1.0, host)
+    assert rec["cpu"] == "onnx-fp32" and "slower" in why["cpu"]  # INT8 slower than FP32: never chosen
+    rec, _ = recommend([_row("onnx-fp32", 2.0, 0.0), _row("onnx-int8", 1.0, -1.5)], 1.0, host)
+    assert rec["cpu"] == "onnx-fp32"  # faster but over the accuracy budget
+    rec, why = recommend([_row("onnx-fp32", 2.0, 0.0), _row("onnx-int8", 1.0, -0.4)], 1.0, host)
+    assert rec["cpu"] == "onnx-int8" and "2.0x" not in why["cpu"]
+    rec, why = recommend([_row("onnx-fp32", 2.0, 0.0), _row("onnx-fp16", 0.5, 0.0)], 1.0, host)
+    assert rec["cpu"] == "onnx-fp32" and rec["cuda"] == "onnx-fp32"  # fp16 measured on a CPU says nothing for GPUs
+
+
+def test_int8_without_calibration_images_says_how_to_give_them(trained: dict, tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "data")
+    val_only = synthesize(store, "v", "easy", 6, seed=5, size=(128, 128), val_fraction=0.999)
+    assert not val_only.split("train")
+    with pytest.raises(CompileError, match="onnx-int8 needs calibration images: .*--dataset"):
+        compile_checkpoint(trained["ckpt"], val_only, tmp_path / "c", targets=("onnx-int8",), latency_seconds=0.1)
+    with pytest.raises(CompileError, match="unknown targets"):
+        compile_checkpoint(trained["ckpt"], trained["dv"], tmp_path / "c2", targets=("coreml",))
+
+
+def test_ddp_on_two_cpu_processes_keeps_replicas_in_sync(trained: dict, tmp_path: Path) -> None:
+    """torchrun with the gloo backend: two processes, each on half the data, identical weights at the end."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    cmd += ["model_zoo.train", "--data", str(trained["store"].root), "--dataset", "shapes:1", "--epochs", "1"]
+    cmd += ["--size", "128", "--batch", "8", "--out", str(tmp_path / "ddp"), "--progress", "json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert [e["event"] for e in events] == ["epoch", "done"], "only rank 0 reports"
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["ddp"] == {"world": 2, "backend": "gloo", "in_sync": True}
+
+
+def test_classifier_trains_and_scores_top1_through_the_agent(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path / "data")
+    dv = synthesize(store, "cls", "easy", 90, seed=2, size=(64, 64), task="classify")
+    assert dv.task == "classify" and all(len(s.labels) == 1 and not s.boxes for s in dv.samples)
+    s = train(dv, "mobilenet_v3_small", tmp_path / "run", epochs=2, batch=16, size=64, progress_mode="none")
+    assert 0.0 <= s["best"]["top1"] <= 1.0
+    report = compile_checkpoint(
+        tmp_path / "run" / "best.pt", dv, tmp_path / "c", targets=("onnx-fp32",), latency_seconds=0.2
+    )
+    fp32 = report.results[0]
+    assert report.metric == "top1" and fp32.accuracy["top1"] == pytest.approx(s["best"]["top1"], abs=0.06)
+    with pytest.raises(ValueError, match="is a classify model but .* is a detect dataset"):
+        det = synthesize(store, "det", "easy", 10, seed=2, size=(64, 64))
+        train(det, "mobilenet_v3_small", tmp_path / "x", epochs=1, size=64, progress_mode="none")
