@@ -124,7 +124,7 @@ class Server:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "EDGELOOP_SERVER_URL": self.url, "EDGELOOP_TOKEN": self.token}
-        r = subprocess.run([str(BIN / "edgeloop"), *args], capture_output=True, text=True, env=env, timeout=60)
+        r = subprocess.run([str(BIN / "edgeloop"), *args], capture_output=True, text=True, env=env, timeout=300)
         if check and r.returncode != 0:
             raise AssertionError(f"edgeloop {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         return r

@@ -100,8 +100,10 @@ class DatasetVersion:
 
     @property
     def id(self) -> str:
+        """sha256 of what training sees: images, labels, splits, classes (not where samples came from)."""
+        samples = [{k: v for k, v in s.to_json().items() if k != "source"} for s in self.samples]
         body = json.dumps(
-            {"task": self.task, "classes": self.classes, "samples": [s.to_json() for s in self.samples]},
+            {"task": self.task, "classes": self.classes, "samples": samples},
             sort_keys=True,
             separators=(",", ":"),
         )

@@ -1,0 +1,166 @@
+"""The model zoo through the real server and CLI: synthesize a dataset, train, compile every target and
+register a signed version with its target table; recompile; fine-tune; import and export datasets over
+HTTP with bad archives refused; cancel a running job. This is how an engineer uses the zoo day to day."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the train extra (torch) is installed by `make test`")
+
+from edge_agent.protocol.signing import SignedManifest, verify_signed_manifest  # noqa: E402
+from model_zoo.datasets.store import encode_image  # noqa: E402
+from tests.helpers import Server, wait_for  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, mosquitto: str) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("jobs") / "data", mosquitto, env={"EDGELOOP_MAX_UPLOAD_BYTES": "3000000"})
+    yield s
+    s.stop()
+
+
+def _json(server: Server, *args: str) -> dict:
+    return dict(json.loads(server.cli(*args, "--json").stdout))
+
+
+@pytest.fixture(scope="module")
+def trained(server: Server) -> dict:
+    j = _json(server, "datasets", "synth", "shapes", "--count", "160", "--width", "128", "--height", "128", "--wait")
+    assert j["state"] == "succeeded" and j["result"]["dataset"] == "shapes:1" and j["result"]["samples"] == 160
+    j = _json(server, "train", "--dataset", "shapes", "--name", "shapes", "--epochs", "2", "--size", "128", "--wait")
+    assert j["state"] == "succeeded", j
+    return j
+
+
+def test_train_registers_a_signed_version_with_its_target_table(server: Server, trained: dict) -> None:
+    assert trained["result"]["model"] == "shapes:1" and trained["progress"] == 1.0
+    assert trained["result"]["training"]["epochs_run"] == 2
+    r = server.http.get("/api/v1/models/shapes/versions/1").json()
+    targets = {a["target"] for a in r["artifacts"]}
+    statuses = {row["target"]: row["status"] for row in r["report"]["results"]}
+    assert targets == {t for t, s in statuses.items() if s == "built" and t != "tensorrt-engine"}
+    assert {"onnx-fp32", "onnx-fp16", "tensorrt"} <= targets and statuses["tensorrt-engine"] == "not built: no GPU"
+    assert r["lineage"] == {"dataset": "shapes:1", "job": str(trained["id"])}
+    # what the devices get is signed and carries the measurements and the per-class recommendation
+    root = (server.data_dir / "keys" / "root.pub").read_text().strip()
+    from sqlmodel import Session, create_engine, select
+
+    from fleet_server.models import ModelVersion
+
+    with Session(create_engine(f"sqlite:///{server.data_dir / 'edgeloop.db'}")) as s:
+        row = s.exec(select(ModelVersion).where(ModelVersion.model == "shapes")).first()
+        assert row is not None and row.checkpoint == "checkpoints/shapes/1.pt"
+        m = verify_signed_manifest(SignedManifest.model_validate_json(row.signed_manifest), root)
+    assert m.task == "detect" and m.decoder.type == "yolov8" and m.input.resize == "letterbox"
+    assert set(m.artifacts) == targets and m.recommended["cpu"] in targets
+    assert m.artifacts["onnx-fp32"].latency_ms and m.artifacts["onnx-fp32"].measured_on == "cpu"
+    assert m.lineage["dataset"] == "shapes:1"
+    art = server.http.get(m.artifacts["onnx-fp16"].url)
+    assert art.status_code == 200 and len(art.content) == m.artifacts["onnx-fp16"].length
+    text = server.cli("models", "show", "shapes:1").stdout
+    assert "compile report" in text and "not built: no GPU" in text and "recommended for cpu" in text
+
+
+def test_recompile_and_fine_tune_make_new_versions_with_lineage(server: Server, trained: dict) -> None:
+    j = _json(server, "compile", "shapes:1", "--targets", "onnx-fp32,onnx-int8", "--wait")
+    assert j["state"] == "succeeded" and j["result"]["model"] == "shapes:2"
+    r = server.http.get("/api/v1/models/shapes/versions/2").json()
+    assert {a["target"] for a in r["artifacts"]} <= {"onnx-fp32", "onnx-int8"}
+    assert r["lineage"]["recompiled_from"] == "shapes:1"
+    j = _json(
+        server, "train", "--dataset", "shapes:1", "--name", "shapes", "--epochs", "1", "--size", "128",
+        "--from", "shapes:1", "--targets", "onnx-fp32", "--wait",
+    )  # fmt: skip
+    assert j["state"] == "succeeded" and j["result"]["model"] == "shapes:3"
+    r = server.http.get("/api/v1/models/shapes/versions/3").json()
+    assert r["lineage"]["fine_tuned_from"] == "shapes:1"
+    scratch = next(e for e in server.http.get(f"/api/v1/jobs/{trained['id']}").json()["log"] if e["event"] == "epoch")
+    tuned = next(e for e in j["log"] if e["event"] == "epoch")
+    assert tuned["loss"] < scratch["loss"], "fine-tuning starts from the trained weights"
+
+
+def test_bad_job_requests_are_refused_with_reasons(server: Server, trained: dict) -> None:
+    h = server.http
+    r = h.post("/api/v1/jobs/train", json={"dataset": "nope", "name": "x"})
+    assert r.status_code == 404 and "no dataset named 'nope'" in r.json()["detail"]
+    r = h.post("/api/v1/jobs/train", json={"dataset": "shapes", "name": "x", "model": "resnet18"})
+    assert r.status_code == 422 and "classify model" in r.json()["detail"]
+    r = h.post("/api/v1/jobs/train", json={"dataset": "shapes", "name": "x", "targets": ["coreml"]})
+    assert r.status_code == 422 and "unknown targets" in r.json()["detail"]
+    r = h.post("/api/v1/jobs/compile", json={"ref": "shapes:99"})
+    assert r.status_code == 404
+    r = h.post("/api/v1/datasets/x/synthesize", json={"preset": "foggy"})
+    assert r.status_code == 422 and "unknown preset" in r.json()["detail"]
+    assert (
+        h.post("/api/v1/jobs/train", json={"dataset": "shapes", "name": "x"}, headers={"Authorization": ""}).status_code
+        == 401
+    )
+
+
+def test_a_running_job_can_be_cancelled(server: Server, trained: dict) -> None:
+    before = len(server.http.get("/api/v1/models").json())
+    job = _json(server, "train", "--dataset", "shapes", "--name", "long", "--epochs", "500", "--size", "128")
+    wait_for(lambda: server.http.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "running", 30, "job running")
+    out = server.cli("jobs", "cancel", str(job["id"])).stdout
+    assert f"job {job['id']}" in out
+    done = wait_for(
+        lambda: (j := server.http.get(f"/api/v1/jobs/{job['id']}").json())["state"] in ("cancelled", "failed") and j,
+        30,
+        "job cancelled",
+    )
+    assert done["state"] == "cancelled"
+    assert len(server.http.get("/api/v1/models").json()) == before
+    assert f"job {job['id']}" in server.cli("jobs", "list").stdout
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_dataset_import_and_export_over_http(server: Server, trained: dict, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    server.cli("datasets", "export", "shapes:1", "--format", "coco", "--out", str(out))
+    folder = out / "shapes-v1-coco"
+    assert (folder / "annotations.json").is_file() and len(list((folder / "images").iterdir())) == 160
+    d = _json(server, "datasets", "import", "copy", str(folder), "--format", "coco")
+    original = server.http.get("/api/v1/datasets/shapes/versions/1").json()
+    assert d["name"] == "copy" and d["version"] == 1 and d["id"] == original["id"], "same content, same id"
+
+    # a box outside its image: refused with the file and line, nothing stored
+    doc = json.loads((folder / "annotations.json").read_text())
+    doc["annotations"][3]["bbox"] = [100, 100, 90, 90]
+    (folder / "annotations.json").write_text(json.dumps(doc, indent=1))
+    r = server.cli("datasets", "import", "bad", str(folder), "--format", "coco", check=False)
+    assert r.returncode != 0 and "HTTP 422" in r.stderr
+    assert "annotations.json:" in r.stderr and "outside the 128x128 image" in r.stderr
+    assert str(tmp_path) not in r.stderr, "server paths are not echoed"
+    assert server.http.get("/api/v1/datasets/bad/versions").status_code == 404
+
+    img = encode_image(np.zeros((40, 40, 3), np.uint8), ".png")
+    h = server.http
+    evil = _tar({"../../escape.txt": b"x", "ds/classes.txt": b"a\n", "ds/images/a.png": img})
+    r = h.post("/api/v1/datasets/evil/import", params={"format": "yolo"}, content=evil)
+    assert r.status_code == 422 and "tar" in r.json()["detail"].lower()
+    assert not (server.data_dir.parent / "escape.txt").exists()
+    r = h.post("/api/v1/datasets/junk/import", params={"format": "yolo"}, content=b"not a tar archive at all")
+    assert r.status_code == 422 and "not a readable tar archive" in r.json()["detail"]
+    r = h.post("/api/v1/datasets/big/import", params={"format": "yolo"}, content=b"\0" * 3_100_000)
+    assert r.status_code == 413
+    ok = _tar({"ds/classes.txt": b"a\n", "ds/images/a.png": img, "ds/labels/a.txt": b"0 0.5 0.5 0.5 0.5\n"})
+    r = h.post("/api/v1/datasets/tiny/import", params={"format": "yolo"}, content=ok)
+    assert r.status_code == 201 and r.json()["samples"] == 1
+    assert "tiny:1" in server.cli("datasets", "list").stdout
