@@ -143,14 +143,14 @@ def host_info() -> dict[str, Any]:
 def table_text(report: CompileReport) -> str:
     """The target table, as `edgeloop models show` and the compile job print it."""
     head = (
-        f"{'target':<10} {'status':<34} {'p50 ms':>7} {'p99 ms':>7} {'speedup':>7} "
+        f"{'target':<15} {'status':<30} {'p50 ms':>7} {'p99 ms':>7} {'speedup':>7} "
         f"{report.metric:>9} {'delta':>6} {'size':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in report.results:
         acc = r.accuracy.get(report.metric)
         lines.append(
-            f"{r.target:<10} {r.status[:34]:<34} "
+            f"{r.target:<15} {r.status[:30]:<30} "
             f"{_f(r.latency_p50_ms, 2):>7} {_f(r.latency_p99_ms, 2):>7} "
             f"{(_f(r.speedup, 2) + 'x') if r.speedup else '-':>7} {_f(acc, 4):>9} "
             f"{(f'{r.delta:+.2f}' if r.delta is not None else '-'):>6} "

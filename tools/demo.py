@@ -1,8 +1,11 @@
 """`make demo`: the whole loop on this machine.
 
-Starts a fleet server (SQLite, local artifact store, Mosquitto if installed else an embedded broker),
-generates a camera video and a small ONNX colour classifier, pushes the model, enrolls one device,
-starts its agent, deploys, and shows live results until Ctrl-C. Nothing is downloaded.
+Starts a fleet server (SQLite, local artifact store, Mosquitto if installed else an embedded broker).
+On the first run the server synthesizes a dataset of shapes with exact boxes and trains the zoo's
+detector on it (a few minutes on 2 CPU cores), compiles every target and registers the version with
+its measured target table; later runs reuse it from the server's data dir. Then it enrolls a device,
+starts its agent on a synthetic camera, deploys, and shows live detections until Ctrl-C. Nothing is
+downloaded. `--fresh` starts over; `--quick` trains for one minute instead of four.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
-from model_zoo.builders.color_classifier import build_color_classifier  # noqa: E402
-from model_zoo.datasets.synthetic_video import write_color_video  # noqa: E402
+from model_zoo.datasets.synthetic_video import write_scene_video  # noqa: E402
 
 
 def free_port() -> int:
@@ -38,12 +40,34 @@ def say(text: str) -> None:
     print(f"\033[1m==> {text}\033[0m" if sys.stdout.isatty() else f"==> {text}", flush=True)
 
 
-def run_cli(env: dict[str, str], *args: str) -> str:
+def run_cli(env: dict[str, str], *args: str, live: bool = False) -> str:
     print("    $ edgeloop " + " ".join(args), flush=True)
-    r = subprocess.run([str(BIN / "edgeloop"), *args], env=env, capture_output=True, text=True)
+    if live:  # progress goes straight to the terminal
+        r = subprocess.run([str(BIN / "edgeloop"), *args], env=env, stdout=subprocess.PIPE, text=True)
+    else:
+        r = subprocess.run([str(BIN / "edgeloop"), *args], env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"edgeloop {args[0]} failed:\n{r.stderr}")
+        raise SystemExit(f"edgeloop {args[0]} failed:\n{r.stderr or r.stdout}")
     return r.stdout
+
+
+def ensure_detector(env: dict[str, str], http: httpx.Client, quick: bool) -> str:
+    """The zoo's detector, trained here on synthetic scenes the first time and reused after."""
+    versions = [m for m in http.get("/api/v1/models").json() if m["name"] == "shapes" and m.get("report")]
+    if versions:
+        ref = f"shapes:{versions[0]['version']}"
+        print(f"    using {ref}, trained on an earlier run (--fresh to train again)")
+        return ref
+    say("synthesizing a dataset of shapes with exact boxes (first run only)")
+    print(run_cli(env, "datasets", "synth", "shapes", "--preset", "easy", "--count", "1500", "--wait", live=True))
+    minutes = "1" if quick else "4"
+    say(f"training the detector on 2 CPU cores for up to {minutes} min, then compiling every target")
+    out = run_cli(
+        env, "train", "--dataset", "shapes", "--name", "shapes", "--model", "eldet",
+        "--epochs", "8", "--max-minutes", minutes, "--wait", live=True,
+    )  # fmt: skip
+    print(out)
+    return out.split("registered ", 1)[1].split()[0]
 
 
 def main() -> int:
@@ -54,17 +78,20 @@ def main() -> int:
         default=None,
         help="stop after this long (default: until Ctrl-C; 30 s when stdin is not a terminal)",
     )
-    ap.add_argument("--dir", type=Path, default=ROOT / ".demo", help="working folder (recreated)")
+    ap.add_argument("--dir", type=Path, default=ROOT / ".demo", help="working folder (the server data is kept)")
+    ap.add_argument("--fresh", action="store_true", help="start over: forget the trained model and the device")
+    ap.add_argument("--quick", action="store_true", help="train for one minute on the first run (a weaker model)")
     args = ap.parse_args()
     seconds = args.seconds if args.seconds is not None else (None if sys.stdin.isatty() else 30.0)
 
     work: Path = args.dir
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if args.fresh or not (work / "server" / "edgeloop.db").exists():
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work / "agent", ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     say(f"working in {work}")
-    model = build_color_classifier(work / "colors.onnx")
-    video = write_color_video(work / "camera.avi", seconds=12.0)
-    print(f"    model {model.name} (ONNX colour classifier), camera {video.name} (synthetic, 30 fps)")
+    video, truth = write_scene_video(work / "camera.avi", seconds=12.0)
+    print(f"    camera {video.name}: synthetic scenes of circles, squares and triangles, a new scene every second")
 
     port = free_port()
     server_log = open(work / "server.log", "w")
@@ -96,18 +123,20 @@ def main() -> int:
         print(f"    API:         {url}   (OpenAPI docs at {url}/docs)")
         print(f"    admin token: {token}   (also in {work / 'server' / 'admin_token'})")
 
-        say("pushing the model (signed manifest)")
-        ref = run_cli(
-            env, "models", "push", str(model), "--name", "colors", "--task", "classify", "--classes", "red,green,blue"
-        ).strip()
-        print(f"    registered {ref}")
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        ref = ensure_detector(env, http, args.quick)
+        say(f"{ref}: every target measured on this machine")
+        print(run_cli(env, "models", "show", ref))
 
         say("enrolling a device and starting its agent")
-        enrolled = json.loads(run_cli(env, "devices", "enroll", "demo-cam-1", "--json"))
         import yaml
 
+        n = 1 + sum(1 for d in http.get("/api/v1/devices").json() if d["id"].startswith("demo-cam-"))
+        device = f"demo-cam-{n}"
+        enrolled = json.loads(run_cli(env, "devices", "enroll", device, "--json"))
+
         cfg = {
-            "device_id": "demo-cam-1",
+            "device_id": device,
             "server_url": enrolled["server_url"],
             "mqtt_url": enrolled["mqtt_url"],
             "token": enrolled["token"],
@@ -128,26 +157,25 @@ def main() -> int:
         procs.append(agent)
         print(f"    $ edgeloop-agent run --config {cfg_path}")
 
-        say(f"deploying {ref} to demo-cam-1")
+        say(f"deploying {ref} to {device}")
         t0 = time.monotonic()
-        run_cli(env, "deploy", ref, "--device", "demo-cam-1", "--health-window", "3")
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        run_cli(env, "deploy", ref, "--device", device, "--health-window", "3")
         active_at = None
         say("live results (Ctrl-C to stop)" if seconds is None else f"live results for {seconds:.0f} s")
         print(
             f"    {'DEVICE':<12} {'ON':<3} {'MODEL':<10} {'STATE':<11} {'FPS':>6} {'P95 MS':>7} "
-            f"{'STALE P99':>9}  LAST PREDICTION"
+            f"{'STALE P99':>9}  LAST DETECTIONS"
         )
         end = None if seconds is None else time.monotonic() + seconds
         tty = sys.stdout.isatty()
         while end is None or time.monotonic() < end:
             if agent.poll() is not None:
                 raise SystemExit(f"agent exited; see {work / 'agent.log'}")
-            d = http.get("/api/v1/devices/demo-cam-1").json()
+            d = http.get(f"/api/v1/devices/{device}").json()
             if active_at is None and d["version"] is not None and d["state"] in ("active", "committed"):
                 active_at = time.monotonic() - t0
-            pred = d["last_prediction"][0] if d["last_prediction"] else None
-            shown = f"{pred['label']} ({pred['score']:.2f})" if pred else "-"
+            preds = d["last_prediction"] or []
+            shown = ", ".join(f"{p['label']} {p['score']:.2f}" for p in preds[:4]) or "-"
             line = (
                 f"    {d['id']:<12} {'yes' if d['online'] else 'no':<3} "
                 f"{(d['model'] or '-') + ':' + str(d['version'] or '-'):<10} {d['state'] or '-':<11} "

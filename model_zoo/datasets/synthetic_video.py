@@ -45,3 +45,37 @@ def write_color_video(
     finally:
         writer.release()
     return path
+
+
+def write_scene_video(
+    path: Path,
+    seconds: float = 12.0,
+    fps: int = 30,
+    size: tuple[int, int] = (320, 240),
+    seconds_per_scene: float = 1.0,
+    preset_name: str = "easy",
+    seed: int = 1000,
+) -> tuple[Path, list[dict]]:
+    """A camera of synthetic scenes (a new scene every `seconds_per_scene`), with the exact boxes of each.
+
+    Returns the video path and, per scene, its boxes and class names: the ground truth of every frame.
+    """
+    from model_zoo.datasets.synthetic_scenes import preset, render_scene
+
+    cfg = preset(preset_name)
+    w, h = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MJPEG video to {path}")
+    truth: list[dict] = []
+    per_scene = max(1, int(fps * seconds_per_scene))
+    try:
+        for i in range(max(1, int(seconds / seconds_per_scene))):
+            sc = render_scene(cfg, seed, i, size)
+            truth.append({"boxes": sc.boxes.tolist(), "labels": [cfg.classes[k] for k in sc.labels.tolist()]})
+            for _ in range(per_scene):
+                writer.write(sc.image)
+    finally:
+        writer.release()
+    return path, truth
