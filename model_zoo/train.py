@@ -261,9 +261,16 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     if init_from is not None:
         ck = torch.load(init_from, map_location="cpu", weights_only=False)
-        if ck.get("model") != model_name:
-            raise ValueError(f"{init_from} holds a {ck.get('model')} model, not {model_name}")
-        state = ck["state_dict"]
+        if not isinstance(ck, dict):
+            raise ValueError(f"{init_from} is neither an edgeloop checkpoint nor a state dict")
+        if "state_dict" in ck and "model" in ck:  # an edgeloop checkpoint
+            if ck["model"] != model_name:
+                raise ValueError(f"{init_from} holds a {ck['model']} model, not {model_name}")
+            state = ck["state_dict"]
+        else:  # weights the user gives (e.g. torchvision's ImageNet .pth): a plain state dict
+            state = ck
+            if not any(k in model.state_dict() for k in state):
+                raise ValueError(f"{init_from}: none of its tensors belong to a {model_name} model")
         own = model.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fitting, strict=False)
@@ -287,9 +294,20 @@ def train(
         train_ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, collate_fn=_collate, drop_last=True
     )
     steps_total = max(1, epochs * len(loader))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=steps_total, pct_start=0.15, last_epoch=start_epoch * len(loader) - 1
-    )
+    # warm-up then cosine to 2 % of lr over the *planned* steps; with --max-minutes the plan shrinks to the
+    # epochs that fit, so the rate still anneals before the time runs out
+    plan = {"epochs": epochs}
+    warm = max(1, int(0.05 * steps_total))
+
+    def lr_factor(step: int) -> float:
+        total = max(warm + 1, plan["epochs"] * len(loader))
+        if step < warm:
+            return (step + 1) / warm
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor, last_epoch=start_epoch * len(loader) - 1)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     metric_name = "mAP50" if dv.task == "detect" else "top1"
@@ -298,9 +316,17 @@ def train(
     if main and progress_mode == "bar":
         from tqdm import tqdm
 
-        bar = tqdm(total=steps_total, initial=start_epoch * len(loader), unit="step", file=sys.stderr)
+        bar = tqdm(
+            total=steps_total,
+            initial=start_epoch * len(loader),
+            unit="step",
+            file=sys.stderr,
+            disable=not sys.stderr.isatty(),
+        )
     stopped_early = False
     for epoch in range(start_epoch, epochs):
+        if epoch >= plan["epochs"]:
+            break
         if sampler is not None:
             sampler.set_epoch(epoch)
         ddp_model.train()
@@ -365,9 +391,14 @@ def train(
             _emit(progress, json_mode, {**rec, "progress": round((epoch + 1) / epochs, 4)})
             if bar is not None:
                 bar.write(json.dumps(rec))
-        if max_minutes is not None and time.monotonic() - t_start > max_minutes * 60 and epoch + 1 < epochs:
-            stopped_early = True
-            break
+        if max_minutes is not None:
+            elapsed = time.monotonic() - t_start
+            per_epoch = elapsed / (epoch + 1 - start_epoch)
+            fits = epoch + 1 + int(max(0.0, max_minutes * 60 - elapsed) // per_epoch)
+            plan["epochs"] = max(epoch + 1, min(epochs, fits))
+            if epoch + 1 >= plan["epochs"] and epoch + 1 < epochs:
+                stopped_early = True
+                break
     if bar is not None:
         bar.close()
     summary: dict[str, Any] = {}
@@ -413,7 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--size", type=int, default=None, help="input size (square); the model's default if omitted")
-    p.add_argument("--from", dest="init_from", type=Path, default=None, help="checkpoint to fine-tune from")
+    p.add_argument(
+        "--from",
+        dest="init_from",
+        type=Path,
+        default=None,
+        help="fine-tune from an edgeloop checkpoint or a state dict file you give (e.g. torchvision weights)",
+    )
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that passes this")
     p.add_argument("--seed", type=int, default=0)

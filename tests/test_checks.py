@@ -59,3 +59,22 @@ def test_trust_never_goes_down_by_record(tmp_path: Path) -> None:
     trust.record("colors", 2)
     assert TrustStore(tmp_path / "trust.json").trusted_version("colors") == 5
     assert (tmp_path / "trust.json").stat().st_mode & 0o077 == 0
+
+
+def test_the_measured_recommendation_beats_the_static_target_order(tmp_path: Path) -> None:
+    """A compile that found INT8 slower (or less accurate) than FP32 on CPUs recommends FP32; the agent obeys
+    it instead of its default CPU order (INT8 first). Without a recommendation the default order holds."""
+    keys = Keys()
+    art = {
+        t: ArtifactEntry(url=f"/api/v1/artifacts/{c * 64}", sha256=c * 64, length=1)
+        for t, c in (("onnx-fp32", "a"), ("onnx-int8", "b"), ("onnx-fp16", "c"))
+    }
+    trust = TrustStore(tmp_path / "trust.json")
+    plain = signed(keys, 1, artifacts=art)
+    assert check_manifest(plain, keys.root_public, trust, "0.1.0", ["onnxruntime"]).target == "onnx-int8"
+    measured = signed(keys, 2, artifacts=art, recommended={"cpu": "onnx-fp32", "cuda": "onnx-fp16"})
+    assert check_manifest(measured, keys.root_public, trust, "0.1.0", ["onnxruntime"]).target == "onnx-fp32"
+    on_gpu = check_manifest(measured, keys.root_public, trust, "0.1.0", ["onnxruntime"], device_kind="cuda")
+    assert on_gpu.target == "onnx-fp16"
+    with pytest.raises(ValueError, match="recommended targets .* have no artifact"):
+        signed(keys, 3, recommended={"cpu": "onnx-int8"})

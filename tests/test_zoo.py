@@ -159,3 +159,22 @@ def test_classifier_trains_and_scores_top1_through_the_agent(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="is a classify model but .* is a detect dataset"):
         det = synthesize(store, "det", "easy", 10, seed=2, size=(64, 64))
         train(det, "mobilenet_v3_small", tmp_path / "x", epochs=1, size=64, progress_mode="none")
+
+
+def test_weights_the_user_gives_are_loaded_and_foreign_files_refused(tmp_path: Path) -> None:
+    """Pretrained weights come from a file the user supplies (nothing is fetched from a hub): a plain
+    torchvision-style state dict loads into the matching tensors; the classifier head is re-initialised."""
+    import torchvision
+
+    src = torchvision.models.mobilenet_v3_small(weights=None, num_classes=1000)
+    torch.save(src.state_dict(), tmp_path / "imagenet.pth")
+    store = DatasetStore(tmp_path / "data")
+    dv = synthesize(store, "cls", "easy", 30, seed=4, size=(64, 64), task="classify")
+    train(dv, "mobilenet_v3_small", tmp_path / "run", epochs=1, size=64, lr=1e-9,
+          init_from=tmp_path / "imagenet.pth", progress_mode="none")  # fmt: skip
+    got = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["state_dict"]
+    first = "features.0.0.weight"
+    assert torch.allclose(got[first], src.state_dict()[first], atol=1e-5), "the given weights were loaded"
+    torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="none of its tensors belong"):
+        train(dv, "mobilenet_v3_small", tmp_path / "x", epochs=1, size=64, init_from=tmp_path / "other.pth")
