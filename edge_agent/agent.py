@@ -22,6 +22,9 @@ from edge_agent.config import AgentConfig
 from edge_agent.decoders.base import decoder_for
 from edge_agent.decoders.results import Classification
 from edge_agent.endpoints import Endpoints
+from edge_agent.flywheel.sink import MiningSink
+from edge_agent.flywheel.spool import Spool
+from edge_agent.flywheel.uploader import Uploader
 from edge_agent.preprocess import Preprocessor, Transform
 from edge_agent.protocol.manifest import Manifest
 from edge_agent.protocol.messages import Deployment as DeploymentMsg
@@ -93,6 +96,16 @@ class Agent:
             for i, src in enumerate(config.sources)
         ]
         self.loop = InferenceLoop(self.sources, sinks=[self._event_sink])
+        self.spool: Spool | None = None
+        self.miner: MiningSink | None = None
+        self.uploader: Uploader | None = None
+        if config.mining.enabled:
+            m = config.mining
+            self.spool = Spool(self.data_dir / "spool", int(m.spool_quota_mb * 1024 * 1024))
+            self.miner = MiningSink(m, self.spool, config.device_id, self._classes_of)
+            self.loop.sinks.append(self.miner)
+            self.loop.disagreement_hooks.append(self.miner.on_disagreement)
+            self.uploader = Uploader(self.spool, config.server_url, config.device_id, token)
         self._shadow_job: dict[str, Any] | None = None
         self.endpoints: Endpoints | None = None
         self._shadow_reason: str | None = None
@@ -112,6 +125,8 @@ class Agent:
         for src in self.sources:
             src.start()
         self.loop.start()
+        if self.uploader is not None:
+            self.uploader.start()
         self.transport.subscribe(self.topics.desired, self._on_desired, qos=1)
         self.transport.start()
         if self.cfg.endpoints.enabled:
@@ -139,6 +154,10 @@ class Agent:
             if self.endpoints is not None:
                 self.endpoints.stop()
             self.loop.stop()
+            if self.uploader is not None:
+                self.uploader.stop()
+            if self.spool is not None:
+                self.spool.close()
             for src in self.sources:
                 src.stop()
             for t in self._threads:
@@ -456,9 +475,28 @@ class Agent:
                 queue_depth=self.loop.queue_depth(),
                 sources=per_source,
                 shadow=shadow,
+                flywheel=self._flywheel_counters(),
                 **self.loop.stats.snapshot(),
             )
             self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)
+
+    def _classes_of(self, model: str, version: int) -> tuple[str, ...]:
+        for lm in (self.loop.model, self.loop.shadow.model if self.loop.shadow else None, self._previous):
+            if lm is not None and lm.manifest.model == model and lm.manifest.version == version:
+                return lm.manifest.classes
+        return ()
+
+    def _flywheel_counters(self) -> dict[str, int] | None:
+        if self.miner is None or self.spool is None or self.uploader is None:
+            return None
+        return {
+            **self.miner.counters,
+            "pending": self.spool.pending(),
+            "spool_bytes": self.spool.bytes_used(),
+            "evicted": self.spool.evicted,
+            "uploaded": self.uploader.uploaded,
+            "refused": self.uploader.rejected,
+        }
 
     def _event_sink(self, fr: FrameResult) -> None:
         """Publish a detection event when what is seen changes (at most twice a second)."""

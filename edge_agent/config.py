@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from edge_agent.flywheel.config import MiningConfig
 from edge_agent.protocol.topics import valid_device_id
 from edge_agent.runtimes.base import RuntimeOptions
 
@@ -48,6 +49,7 @@ class AgentConfig(BaseModel):
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
     endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Local HTTP endpoints.")
+    mining: MiningConfig = Field(default_factory=MiningConfig, description="Hard-sample mining and upload.")
     device_kind: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="Which artifact targets to prefer; auto: from the detected GPU, CUDA and TensorRT."
     )

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from fastapi import FastAPI
 
-from fleet_server.api import artifacts, datasets_api, devices, jobs_api, models, rollouts_api
+from fleet_server.api import artifacts, datasets_api, devices, jobs_api, models, rollouts_api, samples_api
 from fleet_server.bridge import MqttBridge
 from fleet_server.broker import choose_broker
 from fleet_server.db import make_engine, migrate
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(rollouts_api.router)
     app.include_router(jobs_api.router)
     app.include_router(datasets_api.router)
+    app.include_router(samples_api.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

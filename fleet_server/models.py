@@ -62,6 +62,7 @@ class DevicePublic(DeviceBase):
     shadow: dict | None = None
     shadow_version: int | None = None
     shadow_reason: str | None = None
+    flywheel: dict | None = None
 
 
 class DeviceEnrolled(SQLModel):

@@ -169,6 +169,7 @@ def start_agent(
     name: str = "agent",
     extra: list[str] | None = None,
     log_name: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Proc:
     import yaml
 
@@ -184,6 +185,7 @@ def start_agent(
         else [{"uri": u, "name": f"cam{i}"} for i, u in enumerate(source)],
         "data_dir": str(data),
         "telemetry_interval_s": 0.5,
+        **(config or {}),
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

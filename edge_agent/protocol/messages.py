@@ -151,6 +151,9 @@ class Telemetry(_Msg):
     queue_depth: int = 0
     sources: list[SourceTelemetry] = Field(default_factory=list, max_length=16)
     shadow: ShadowTelemetry | None = None
+    flywheel: dict[str, int] | None = Field(
+        None, description="Hard-sample counters: mined, duplicates, rate_limited, spooled, pending, evicted, ..."
+    )
 
 
 class DetectionEvent(_Msg):

@@ -45,6 +45,7 @@ def to_public(d: Device) -> DevicePublic:
         shadow=tel.get("shadow"),
         shadow_version=d.shadow_version,
         shadow_reason=d.shadow_reason,
+        flywheel=tel.get("flywheel"),
     )
 
 

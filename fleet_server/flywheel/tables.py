@@ -1,0 +1,32 @@
+"""Hard samples uploaded by devices, with the device's predictions as pre-annotations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from fleet_server.models import utcnow
+
+SAMPLE_STATES = ("new", "accepted", "corrected", "rejected")
+
+
+class Sample(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64, index=True)
+    sha256: str = Field(max_length=64, unique=True)  # of the uploaded bytes: the idempotency key
+    phash: str = Field(max_length=16, index=True)  # computed here, never taken from the device
+    model: str | None = Field(default=None, max_length=64, index=True)
+    version: int | None = None
+    strategy: str = Field(max_length=32, index=True)
+    reason: str = Field(default="", max_length=200)
+    source: str = Field(default="", max_length=64)
+    captured_at: datetime | None = None
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    width: int
+    height: int
+    image: str = Field(max_length=64)  # generated file name under DATA/samples
+    bytes: int
+    predictions_json: str = "[]"
+    state: str = Field(default="new", max_length=16, index=True)
+    labels_json: str | None = None
