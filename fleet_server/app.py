@@ -12,16 +12,26 @@ from urllib.parse import urlparse
 
 from fastapi import FastAPI
 
-from fleet_server.api import artifacts, datasets_api, devices, jobs_api, models, rollouts_api, samples_api
+from fleet_server.api import (
+    artifacts,
+    datasets_api,
+    devices,
+    flywheel_api,
+    jobs_api,
+    models,
+    rollouts_api,
+    samples_api,
+)
 from fleet_server.bridge import MqttBridge
 from fleet_server.broker import choose_broker
 from fleet_server.db import make_engine, migrate
+from fleet_server.flywheel.policy import check_policies
 from fleet_server.jobs.runner import JobRunner
 from fleet_server.keys import ensure_admin_token, ensure_keys
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
-from fleet_server.zoo import job_result_registrar
+from fleet_server.zoo import datasets_dir, job_result_registrar
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +86,11 @@ def create_app(settings: Settings) -> FastAPI:
         rollouts.start()
         app.state.jobs_dir = settings.data_dir / "jobs"
         jobs = JobRunner(
-            state["engine"], job_result_registrar(settings, state["keys"], state["store"]), app.state.jobs_dir, replica
+            state["engine"],
+            job_result_registrar(settings, state["keys"], state["store"]),
+            app.state.jobs_dir,
+            replica,
+            periodic=lambda: check_policies(state["engine"], settings, datasets_dir(settings.data_dir)),
         )
         app.state.jobs = jobs
         if settings.run_jobs:
@@ -99,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs_api.router)
     app.include_router(datasets_api.router)
     app.include_router(samples_api.router)
+    app.include_router(flywheel_api.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

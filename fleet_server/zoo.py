@@ -96,6 +96,36 @@ def register_compiled(
     return mv
 
 
+def offer_rollout(session: Session, params: dict[str, Any], mv: ModelVersion) -> dict[str, Any]:
+    """A retrained version that passed its gate: start its canary rollout (policy `auto`) or wait for
+    `edgeloop flywheel approve JOB` (policy `approve`)."""
+    mode = params.get("rollout", "approve")
+    if mode == "auto":
+        rollout = start_rollout(session, params, mv.model, mv.version, actor="flywheel")
+        return {"rollout": rollout, "summary": f"registered {mv.model}:{mv.version}; canary rollout {rollout} started"}
+    if mode == "approve":
+        return {"awaiting_approval": True, "summary": f"registered {mv.model}:{mv.version}; rollout awaits approval"}
+    return {}
+
+
+def start_rollout(session: Session, params: dict[str, Any], model: str, version: int, actor: str) -> int:
+    from fleet_server.rollouts.service import RolloutCreate, audit, create_rollout
+
+    req = RolloutCreate(
+        model=model,
+        version=version,
+        selector=params.get("selector", "all"),
+        canary=params.get("canary", "1"),
+        waves=[w for w in str(params.get("waves", "100%")).split(",") if w],
+        bake_s=float(params.get("bake_s", 600.0)),
+        skip_incompatible=True,
+    )
+    rollout, _ = create_rollout(session, req, actor)
+    audit(session, actor, "flywheel.rollout", f"{model}:{version}", json.dumps({"rollout": rollout.id}))
+    session.commit()
+    return int(rollout.id or 0)
+
+
 def job_result_registrar(settings: Any, keys: KeyRing, store: LocalStore):  # type: ignore[no-untyped-def]
     """The runner's callback: register a finished job's output, return the job's result summary."""
 
@@ -104,9 +134,15 @@ def job_result_registrar(settings: Any, keys: KeyRing, store: LocalStore):  # ty
         if job.kind == "synthesize":
             d = result["dataset"]
             return {"dataset": f"{d['name']}:{d['version']}", "summary": f"dataset {d['name']}:{d['version']}", **d}
+        gate = result.get("gate")
+        if gate is not None and not gate["passed"]:
+            shutil.rmtree(Path(result["compiled"]), ignore_errors=True)
+            return {"rejected": True, "gate": gate, "summary": f"candidate rejected: {gate['reason']}"}
         lineage = {"dataset": params["dataset_ref"], "job": str(job.id)}
         if params.get("from_ref"):
             lineage["fine_tuned_from"] = params["from_ref"]
+        if params.get("holdout_dataset"):
+            lineage["holdout"] = params["holdout_dataset"]
         if job.kind == "compile":
             lineage["recompiled_from"] = params["source_ref"]
         mv = register_compiled(
@@ -129,6 +165,9 @@ def job_result_registrar(settings: Any, keys: KeyRing, store: LocalStore):  # ty
         }
         if "training" in result:
             out["training"] = result["training"]
+        if gate is not None:
+            out["gate"] = gate
+            out.update(offer_rollout(session, params, mv))
         shutil.rmtree(Path(result["compiled"]), ignore_errors=True)  # the artifacts now live in the store
         log.info("job %s registered %s", job.id, ref)
         return out

@@ -164,3 +164,76 @@ def test_dataset_import_and_export_over_http(server: Server, trained: dict, tmp_
     r = h.post("/api/v1/datasets/tiny/import", params={"format": "yolo"}, content=ok)
     assert r.status_code == 201 and r.json()["samples"] == 1
     assert "tiny:1" in server.cli("datasets", "list").stdout
+
+
+def test_flywheel_turn_review_retrain_gate_and_approve(server: Server, trained: dict, tmp_path: Path) -> None:
+    """Hard samples from a device in a shifted domain, labelled by a simulated annotator (exact boxes from
+    the generator), a retrain policy that fires at N labels, the evaluation gate, and an approved rollout."""
+    import httpx
+
+    from model_zoo.datasets.synthetic_scenes import preset, render_scene
+
+    dev = server.enroll("fly-cam-9")
+    classes = ["circle", "square", "triangle"]
+    ids = []
+    for i in range(6):
+        sc = render_scene(preset("night"), 77, i, (128, 128))
+        jpeg = encode_image(sc.image, ".jpg")
+        r = httpx.post(
+            f"{server.url}/api/v1/devices/fly-cam-9/samples",
+            headers={"Authorization": f"Bearer {dev['token']}"},
+            files={"image": ("s.jpg", jpeg, "image/jpeg")},
+            data={"meta": json.dumps({"strategy": "confidence", "model": "shapes", "version": 1})},
+        )
+        assert r.status_code == 201, r.text
+        pairs = zip(sc.boxes, sc.labels, strict=True)
+        truth = [{"label": classes[c], "box": [float(v) for v in b]} for b, c in pairs]
+        ids.append(r.json()["id"])
+        rv = server.http.post(f"/api/v1/samples/{r.json()['id']}/review", json={"action": "correct", "labels": truth})
+        assert rv.status_code == 200 and rv.json()["state"] == "corrected"
+    bad = server.http.post(
+        f"/api/v1/samples/{ids[0]}/review",
+        json={"action": "correct", "labels": [{"label": "circle", "box": [0, 0, 500, 9]}]},
+    )
+    assert bad.status_code == 422 and "outside" in bad.json()["detail"]
+
+    # export for an outside tool and take the labels back unchanged
+    exp = server.http.get("/api/v1/samples-export", params={"state": "corrected", "classes": ",".join(classes)})
+    assert exp.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(exp.content), mode="r:gz") as tf:
+        doc = json.loads(tf.extractfile("samples-corrected/annotations.json").read())  # type: ignore[union-attr]
+    assert {im["file_name"] for im in doc["images"]} == {f"{i}.jpg" for i in ids}
+    back = server.http.post("/api/v1/samples-import", content=json.dumps(doc))
+    assert back.status_code == 200 and back.json()["updated"] == 6
+
+    policy = {"dataset": "shapes", "min_new_labels": 6, "epochs": 1, "budget_points": 100, "rollout": "approve"}
+    assert server.http.put("/api/v1/flywheel/policies/shapes", json=policy).status_code == 200
+    server.http.post("/api/v1/flywheel/check")
+    job = wait_for(
+        lambda: next((j for j in server.http.get("/api/v1/jobs").json() if j["kind"] == "retrain"), None),
+        30,
+        "a retrain job queued by the policy",
+    )
+    done = wait_for(
+        lambda: (j := server.http.get(f"/api/v1/jobs/{job['id']}").json())["state"] in ("succeeded", "failed") and j,
+        240,
+        "the retrain job",
+    )
+    assert done["state"] == "succeeded", done
+    gate = done["result"]["gate"]
+    assert gate["passed"] and gate["holdout_dataset"] == "shapes:1"
+    assert set(gate["holdout"]) == {"current", "candidate", "delta_points"}
+    assert done["result"]["awaiting_approval"] is True
+    ref = done["result"]["model"]
+    r = server.http.get(f"/api/v1/models/shapes/versions/{ref.split(':')[1]}").json()
+    assert r["lineage"]["holdout"] == "shapes:1" and r["lineage"]["dataset"] == done["params"]["dataset_ref"]
+    ds = server.http.get(f"/api/v1/datasets/shapes/versions/{done['params']['dataset_version']}").json()
+    assert ds["samples"] == 166 and ds["parent"] == "shapes:1"
+    samples = server.http.get("/api/v1/samples", params={"device": "fly-cam-9"}).json()["samples"]
+    assert all(s["state"] == "corrected" for s in samples)
+    ok = server.http.post(f"/api/v1/flywheel/approve/{job['id']}")
+    assert ok.status_code == 200 and ok.json()["model"] == ref
+    rollout = server.http.get(f"/api/v1/rollouts/{ok.json()['rollout']}").json()
+    assert f"{rollout['model']}:{rollout['version']}" == ref
+    assert server.http.post(f"/api/v1/flywheel/approve/{job['id']}").status_code == 409, "approved once"
+    server.http.put("/api/v1/flywheel/policies/shapes", json={**policy, "enabled": False})

@@ -178,3 +178,26 @@ def test_weights_the_user_gives_are_loaded_and_foreign_files_refused(tmp_path: P
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="none of its tensors belong"):
         train(dv, "mobilenet_v3_small", tmp_path / "x", epochs=1, size=64, init_from=tmp_path / "other.pth")
+
+
+def test_evaluation_gate_rejects_a_candidate_that_regresses_on_the_holdout(trained: dict, tmp_path: Path) -> None:
+    from fleet_server.jobs.worker import evaluation_gate
+
+    ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    good, untrained = build("eldet", 3, 128), build("eldet", 3, 128)
+    good.load_state_dict(ck["state_dict"])
+    export_onnx(good, "eldet", 128, str(tmp_path / "good.onnx"))
+    export_onnx(untrained, "eldet", 128, str(tmp_path / "bad.onnx"))
+    report = {"task": "detect", "metric": "mAP50_95", "input_spec": {"shape": [1, 3, 128, 128], "resize": "letterbox"}}
+    p = {
+        "datasets_dir": str(trained["store"].root),
+        "holdout_dataset": "shapes:1",
+        "dataset": "shapes",
+        "dataset_version": 1,
+        "budget_points": 1.0,
+    }
+    gate = evaluation_gate(tmp_path / "bad.onnx", tmp_path / "good.onnx", p, report)
+    assert not gate["passed"] and gate["holdout"]["delta_points"] < -1.0 and "past the budget" in gate["reason"]
+    assert gate["holdout"]["current"] > gate["holdout"]["candidate"]
+    same = evaluation_gate(tmp_path / "good.onnx", tmp_path / "good.onnx", p, report)
+    assert same["passed"] and same["holdout"]["delta_points"] == 0.0

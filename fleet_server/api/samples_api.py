@@ -15,6 +15,7 @@ import os
 import threading
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,3 +255,239 @@ def sample_image(sample_id: int, request: Request, session: SessionDep, _: Admin
         raise HTTPException(404, f"no sample {sample_id}")
     path = request.app.state.settings.data_dir / "samples" / s.image[:2] / s.image
     return FileResponse(path, media_type="image/jpeg")
+
+
+# -- review ------------------------------------------------------------------------------------------
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(min_length=1, max_length=64)
+    box: list[float] | None = Field(None, min_length=4, max_length=4, description="x1,y1,x2,y2 in image pixels")
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: str = Field(pattern="^(accept|correct|reject)$")
+    labels: list[LabelIn] | None = Field(None, max_length=500, description="the corrected labels (correct)")
+    min_score: float = Field(0.25, ge=0, le=1, description="accept: keep pre-annotations scoring at least this")
+
+
+class BulkReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(min_length=1, max_length=1000)
+    action: str = Field(pattern="^(accept|reject)$")
+    min_score: float = Field(0.25, ge=0, le=1)
+
+
+def _apply_review(s: Sample, action: str, labels: list[LabelIn] | None, min_score: float) -> None:
+    if action == "reject":
+        s.state, s.labels_json = "rejected", None
+        return
+    if action == "accept":
+        preds = [p for p in json.loads(s.predictions_json) if p["score"] >= min_score]
+        chosen = [{"label": p["label"], "box": p.get("box")} for p in preds]
+        s.state = "accepted"
+    else:
+        if labels is None:
+            raise HTTPException(422, "correct needs the labels")
+        chosen = [lab.model_dump() for lab in labels]
+        s.state = "corrected"
+    for lab in chosen:
+        b = lab.get("box")
+        if b is not None and not (0 <= b[0] < b[2] <= s.width and 0 <= b[1] < b[3] <= s.height):
+            raise HTTPException(422, f"box {b} is outside the {s.width}x{s.height} image")
+    s.labels_json = json.dumps(chosen)
+
+
+@router.post("/samples/{sample_id}/review")
+def review(sample_id: int, body: ReviewIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    from fleet_server.rollouts.service import audit
+
+    s = session.get(Sample, sample_id)
+    if s is None:
+        raise HTTPException(404, f"no sample {sample_id}")
+    _apply_review(s, body.action, body.labels, body.min_score)
+    session.add(s)
+    audit(session, who.name, f"sample.{body.action}", str(sample_id), s.labels_json)
+    session.commit()
+    session.refresh(s)
+    return sample_public(s)
+
+
+@router.post("/samples/review")
+def review_bulk(body: BulkReviewIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    from fleet_server.rollouts.service import audit
+
+    rows = session.exec(select(Sample).where(col(Sample.id).in_(body.ids))).all()
+    missing = sorted(set(body.ids) - {int(r.id or 0) for r in rows})
+    if missing:
+        raise HTTPException(404, f"no samples {missing[:20]}")
+    for s in rows:
+        _apply_review(s, body.action, None, body.min_score)
+        session.add(s)
+    audit(session, who.name, f"sample.bulk_{body.action}", f"{len(rows)} samples", json.dumps(body.ids[:100]))
+    session.commit()
+    return {"reviewed": len(rows), "action": body.action}
+
+
+class FromSamplesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="only samples mined while this model served")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+def labelled_samples(session: Session, model: str | None = None, unused_only: bool = False) -> list[Sample]:
+    q = select(Sample).where(col(Sample.state).in_(("accepted", "corrected")))
+    if unused_only:
+        q = q.where(col(Sample.dataset).is_(None))
+    if model:
+        q = q.where(Sample.model == model)
+    return list(session.exec(q.order_by(col(Sample.id))).all())
+
+
+def dataset_from_samples(data_dir: Any, name: str, rows: list[Sample], val_fraction: float = 0.2):  # type: ignore[no-untyped-def]
+    """A new version of dataset `name`: its latest version plus these labelled samples (source sample:<id>)."""
+    from fleet_server.zoo import datasets_dir
+    from model_zoo.datasets.store import DatasetError, DatasetStore, NewSample
+
+    store = DatasetStore(datasets_dir(data_dir))
+    parent = store.load(name) if store.versions(name) else None
+    if parent is None:
+        raise DatasetError(f"no dataset named {name!r} to extend; create it first (synth or import)")
+    classes = list(parent.classes)
+    have = {s.sha256 for s in parent.samples}
+    new = []
+    for s in rows:
+        labels = json.loads(s.labels_json or "[]")
+        unknown = sorted({lab["label"] for lab in labels} - set(classes))
+        if unknown:
+            raise DatasetError(f"sample {s.id}: labels {unknown} are not classes of {parent.ref} ({classes})")
+        boxed = [lab for lab in labels if lab.get("box")]
+        if parent.task == "detect" and len(boxed) != len(labels):
+            raise DatasetError(f"sample {s.id}: every label of a detection dataset needs a box")
+        path = data_dir / "samples" / s.image[:2] / s.image
+        data = path.read_bytes()
+        import hashlib
+
+        if hashlib.sha256(data).hexdigest() in have:
+            continue
+        if parent.task == "classify":
+            if len(labels) != 1:
+                raise DatasetError(f"sample {s.id}: a classification sample needs exactly one label")
+            boxes, labs = [], [classes.index(labels[0]["label"])]
+        else:
+            boxes = [tuple(lab["box"]) for lab in boxed]
+            labs = [classes.index(lab["label"]) for lab in boxed]
+        new.append(NewSample(data, s.width, s.height, boxes, labs, source=f"sample:{s.id}"))  # type: ignore[arg-type]
+    if not new:
+        raise DatasetError("no new labelled samples to add")
+    return store.create(name, parent.task, classes, new, val_fraction, parent, note=f"{len(new)} reviewed hard samples")
+
+
+@router.post("/datasets/{name}/from-samples", status_code=status.HTTP_201_CREATED)
+def from_samples(name: str, body: FromSamplesIn, request: Request, session: SessionDep, who: AdminDep) -> dict:
+    from fleet_server.rollouts.service import audit
+    from model_zoo.datasets.store import DatasetError
+
+    rows = labelled_samples(session, body.model)
+    try:
+        dv = dataset_from_samples(request.app.state.settings.data_dir, name, rows, body.val_fraction)
+    except DatasetError as exc:
+        raise HTTPException(422, str(exc)) from None
+    for s in rows:
+        s.dataset = s.dataset or dv.ref
+        session.add(s)
+    audit(session, who.name, "dataset.from_samples", dv.ref, f"{len(dv.samples)} samples")
+    session.commit()
+    return dv.summary()
+
+
+# -- export for an outside labelling tool, and labels back -------------------------------------------------
+@router.get("/samples-export")
+def export_samples(
+    request: Request,
+    session: SessionDep,
+    _: AdminDep,
+    state: str = Query("new"),
+    classes: str | None = Query(None, description="comma-separated category order (default: labels seen)"),
+    limit: int = Query(1000, ge=1, le=20000),
+) -> FileResponse:
+    """COCO (annotations.json + images/<id>.jpg) of samples in `state`: pre-annotations for new ones, the
+    reviewed labels otherwise. CVAT and Label Studio import this; `samples-import` takes the labels back."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    from starlette.background import BackgroundTask
+
+    if state not in SAMPLE_STATES:
+        raise HTTPException(422, f"state must be one of {', '.join(SAMPLE_STATES)}")
+    rows = session.exec(select(Sample).where(Sample.state == state).order_by(col(Sample.id)).limit(limit)).all()
+    labelled = [(s, json.loads(s.labels_json) if s.labels_json else json.loads(s.predictions_json)) for s in rows]
+    names = classes.split(",") if classes else sorted({lab["label"] for _, labs in labelled for lab in labs})
+    cat = {n: i + 1 for i, n in enumerate(names)}
+    images, anns = [], []
+    data_dir = request.app.state.settings.data_dir
+    work = Path(tempfile.mkdtemp(prefix="samples-", dir=request.app.state.store.root / "tmp"))
+    folder = work / f"samples-{state}"
+    (folder / "images").mkdir(parents=True)
+    for s, labs in labelled:
+        shutil.copyfile(data_dir / "samples" / s.image[:2] / s.image, folder / "images" / f"{s.id}.jpg")
+        images.append({"id": s.id, "file_name": f"{s.id}.jpg", "width": s.width, "height": s.height})
+        for lab in labs:
+            if lab.get("box") is None or lab["label"] not in cat:
+                continue
+            x1, y1, x2, y2 = lab["box"]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": s.id,
+                    "category_id": cat[lab["label"]],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                    **({"score": lab["score"]} if "score" in lab else {}),
+                }
+            )
+    doc = {"images": images, "annotations": anns, "categories": [{"id": i, "name": n} for n, i in cat.items()]}
+    (folder / "annotations.json").write_text(json.dumps(doc, indent=1))
+    archive = work / f"{folder.name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+    return FileResponse(archive, media_type="application/gzip", filename=archive.name,
+                        background=BackgroundTask(shutil.rmtree, work, True))  # fmt: skip
+
+
+@router.post("/samples-import")
+async def import_labels(request: Request, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    """COCO annotations for exported samples (file_name `<id>.jpg`): each listed image's labels are replaced
+    and it becomes `corrected`. Validated whole first: an unknown image or a box outside it changes nothing."""
+    from fleet_server.rollouts.service import audit
+
+    body = await _read_capped(request, 64 * 1024 * 1024)
+    try:
+        doc = json.loads(body)
+        cats = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
+        images = {int(im["id"]): str(im["file_name"]) for im in doc["images"]}
+        anns = list(doc.get("annotations", []))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HTTPException(422, f"not a COCO annotations document: {exc}") from None
+    by_image: dict[int, list[dict]] = {i: [] for i in images}
+    for k, a in enumerate(anns):
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+            by_image[int(a["image_id"])].append({"label": cats[int(a["category_id"])], "box": [x, y, x + w, y + h]})
+        except (KeyError, ValueError, TypeError):
+            raise HTTPException(422, f"annotations[{k}]: needs a known image_id, category_id and bbox") from None
+    updates = []
+    for image_id, labs in by_image.items():
+        stem = images[image_id].rsplit("/", 1)[-1].split(".")[0]
+        s = session.get(Sample, int(stem)) if stem.isdigit() else None
+        if s is None:
+            raise HTTPException(422, f"image {images[image_id]!r} is not an exported sample (<id>.jpg)")
+        _apply_review(s, "correct", [LabelIn(**lab) for lab in labs], 0.0)
+        updates.append(s)
+    for s in updates:
+        session.add(s)
+    audit(session, who.name, "sample.import_labels", f"{len(updates)} samples")
+    session.commit()
+    return {"updated": len(updates)}

@@ -30,3 +30,22 @@ class Sample(SQLModel, table=True):
     predictions_json: str = "[]"
     state: str = Field(default="new", max_length=16, index=True)
     labels_json: str | None = None
+    dataset: str | None = Field(default=None, max_length=80)  # the dataset version it was added to
+
+
+class RetrainPolicy(SQLModel, table=True):
+    """When `min_new_labels` reviewed samples of `model` wait, fine-tune it on `dataset` + them, gate, offer."""
+
+    model: str = Field(primary_key=True, max_length=64)
+    dataset: str = Field(max_length=64)
+    min_new_labels: int = 50
+    epochs: int = 4
+    budget_points: float = 1.0
+    rollout: str = Field(default="approve", max_length=16)  # auto | approve | none
+    selector: str = Field(default="all", max_length=500)
+    canary: str = Field(default="1", max_length=16)
+    waves: str = Field(default="100%", max_length=100)
+    bake_s: float = 600.0
+    enabled: bool = True
+    created_by: str = Field(default="admin", max_length=64)
+    updated_at: datetime = Field(default_factory=utcnow)

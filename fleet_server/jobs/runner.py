@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,9 +44,12 @@ class JobRunner:
         jobs_dir: Path,
         name: str,
         interval_s: float = 0.5,
+        periodic: Callable[[], Any] | None = None,
+        periodic_s: float = 2.0,
     ) -> None:
         self.engine, self.register, self.jobs_dir, self.name = engine, register, jobs_dir, name
-        self.interval_s = interval_s
+        self.interval_s, self.periodic, self.periodic_s = interval_s, periodic, periodic_s
+        self._last_periodic = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen[str] | None = None
@@ -65,6 +69,12 @@ class JobRunner:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.periodic is not None and time.monotonic() - self._last_periodic > self.periodic_s:
+                self._last_periodic = time.monotonic()
+                try:
+                    self.periodic()
+                except Exception:
+                    log.exception("periodic job check failed")
             try:
                 job_id = self.claim()
                 if job_id is not None:

@@ -8,7 +8,7 @@ from sqlmodel import Field, SQLModel
 
 from fleet_server.models import utcnow
 
-JOB_KINDS = ("train", "compile", "synthesize")
+JOB_KINDS = ("train", "compile", "synthesize", "retrain")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 

@@ -98,6 +98,53 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def evaluation_gate(
+    candidate_onnx: Path, current_onnx: Path, p: dict[str, Any], report: dict[str, Any]
+) -> dict[str, Any]:
+    """Candidate vs current on the fixed holdout (the val split of the dataset the current version was trained
+    on) and on the newly labelled hard samples that fell in the val split; rejected past the budget."""
+    from dataclasses import replace
+
+    from edge_agent.protocol.manifest import InputSpec
+    from model_zoo.datasets.store import DatasetStore
+    from model_zoo.evaluate import evaluate_onnx
+
+    store = DatasetStore(Path(p["datasets_dir"]))
+    base_name, _, base_ver = p["holdout_dataset"].partition(":")
+    holdout = store.load(base_name, int(base_ver))
+    new = store.load(p["dataset"], p.get("dataset_version"))
+    spec = InputSpec.model_validate(report["input_spec"])
+    task, metric, budget = report["task"], report["metric"], float(p.get("budget_points", 1.0))
+    out: dict[str, Any] = {"metric": metric, "budget_points": budget, "holdout_dataset": holdout.ref}
+    emit({"event": "step", "message": f"gate: scoring candidate and current on the {holdout.ref} holdout"})
+    cur = evaluate_onnx(current_onnx, holdout, task, spec)[metric]
+    cand = evaluate_onnx(candidate_onnx, holdout, task, spec)[metric]
+    out["holdout"] = {"current": cur, "candidate": cand, "delta_points": round((cand - cur) * 100, 2)}
+    hard = [x for x in new.split("val") if x.source.startswith("sample:")]
+    out["hard_samples"] = {"n": len(hard)}
+    if len(hard) >= 3:
+        sliced = replace(new, samples=tuple(hard))
+        hc = evaluate_onnx(current_onnx, sliced, task, spec)[metric]
+        hn = evaluate_onnx(candidate_onnx, sliced, task, spec)[metric]
+        out["hard_samples"].update(current=hc, candidate=hn, delta_points=round((hn - hc) * 100, 2))
+    regress = out["holdout"]["delta_points"] < -budget
+    out["passed"] = not regress
+    out["reason"] = (
+        f"holdout {metric} {out['holdout']['delta_points']:+.2f} pts is past the budget of -{budget}"
+        if regress
+        else f"holdout {metric} {out['holdout']['delta_points']:+.2f} pts (budget -{budget})"
+    )
+    return out
+
+
+def run_retrain(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+    result = run_train(job_dir, p)
+    fp32 = next(r for r in result["report"]["results"] if r["target"] == "onnx-fp32")
+    result["gate"] = evaluation_gate(Path(fp32["path"]), Path(p["current_onnx"]), p, result["report"])
+    emit({"event": "step", "message": "gate: " + result["gate"]["reason"], "progress": 1.0})
+    return result
+
+
 def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
     from model_zoo.compile import compile_checkpoint
     from model_zoo.datasets.store import DatasetStore
@@ -152,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_dir = Path(argv[0])
     p = json.loads((job_dir / "params.json").read_text())
-    runners = {"train": run_train, "compile": run_compile, "synthesize": run_synthesize}
+    runners = {"train": run_train, "compile": run_compile, "synthesize": run_synthesize, "retrain": run_retrain}
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         result = runners[p["kind"]](job_dir, p)

@@ -1,0 +1,77 @@
+"""Retrain policies and approvals: the flywheel's controls. Admin only, audit-logged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.flywheel.policy import check_policies
+from fleet_server.flywheel.tables import RetrainPolicy
+from fleet_server.jobs.tables import Job
+from fleet_server.models import utcnow
+from fleet_server.rollouts.service import audit
+from fleet_server.zoo import datasets_dir, start_rollout
+
+router = APIRouter(prefix="/api/v1/flywheel", tags=["flywheel"])
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(min_length=1, max_length=64)
+    min_new_labels: int = Field(50, ge=1, le=1_000_000)
+    epochs: int = Field(4, ge=1, le=1000)
+    budget_points: float = Field(1.0, ge=0, le=100)
+    rollout: str = Field("approve", pattern="^(auto|approve|none)$")
+    selector: str = Field("all", max_length=500)
+    canary: str = Field("1", max_length=16)
+    waves: str = Field("100%", max_length=100)
+    bake_s: float = Field(600.0, ge=0)
+    enabled: bool = True
+
+
+@router.put("/policies/{model}")
+def set_policy(model: str, body: PolicyIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    pol = session.get(RetrainPolicy, model) or RetrainPolicy(model=model, dataset=body.dataset)
+    for k, v in body.model_dump().items():
+        setattr(pol, k, v)
+    pol.created_by, pol.updated_at = who.name, utcnow()
+    session.add(pol)
+    audit(session, who.name, "flywheel.policy", model, body.model_dump_json())
+    session.commit()
+    session.refresh(pol)
+    return pol.model_dump()
+
+
+@router.get("/policies")
+def list_policies(session: SessionDep, _: AdminDep) -> list[dict[str, Any]]:
+    from sqlmodel import select
+
+    return [p.model_dump() for p in session.exec(select(RetrainPolicy)).all()]
+
+
+@router.post("/check")
+def check_now(request: Request, _: AdminDep) -> dict[str, Any]:
+    app = request.app.state
+    return {"queued": check_policies(app.engine, app.settings, datasets_dir(app.settings.data_dir))}
+
+
+@router.post("/approve/{job_id}")
+def approve(job_id: int, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    job = session.get(Job, job_id)
+    if job is None or job.kind != "retrain":
+        raise HTTPException(404, f"no retrain job {job_id}")
+    result = json.loads(job.result_json or "{}")
+    if not result.get("awaiting_approval"):
+        raise HTTPException(409, f"job {job_id} has nothing awaiting approval ({job.message})")
+    name, version = result["model"].split(":")
+    rollout = start_rollout(session, json.loads(job.params_json), name, int(version), actor=who.name)
+    result.update(awaiting_approval=False, rollout=rollout, approved_by=who.name)
+    job.result_json = json.dumps(result)
+    job.message = f"approved by {who.name}; rollout {rollout}"
+    session.add(job)
+    session.commit()
+    return {"job": job_id, "rollout": rollout, "model": result["model"]}

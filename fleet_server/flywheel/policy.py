@@ -1,0 +1,93 @@
+"""Retrain policies: when enough reviewed hard samples wait for a model, extend its dataset with them and
+queue a `retrain` job (fine-tune from the serving version, compile, evaluation gate, then offer a rollout)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from fleet_server.flywheel.tables import RetrainPolicy
+from fleet_server.jobs.tables import Job
+from fleet_server.models import Artifact, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def latest_trained(session: Session, model: str) -> ModelVersion | None:
+    q = select(ModelVersion).where(ModelVersion.model == model, col(ModelVersion.checkpoint).is_not(None))
+    return session.exec(q.order_by(col(ModelVersion.version).desc())).first()
+
+
+def check_policies(engine: Engine, settings: Any, store_root: Path) -> list[int]:
+    """Queue a retrain for every enabled policy whose threshold is met; returns the new job ids."""
+    from fleet_server.api.samples_api import dataset_from_samples, labelled_samples
+
+    queued: list[int] = []
+    with Session(engine) as s:
+        active = [
+            json.loads(j.params_json).get("name")
+            for j in s.exec(select(Job).where(Job.kind == "retrain", col(Job.state).in_(("queued", "running")))).all()
+        ]
+        for pol in s.exec(select(RetrainPolicy).where(RetrainPolicy.enabled == True)).all():  # noqa: E712
+            if pol.model in active:
+                continue
+            rows = labelled_samples(s, pol.model, unused_only=True)
+            if len(rows) < pol.min_new_labels:
+                continue
+            current = latest_trained(s, pol.model)
+            if current is None or not current.report_json:
+                log.warning("retrain policy %s: no trained version to fine-tune; waiting", pol.model)
+                continue
+            report = json.loads(current.report_json)
+            lineage = json.loads(current.lineage_json or "{}")
+            fp32 = s.exec(
+                select(Artifact).where(Artifact.version_id == current.id, Artifact.target == "onnx-fp32")
+            ).first()
+            if fp32 is None:
+                continue
+            try:
+                dv = dataset_from_samples(settings.data_dir, pol.dataset, rows)
+            except ValueError as exc:
+                log.warning("retrain policy %s: cannot build the dataset: %s", pol.model, exc)
+                continue
+            for r in rows:
+                r.dataset = dv.ref
+                s.add(r)
+            params = {
+                "name": pol.model,
+                "model": report["model"],
+                "from_ref": f"{current.model}:{current.version}",
+                "init_from": str(settings.data_dir / str(current.checkpoint)),
+                "dataset": dv.name,
+                "dataset_version": dv.version,
+                "dataset_ref": dv.ref,
+                "datasets_dir": str(store_root),
+                "holdout_dataset": lineage.get("holdout") or lineage.get("dataset") or dv.ref,
+                "current_onnx": str(settings.data_dir / "artifacts" / fp32.sha256[:2] / fp32.sha256),
+                "epochs": pol.epochs,
+                "batch": 16,
+                "lr": 1e-3,
+                "size": report["input_size"],
+                "targets": None,
+                "calibration": "minmax",
+                "nproc": 1,
+                "budget_points": pol.budget_points,
+                "rollout": pol.rollout,
+                "selector": pol.selector,
+                "canary": pol.canary,
+                "waves": pol.waves,
+                "bake_s": pol.bake_s,
+                "new_samples": len(rows),
+            }
+            job = Job(kind="retrain", params_json=json.dumps(params), created_by="flywheel", message="queued")
+            s.add(job)
+            s.commit()
+            s.refresh(job)
+            queued.append(int(job.id or 0))
+            log.info("retrain policy %s: %d new labels -> %s, job %s", pol.model, len(rows), dv.ref, job.id)
+    return queued
