@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo_cli.add_parsers(sub, _admin_flags)
 
+    from fleet_server.cli import flywheel_cli
+
+    flywheel_cli.add_parsers(sub, _admin_flags)
+
     dp = sub.add_parser("deploy", help="set a device's desired model version")
     dp.add_argument("ref", help="NAME:VERSION")
     dp.add_argument("--device", required=True, help="device id")
