@@ -22,6 +22,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.decoders.base import decoder_for
 from edge_agent.decoders.results import Classification
 from edge_agent.endpoints import Endpoints
+from edge_agent.flywheel.config import MiningConfig
 from edge_agent.flywheel.sink import MiningSink
 from edge_agent.flywheel.spool import Spool
 from edge_agent.flywheel.uploader import Uploader
@@ -99,13 +100,9 @@ class Agent:
         self.spool: Spool | None = None
         self.miner: MiningSink | None = None
         self.uploader: Uploader | None = None
+        self._mining = config.mining
         if config.mining.enabled:
-            m = config.mining
-            self.spool = Spool(self.data_dir / "spool", int(m.spool_quota_mb * 1024 * 1024))
-            self.miner = MiningSink(m, self.spool, config.device_id, self._classes_of)
-            self.loop.sinks.append(self.miner)
-            self.loop.disagreement_hooks.append(self.miner.on_disagreement)
-            self.uploader = Uploader(self.spool, config.server_url, config.device_id, token)
+            self._start_mining(config.mining, start_uploader=False)
         self._shadow_job: dict[str, Any] | None = None
         self.endpoints: Endpoints | None = None
         self._shadow_reason: str | None = None
@@ -206,6 +203,8 @@ class Agent:
                 log.exception("applying desired revision %s failed", msg.revision)
 
     def _apply(self, msg: DesiredState) -> None:
+        if msg.mining is not None:
+            self._apply_mining(msg.mining)
         rec = self.machine.record
         if rec.job is not None and rec.job.get("revision") == msg.revision:
             self._report()
@@ -479,6 +478,46 @@ class Agent:
                 **self.loop.stats.snapshot(),
             )
             self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)
+
+    def _start_mining(self, m: MiningConfig, start_uploader: bool = True) -> None:
+        if self.spool is None:
+            self.spool = Spool(self.data_dir / "spool", int(m.spool_quota_mb * 1024 * 1024))
+            token = self.cfg.token.get_secret_value()
+            self.uploader = Uploader(self.spool, self.cfg.server_url, self.cfg.device_id, token)
+            if start_uploader:
+                self.uploader.start()
+        self.spool.quota = int(m.spool_quota_mb * 1024 * 1024)
+        miner = MiningSink(m, self.spool, self.cfg.device_id, self._classes_of)
+        self._stop_mining()
+        self.miner = miner
+        self.loop.sinks.append(miner)
+        self.loop.disagreement_hooks.append(miner.on_disagreement)
+
+    def _stop_mining(self) -> None:
+        """Stop choosing frames; what is already spooled keeps uploading."""
+        old, self.miner = self.miner, None
+        if old is not None:
+            self.loop.sinks[:] = [s for s in self.loop.sinks if s is not old]
+            self.loop.disagreement_hooks[:] = [h for h in self.loop.disagreement_hooks if h != old.on_disagreement]
+
+    def _apply_mining(self, data: dict[str, Any]) -> None:
+        try:
+            cfg = MiningConfig.model_validate(data)
+        except ValueError as exc:
+            log.warning("mining settings from the server refused, keeping the current ones: %s", exc)
+            return
+        if cfg == self._mining and (self.miner is not None) == cfg.enabled:
+            return
+        try:
+            if cfg.enabled:
+                self._start_mining(cfg)
+            else:
+                self._stop_mining()
+        except ValueError as exc:
+            log.warning("mining settings from the server refused: %s", exc)
+            return
+        self._mining = cfg
+        log.info("mining %s (%s)", "on" if cfg.enabled else "off", ", ".join(cfg.strategies) or "no strategies")
 
     def _classes_of(self, model: str, version: int) -> tuple[str, ...]:
         for lm in (self.loop.model, self.loop.shadow.model if self.loop.shadow else None, self._previous):

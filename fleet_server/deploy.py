@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -94,7 +95,7 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
     latest: dict[str, Deployment] = {}
     for row in rows:
         latest.setdefault(row.slot, row)
-    if not latest:
+    if not latest and device.mining_json is None:
         return None
     deps = []
     for d in latest.values():
@@ -114,4 +115,5 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
                 shadow=shadow,
             )
         )
-    return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps)
+    mining = json.loads(device.mining_json) if device.mining_json else None
+    return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps, mining=mining)

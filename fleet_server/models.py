@@ -19,6 +19,7 @@ class DeviceBase(SQLModel):
 
 class Device(DeviceBase, table=True):
     token_hash: str = Field(max_length=64, index=True)
+    mining_json: str | None = None  # hard-sample mining settings sent in the desired state
     tags_json: str = "{}"
     created_at: datetime = Field(default_factory=utcnow)
     online: bool = False

@@ -244,9 +244,12 @@ def test_agent_mines_spools_through_a_server_outage_and_uploads_everything(
         "strategies": {"confidence": {"params": {"low": 0.0, "high": 1.0}, "limits": {"per_minute": 600}}},
         "dedup_distance": 2,
     }
-    agent = start_agent(tmp_path, enrolled, str(assets["video"]), config={"mining": mining})
+    agent = start_agent(tmp_path, enrolled, str(assets["video"]))  # mining comes with the desired state
     try:
         fleet.cli("deploy", "flycolors:1", "--device", "fly-cam", "--health-window", "0.5")
+        assert fleet.http.put("/api/v1/devices/fly-cam/mining", json={**mining, "enabled": "maybe"}).status_code == 422
+        r = fleet.http.put("/api/v1/devices/fly-cam/mining", json=mining)
+        assert r.status_code == 200 and r.json()["mining"]["strategies"]["confidence"]["params"]["high"] == 1.0
         mine = {"device": "fly-cam"}
         wait_for(lambda: fleet.http.get("/api/v1/samples", params=mine).json()["samples"], 40, "samples")
         fleet.proc.stop(signal.SIGKILL)  # the server dies; the agent keeps mining into its spool

@@ -236,4 +236,7 @@ def test_flywheel_turn_review_retrain_gate_and_approve(server: Server, trained: 
     rollout = server.http.get(f"/api/v1/rollouts/{ok.json()['rollout']}").json()
     assert f"{rollout['model']}:{rollout['version']}" == ref
     assert server.http.post(f"/api/v1/flywheel/approve/{job['id']}").status_code == 409, "approved once"
-    server.http.put("/api/v1/flywheel/policies/shapes", json={**policy, "enabled": False})
+    assert "corrected" in server.cli("samples", "list", "--device", "fly-cam-9").stdout
+    assert "dataset=shapes min_new_labels=6" in server.cli("flywheel", "policies").stdout
+    server.cli("flywheel", "policy", "shapes", "--dataset", "shapes", "--disable")
+    assert server.http.get("/api/v1/flywheel/policies").json()[0]["enabled"] is False

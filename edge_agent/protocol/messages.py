@@ -63,6 +63,9 @@ class Deployment(BaseModel):
 class DesiredState(_Msg):
     revision: int = Field(ge=0, description="Server-side revision; increases with every change.")
     deployments: list[Deployment] = Field(default_factory=list, max_length=16)
+    mining: dict[str, Any] | None = Field(
+        None, description="Hard-sample mining settings (agent.yaml `mining:` schema); overrides the local file."
+    )
 
 
 class SlotReport(BaseModel):

@@ -97,3 +97,32 @@ def deploy(device_id: str, body: DeployRequest, request: Request, session: Sessi
         "revision": dep.revision,
         "rollback": rollback,
     }
+
+
+@router.put("/{device_id}/mining")
+def set_mining(device_id: str, body: dict, request: Request, session: SessionDep, who: AdminDep) -> dict:
+    """Hard-sample mining settings for a device (the agent.yaml `mining:` schema), sent in its desired state."""
+    from pydantic import ValidationError
+
+    from edge_agent.flywheel.config import MiningConfig
+    from edge_agent.flywheel.miners import STRATEGIES
+    from fleet_server.rollouts.service import audit
+
+    d = session.get(Device, device_id)
+    if d is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    try:
+        cfg = MiningConfig.model_validate(body)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise HTTPException(422, f"mining.{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    unknown = sorted(set(cfg.strategies) - set(STRATEGIES))
+    if unknown:
+        raise HTTPException(422, f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    d.mining_json = cfg.model_dump_json()
+    d.desired_revision += 1
+    session.add(d)
+    audit(session, who.name, "device.mining", device_id, d.mining_json)
+    session.commit()
+    request.app.state.bridge.publish_desired(session, device_id)
+    return {"device_id": device_id, "revision": d.desired_revision, "mining": json.loads(d.mining_json)}
