@@ -225,6 +225,9 @@ def test_uploads_are_checked_and_stored_once(fleet: Server) -> None:
         content=jpeg,
     )
     assert raw.status_code == 415
+    assert fleet.http.get("/api/v1/samples", params={"label": "a"}).json()["samples"][0]["id"] == sid
+    assert fleet.http.get("/api/v1/samples", params={"label": "zebra"}).json()["samples"] == []
+    assert fleet.http.get("/api/v1/samples", params={"since": "2999-01-01T00:00:00Z"}).json()["samples"] == []
     listed = fleet.http.get("/api/v1/samples").json()["samples"]
     assert [s["id"] for s in listed] == [sid], "nothing but the one good upload was stored"
     s = listed[0]

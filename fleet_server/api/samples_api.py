@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -223,12 +224,22 @@ def list_samples(
     version: int | None = None,
     strategy: str | None = None,
     state: str | None = None,
+    label: str | None = Query(None, max_length=64, description="a class predicted or labelled in the sample"),
+    since: datetime | None = Query(None, description="received at or after (ISO 8601)"),
+    until: datetime | None = Query(None, description="received before (ISO 8601)"),
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     if state is not None and state not in SAMPLE_STATES:
         raise HTTPException(422, f"state must be one of {', '.join(SAMPLE_STATES)}")
     q = select(Sample)
+    if label is not None:
+        needle = f'%"label": {json.dumps(label)}%'
+        q = q.where(or_(col(Sample.predictions_json).like(needle), col(Sample.labels_json).like(needle)))
+    if since is not None:
+        q = q.where(col(Sample.received_at) >= since)
+    if until is not None:
+        q = q.where(col(Sample.received_at) < until)
     for column, value in ((Sample.device_id, device), (Sample.model, model), (Sample.version, version)):
         if value is not None:
             q = q.where(column == value)

@@ -31,7 +31,8 @@ def _line(s: dict[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in vars(args).items() if k in ("device", "model", "strategy", "state") and v}
+    keys = ("device", "model", "strategy", "state", "label", "since")
+    params = {k: v for k, v in vars(args).items() if k in keys and v}
     params["limit"] = args.limit
     rows = _client(args).request("GET", "/api/v1/samples", params=params)["samples"]
     head = f"{'ID':<6} {'STATE':<10} {'DEVICE':<14} {'MODEL':<14} {'STRATEGY':<12} {'REASON':<36} PREDICTIONS"
@@ -132,6 +133,8 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     p = s.add_parser("list", help="the review queue (newest first)")
     for f in ("device", "model", "strategy"):
         p.add_argument(f"--{f}")
+    p.add_argument("--label", help="a class predicted or labelled in the sample")
+    p.add_argument("--since", help="received at or after, ISO 8601 (e.g. 2026-11-23T10:00:00Z)")
     p.add_argument("--state", choices=["new", "accepted", "corrected", "rejected"])
     p.add_argument("--limit", type=int, default=50)
     admin_flags(p)
