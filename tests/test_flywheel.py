@@ -83,7 +83,7 @@ def _sink(tmp_path: Path, **over) -> MiningSink:  # type: ignore[no-untyped-def]
     cfg = MiningConfig(
         enabled=True,
         strategies={"confidence": StrategyConfig(params={"low": 0.0, "high": 1.0}, limits=Limits(per_minute=3))},
-        **over,
+        **{"min_interval_s": 0.0, **over},
     )
     return MiningSink(cfg, Spool(tmp_path / "spool"), "cam-1", lambda m, v: ("circle", "square", "triangle"))
 
@@ -104,6 +104,14 @@ def test_rate_limits_dedup_and_diversity_budget(tmp_path: Path) -> None:
     for i in range(4):
         budget(_fr(_det([0.5]), render_scene(preset("medium"), 4, i, (320, 240)).image, source="cam7", index=i))
     assert budget.counters["spooled"] == 2 and budget.counters["rate_limited"] == 2
+
+
+def test_neighbouring_frames_of_a_camera_are_skipped_cheaply(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, min_interval_s=60.0)
+    for i in range(5):
+        sink(_fr(_det([0.5]), render_scene(preset("medium"), 6, i, (320, 240)).image, index=i))
+    sink(_fr(_det([0.5]), render_scene(preset("medium"), 6, 9, (320, 240)).image, source="cam1"))
+    assert sink.counters["spooled"] == 2 and sink.counters["cooldown"] == 4  # one per camera per minute
 
 
 def test_a_failing_disk_does_not_stop_mining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

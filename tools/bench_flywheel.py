@@ -5,7 +5,8 @@
    annotator), the detector is fine-tuned on day + those K, and scored on a held-out night set. Random
    is the baseline and is reported as measured, good or bad.
 2. One flywheel turn: night mAP before -> after (the best strategy), and the day holdout before -> after.
-3. Loop fps with miners + near-duplicate filter on / off, interleaved runs on the same video (target >= 0.97).
+3. Loop fps with miners + near-duplicate filter on / off, interleaved runs on the same video (target >= 0.97);
+   "off" keeps a no-op sink, as the agent always runs its event sink: the ratio is the miners' own cost.
 4. Near-duplicate lookup over 100k hashes.
 Prints a table, writes JSON (default bench-results/bench_flywheel.json).
 """
@@ -92,6 +93,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per strategy")
     ap.add_argument("--strategies", default="random,confidence,least_confident,rare")
     ap.add_argument("--loop-seconds", type=float, default=6.0)
+    ap.add_argument("--pairs", type=int, default=4, help="interleaved off/on loop runs")
     ap.add_argument("--work", type=Path, default=ROOT / "bench-results" / "flywheel-work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_flywheel.json")
     args = ap.parse_args()
@@ -166,7 +168,8 @@ def main() -> int:
 
     def loop_fps(mining: bool) -> tuple[float, dict]:
         src = FrameSource(str(video), loop_file=True, pace_file=False).start()
-        sinks = []
+        # the agent always runs a sink (its detection events); "off" keeps a no-op one so the ratio is the miners' cost
+        sinks: list = [lambda fr: None]
         sink = None
         if mining:
             sink = MiningSink(
@@ -189,12 +192,12 @@ def main() -> int:
 
     runs = {"off": [], "on": []}
     counters = {}
-    for _ in range(2):
-        for mode in ("off", "on"):
+    for i in range(args.pairs):
+        for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
             fps, c = loop_fps(mode == "on")
             runs[mode].append(fps)
             counters = c or counters
-    ratio = float(np.mean(runs["on"]) / np.mean(runs["off"]))
+    ratio = float(np.median(np.array(runs["on"]) / np.array(runs["off"])))  # median of the paired ratios
     res["loop"] = {"fps_off": runs["off"], "fps_on": runs["on"], "on_over_off": round(ratio, 3), "counters": counters}
 
     idx = HashIndex(100_000)
@@ -235,7 +238,7 @@ def main() -> int:
             )
         )
     rows.append(("loop fps miners off / on", f"{np.mean(runs['off']):.1f} / {np.mean(runs['on']):.1f}"))
-    rows.append(("loop fps on / off (target >= 0.97)", f"{ratio:.3f}"))
+    rows.append(("loop fps on / off, median of paired runs (target >= 0.97)", f"{ratio:.3f}"))
     rows.append(("near-duplicate lookup, 100k hashes (ms)", f"{lookup_ms:.3f}"))
     print()
     print(f"{'figure':<62} value")

@@ -28,6 +28,9 @@ class MiningConfig(BaseModel):
         description="Strategies by name: confidence, margin, flicker, rare, random, disagreement.",
     )
     per_source_per_hour: int = Field(120, ge=0, description="Diversity budget: samples per camera per hour.")
+    min_interval_s: float = Field(
+        0.5, ge=0, description="After a frame of a camera is considered (sent or a repeat), skip that camera this long."
+    )
     dedup_distance: int = Field(6, ge=0, le=64, description="Hamming distance under which a frame is a repeat.")
     dedup_window: int = Field(4096, ge=1, description="Recent uploads the near-duplicate filter remembers.")
     spool_quota_mb: float = Field(200.0, gt=0, description="Disk the spool may use; oldest evicted past it.")

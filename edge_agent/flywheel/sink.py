@@ -67,7 +67,15 @@ class MiningSink:
             self.miners.append((name, build_miner(name, sc.params), limits))
         self.hashes = HashIndex(cfg.dedup_window)
         self.rates = RateLimiter()
-        self.counters = {"mined": 0, "duplicates": 0, "rate_limited": 0, "spooled": 0, "spool_errors": 0}
+        self.counters = {
+            "mined": 0,
+            "cooldown": 0,
+            "duplicates": 0,
+            "rate_limited": 0,
+            "spooled": 0,
+            "spool_errors": 0,
+        }
+        self._considered: dict[str, float] = {}
 
     def __call__(self, fr: FrameResult) -> None:
         for name, miner, limits in self.miners:
@@ -83,10 +91,14 @@ class MiningSink:
     def offer(self, fr: FrameResult, strategy: str, reason: str, limits: dict[str, int | None]) -> bool:
         self.counters["mined"] += 1
         now = time.monotonic()
+        if now - self._considered.get(fr.source, -1e9) < self.cfg.min_interval_s:
+            self.counters["cooldown"] += 1  # neighbouring frames of one camera are nearly the same scene
+            return False
         budget = {"per_hour": self.cfg.per_source_per_hour}
         if not self.rates.allow(strategy, limits, now) or not self.rates.allow(f"src:{fr.source}", budget, now):
             self.counters["rate_limited"] += 1
             return False
+        self._considered[fr.source] = now
         h = phash(fr.image)
         if self.hashes.seen(h, self.cfg.dedup_distance):
             self.counters["duplicates"] += 1
