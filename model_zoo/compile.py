@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.runtimes.base import TRT_CALIB_KEY
+from edge_agent.update.download import sha256_file
 from model_zoo.datasets.store import DatasetVersion
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,7 @@ def engine_row(
 
     cache = extract_trt_calibration(onnx_path, work)
     opts = RuntimeOptions(
-        precision="int8", int8_calibration=cache, cache_dir=work / "engines", artifact_sha256=_sha(onnx_path)
+        precision="int8", int8_calibration=cache, cache_dir=work / "engines", artifact_sha256=sha256_file(onnx_path)
     )
     rt = create_runtime("tensorrt", onnx_path, opts)
     try:
@@ -346,16 +347,6 @@ def engine_row(
     res.measured_on = "tensorrt"
     res.notes.append(f"engine + timing cache in {work / 'engines'} (not shipped)")
     return res
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compile_checkpoint(
@@ -423,7 +414,7 @@ def compile_checkpoint(
         res.latency_p50_ms, res.latency_p99_ms = round(lat["p50"], 3), round(lat["p99"], 3)
         res.threads, res.measured_on = lat["threads"], "cpu"
         res.accuracy = evaluate_onnx(path, dv, task, spec, limit=eval_limit)
-        res.path, res.size, res.sha256 = str(path), path.stat().st_size, _sha(path)
+        res.path, res.size, res.sha256 = str(path), path.stat().st_size, sha256_file(path)
 
     results: list[TargetResult] = []
     ref = TargetResult("onnx-fp32", "built")
@@ -473,7 +464,7 @@ def compile_checkpoint(
             elif t == "tensorrt":
                 step("tensorrt: computing the INT8 calibration cache", frac)
                 build_tensorrt(fp32, path, trt_calibration_cache(pre, calib(), work))
-                res.path, res.size, res.sha256 = str(path), path.stat().st_size, _sha(path)
+                res.path, res.size, res.sha256 = str(path), path.stat().st_size, sha256_file(path)
                 res.notes.append("the device builds its engine from this ONNX and the cache it carries")
                 results.append(res)
                 res = engine_row(path, spec.shape, work, host, latency_seconds)

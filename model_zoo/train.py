@@ -228,6 +228,7 @@ def train(
     progress: Progress | None = None,
     progress_mode: str = "bar",
     device_name: str | None = None,
+    hard_share: float = 0.0,
 ) -> dict[str, Any]:
     """Train; returns the summary written to out_dir/summary.json (rank 0)."""
     import torch.distributed as dist
@@ -252,6 +253,12 @@ def train(
     json_mode = progress_mode == "json" and main
 
     train_s, val_s = dv.split("train"), dv.split("val")
+    hard = [x for x in train_s if x.source.startswith("sample:")]
+    if hard_share > 0 and hard and len(hard) < hard_share * len(train_s):
+        # a handful of reviewed hard samples among thousands would barely move a fine-tune: repeat them until
+        # they are `hard_share` of an epoch (at most 20 times each)
+        repeat = min(20, int(hard_share * (len(train_s) - len(hard)) / ((1 - hard_share) * len(hard))))
+        train_s = train_s + hard * max(0, repeat - 1)
     if not train_s:
         raise ValueError(f"{dv.ref} has no training samples")
     if not val_s:
@@ -408,6 +415,7 @@ def train(
             "model": model_name,
             "dataset": dv.ref,
             "epochs_run": len(history),
+            "train_samples": len(train_s),
             "stopped_early": stopped_early,
             "best": {metric_name: best},
             "last": history[-1] if history else None,
@@ -457,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument(
+        "--hard-share",
+        type=float,
+        default=0.0,
+        help="repeat reviewed hard samples (source sample:<id>) until they are this share of an epoch",
+    )
     a = p.parse_args(argv)
     if a.epochs < 1 or a.batch < 1 or not math.isfinite(a.lr) or a.lr <= 0:
         p.error("--epochs and --batch must be >= 1 and --lr > 0")
@@ -477,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             a.max_minutes,
             progress_mode=a.progress,
             device_name=a.device,
+            hard_share=a.hard_share,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"train: {exc}", file=sys.stderr)

@@ -201,3 +201,18 @@ def test_evaluation_gate_rejects_a_candidate_that_regresses_on_the_holdout(train
     assert gate["holdout"]["current"] > gate["holdout"]["candidate"]
     same = evaluation_gate(tmp_path / "good.onnx", tmp_path / "good.onnx", p, report)
     assert same["passed"] and same["holdout"]["delta_points"] == 0.0
+
+
+def test_reviewed_hard_samples_are_repeated_to_their_share_of_an_epoch(trained: dict, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    dv = trained["dv"]
+    train_s = dv.split("train")
+    marked = {s.sha256 for s in train_s[:4]}
+    samples = tuple(replace(s, source=f"sample:{i}") if s.sha256 in marked else s for i, s in enumerate(dv.samples))
+    hard_dv = replace(dv, samples=samples)
+    s = train(hard_dv, "eldet", tmp_path / "r", epochs=1, size=128, hard_share=0.25, progress_mode="none")
+    others = len(train_s) - 4
+    assert s["train_samples"] == others + 4 * min(20, int(0.25 * others / (0.75 * 4)))
+    plain = train(hard_dv, "eldet", tmp_path / "p", epochs=1, size=128, progress_mode="none")
+    assert plain["train_samples"] == len(train_s)

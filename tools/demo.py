@@ -149,13 +149,13 @@ def flywheel_turn(
     }
     print(f"    $ PUT /api/v1/devices/{device}/mining  (confidence band 0.25-0.6, 5 % random, near-duplicates dropped)")
     http.put(f"/api/v1/devices/{device}/mining", json=mining).raise_for_status()
-    want = 20 if quick else 40
+    want = 30 if quick else 40
     say(f"waiting for {want} hard samples from {device}")
     deadline = time.monotonic() + 240
     rows: list = []
     while time.monotonic() < deadline:
         rows = http.get("/api/v1/samples", params={"device": device, "limit": 1000}).json()["samples"]
-        print(f"\r    {len(rows)} samples received", end="", flush=True)
+        print(f"\r    {len(rows)} samples received", end="" if sys.stdout.isatty() else "\n", flush=True)
         if len(rows) >= want:
             break
         time.sleep(2)
@@ -176,7 +176,7 @@ def flywheel_turn(
         http.post(f"/api/v1/samples/{s['id']}/review", json={"action": "correct", "labels": labels}).raise_for_status()
     print(run_cli(env, "samples", "list", "--device", device, "--limit", "5"))
     name = ref.split(":")[0]
-    epochs = "1" if quick else "3"
+    epochs = "2" if quick else "3"
     seen = max([j["id"] for j in http.get("/api/v1/jobs").json() if j["kind"] == "retrain"] or [0])
     run_cli(
         env, "flywheel", "policy", name, "--dataset", "shapes", "--min-labels", str(len(rows)), "--epochs", epochs,
@@ -185,15 +185,16 @@ def flywheel_turn(
     say("the retrain policy fires: fine-tune on shapes + the new labels, compile, gate, roll out")
     job = None
     deadline = time.monotonic() + 900
+    shown = ""
+    tty = sys.stdout.isatty()
     while time.monotonic() < deadline:
         jobs = [j for j in http.get("/api/v1/jobs").json() if j["kind"] == "retrain" and j["id"] > seen]
         job = jobs[0] if jobs else None
         if job:
-            print(
-                f"\r    job {job['id']} {job['state']:<10} {job['progress'] * 100:5.1f}%  {job['message'][:70]:<70}",
-                end="",
-                flush=True,
-            )
+            line = f"    job {job['id']} {job['state']:<10} {job['progress'] * 100:5.1f}%  {job['message'][:70]:<70}"
+            if line != shown:
+                print(("\r" + line) if tty else line.rstrip(), end="" if tty else "\n", flush=True)
+                shown = line
             if job["state"] in ("succeeded", "failed", "cancelled"):
                 break
         time.sleep(2)

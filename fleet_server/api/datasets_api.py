@@ -16,9 +16,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
 
-from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.api.deps import AdminDep, SessionDep, folder_as_targz
 from fleet_server.rollouts.service import audit
 from fleet_server.storage import TooLarge
 from fleet_server.zoo import datasets_dir
@@ -148,12 +147,4 @@ def export_dataset(
     work = Path(tempfile.mkdtemp(prefix="export-", dir=request.app.state.store.root / "tmp"))
     folder = work / f"{name}-v{version}-{format}"
     (export_coco if format == "coco" else export_yolo)(dv, folder, split)
-    archive = work / f"{folder.name}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(folder, arcname=folder.name)
-    return FileResponse(
-        archive,
-        media_type="application/gzip",
-        filename=archive.name,
-        background=BackgroundTask(shutil.rmtree, work, True),
-    )
+    return folder_as_targz(folder, work)

@@ -64,3 +64,22 @@ def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
 AnyPrincipalDep = Annotated[Principal, Depends(require_admin_or_device)]
+
+
+def folder_as_targz(folder, work):  # type: ignore[no-untyped-def]
+    """A FileResponse with `folder` as a .tar.gz; `work` (the folder's parent temp dir) is removed after sending."""
+    import shutil
+    import tarfile
+
+    from fastapi.responses import FileResponse
+    from starlette.background import BackgroundTask
+
+    archive = work / f"{folder.name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=archive.name,
+        background=BackgroundTask(shutil.rmtree, work, True),
+    )

@@ -26,7 +26,7 @@ from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep, _principal
+from fleet_server.api.deps import AdminDep, SessionDep, _principal, folder_as_targz
 from fleet_server.flywheel.images import ImageRejected, sanitize
 from fleet_server.flywheel.tables import SAMPLE_STATES, Sample
 
@@ -425,10 +425,7 @@ def export_samples(
     """COCO (annotations.json + images/<id>.jpg) of samples in `state`: pre-annotations for new ones, the
     reviewed labels otherwise. CVAT and Label Studio import this; `samples-import` takes the labels back."""
     import shutil
-    import tarfile
     import tempfile
-
-    from starlette.background import BackgroundTask
 
     if state not in SAMPLE_STATES:
         raise HTTPException(422, f"state must be one of {', '.join(SAMPLE_STATES)}")
@@ -461,11 +458,7 @@ def export_samples(
             )
     doc = {"images": images, "annotations": anns, "categories": [{"id": i, "name": n} for n, i in cat.items()]}
     (folder / "annotations.json").write_text(json.dumps(doc, indent=1))
-    archive = work / f"{folder.name}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(folder, arcname=folder.name)
-    return FileResponse(archive, media_type="application/gzip", filename=archive.name,
-                        background=BackgroundTask(shutil.rmtree, work, True))  # fmt: skip
+    return folder_as_targz(folder, work)
 
 
 @router.post("/samples-import")

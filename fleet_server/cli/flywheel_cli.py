@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet_server.cli.client import AdminClient, CliError
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(args.server_url, args.token)
-
-
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+from fleet_server.cli.client import CliError
+from fleet_server.cli.zoo_cli import _client, _print, fetch_tar
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -60,12 +51,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     c = _client(args)
     params = {"state": args.state, **({"classes": args.classes} if args.classes else {})}
-    resp = c._http.get("/api/v1/samples-export", params=params)
-    if resp.status_code >= 400:
-        raise CliError(f"export: HTTP {resp.status_code}: {resp.text[:300]}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tf:
-        tf.extractall(args.out, filter="data")
+    fetch_tar(c, "/api/v1/samples-export", params, args.out)
     print(f"exported {args.state} samples as COCO into {args.out} (images named <sample id>.jpg)")
     return 0
 

@@ -23,6 +23,16 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
+def fetch_tar(c: AdminClient, path: str, params: dict[str, Any], out: Path) -> None:
+    """GET a .tar.gz from the server and unpack it safely (tar's `data` filter) into `out`."""
+    resp = c._http.get(path, params=params)
+    if resp.status_code >= 400:
+        raise CliError(f"export: HTTP {resp.status_code}: {resp.text[:300]}")
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tf:
+        tf.extractall(out, filter="data")
+
+
 def _dataset_line(d: dict[str, Any]) -> str:
     return (
         f"{d['name'] + ':' + str(d['version']):<24} {d['task']:<8} {d['samples']:>7} samples "
@@ -138,12 +148,7 @@ def cmd_datasets_export(args: argparse.Namespace) -> int:
     if not ver:
         ver = str(c.request("GET", f"/api/v1/datasets/{name}/versions")[-1]["version"])
     params = {"format": args.format, **({"split": args.split} if args.split else {})}
-    resp = c._http.get(f"/api/v1/datasets/{name}/versions/{ver}/export", params=params)
-    if resp.status_code >= 400:
-        raise CliError(f"export: HTTP {resp.status_code}: {resp.text[:300]}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tf:
-        tf.extractall(args.out, filter="data")
+    fetch_tar(c, f"/api/v1/datasets/{name}/versions/{ver}/export", params, args.out)
     print(f"exported {name}:{ver} as {args.format} into {args.out}")
     return 0
 

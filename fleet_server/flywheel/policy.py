@@ -83,6 +83,7 @@ def check_policies(engine: Engine, settings: Any, store_root: Path) -> list[int]
                 "waves": pol.waves,
                 "bake_s": pol.bake_s,
                 "new_samples": len(rows),
+                "hard_share": 0.25,
             }
             job = Job(kind="retrain", params_json=json.dumps(params), created_by="flywheel", message="queued")
             s.add(job)

@@ -62,6 +62,8 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         train_args += ["--from", p["init_from"]]
     if p.get("max_minutes"):
         train_args += ["--max-minutes", str(p["max_minutes"])]
+    if p.get("hard_share"):
+        train_args += ["--hard-share", str(p["hard_share"])]
     if (run_dir / "last.pt").is_file():
         train_args.append("--resume")  # a job re-run after a server restart continues where it stopped
         emit({"event": "step", "message": "resuming from the last checkpoint"})
@@ -70,6 +72,7 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         cmd += ["-m", "model_zoo.train", *train_args]
     else:
         cmd = [sys.executable, "-m", "model_zoo.train", *train_args]
+    emit({"event": "step", "message": f"training {p['model']} on {dv.ref} for {p['epochs']} epochs", "progress": 0.0})
     scale = _scaled(0.0, 0.8)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
