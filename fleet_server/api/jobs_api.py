@@ -20,6 +20,7 @@ from fleet_server.zoo import datasets_dir
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+SERVER_PATHS = ("datasets_dir", "checkpoint", "init_from", "current_onnx")  # not shown to API clients
 
 
 class TrainRequest(BaseModel):
@@ -62,7 +63,7 @@ def job_public(job: Job, jobs_dir: Any = None, tail: int = 0) -> dict[str, Any]:
         "state": job.state,
         "progress": round(job.progress, 4),
         "message": job.message,
-        "params": {k: v for k, v in json.loads(job.params_json).items() if k not in ("datasets_dir", "checkpoint")},
+        "params": {k: v for k, v in json.loads(job.params_json).items() if k not in SERVER_PATHS},
         "result": json.loads(job.result_json) if job.result_json else None,
         "error": job.error,
         "created_by": job.created_by,
