@@ -203,6 +203,13 @@ def test_flywheel_turn_review_retrain_gate_and_approve(server: Server, trained: 
     with tarfile.open(fileobj=io.BytesIO(exp.content), mode="r:gz") as tf:
         doc = json.loads(tf.extractfile("samples-corrected/annotations.json").read())  # type: ignore[union-attr]
     assert {im["file_name"] for im in doc["images"]} == {f"{i}.jpg" for i in ids}
+    yolo = server.cli("samples", "export", "--state", "corrected", "--format", "yolo", "--out", str(tmp_path / "y"))
+    assert "as yolo" in yolo.stdout
+    from model_zoo.datasets.formats import load_yolo
+
+    y_classes, y_samples = load_yolo(tmp_path / "y" / "samples-corrected")
+    assert len(y_samples) == 6 and set(y_classes) <= set(classes)
+    assert sum(len(x.boxes) for x in y_samples) == len(doc["annotations"])
     back = server.http.post("/api/v1/samples-import", content=json.dumps(doc))
     assert back.status_code == 200 and back.json()["updated"] == 6
 

@@ -420,10 +420,12 @@ def export_samples(
     _: AdminDep,
     state: str = Query("new"),
     classes: str | None = Query(None, description="comma-separated category order (default: labels seen)"),
+    format: str = Query("coco", pattern="^(coco|yolo)$"),
     limit: int = Query(1000, ge=1, le=20000),
 ) -> FileResponse:
-    """COCO (annotations.json + images/<id>.jpg) of samples in `state`: pre-annotations for new ones, the
-    reviewed labels otherwise. CVAT and Label Studio import this; `samples-import` takes the labels back."""
+    """COCO (annotations.json + images/<id>.jpg) or YOLO (images/, labels/<id>.txt, classes.txt) of samples in
+    `state`: pre-annotations for new ones, the reviewed labels otherwise. CVAT and Label Studio import either;
+    `samples-import` takes COCO labels back."""
     import shutil
     import tempfile
 
@@ -456,6 +458,19 @@ def export_samples(
                     **({"score": lab["score"]} if "score" in lab else {}),
                 }
             )
+    if format == "yolo":
+        (folder / "labels").mkdir()
+        (folder / "classes.txt").write_text("".join(f"{n}\n" for n in names))
+        size = {im["id"]: (im["width"], im["height"]) for im in images}
+        lines: dict[int, list[str]] = {im["id"]: [] for im in images}
+        for a in anns:
+            w, h = size[a["image_id"]]
+            x, y, bw, bh = a["bbox"]
+            c = a["category_id"] - 1
+            lines[a["image_id"]].append(f"{c} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+        for image_id, rows_ in lines.items():
+            (folder / "labels" / f"{image_id}.txt").write_text("".join(f"{ln}\n" for ln in rows_))
+        return folder_as_targz(folder, work)
     doc = {"images": images, "annotations": anns, "categories": [{"id": i, "name": n} for n, i in cat.items()]}
     (folder / "annotations.json").write_text(json.dumps(doc, indent=1))
     return folder_as_targz(folder, work)

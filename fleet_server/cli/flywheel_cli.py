@@ -50,9 +50,9 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     c = _client(args)
-    params = {"state": args.state, **({"classes": args.classes} if args.classes else {})}
+    params = {"state": args.state, "format": args.format, **({"classes": args.classes} if args.classes else {})}
     fetch_tar(c, "/api/v1/samples-export", params, args.out)
-    print(f"exported {args.state} samples as COCO into {args.out} (images named <sample id>.jpg)")
+    print(f"exported {args.state} samples as {args.format} into {args.out} (images named <sample id>.jpg)")
     return 0
 
 
@@ -131,7 +131,8 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     p.add_argument("--labels", help='correct: JSON list of {"label": ..., "box": [x1, y1, x2, y2]}')
     admin_flags(p)
     p.set_defaults(func=cmd_review)
-    p = s.add_parser("export", help="COCO folder of samples for CVAT / Label Studio")
+    p = s.add_parser("export", help="a COCO or YOLO folder of samples for CVAT / Label Studio")
+    p.add_argument("--format", default="coco", choices=["coco", "yolo"])
     p.add_argument("--state", default="new", choices=["new", "accepted", "corrected", "rejected"])
     p.add_argument("--classes", help="comma-separated category order")
     p.add_argument("--out", type=Path, required=True)
