@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.jobs_dir,
             replica,
             periodic=lambda: check_policies(state["engine"], settings, datasets_dir(settings.data_dir)),
+            lease=timedelta(seconds=settings.job_lease_s),
         )
         app.state.jobs = jobs
         if settings.run_jobs:

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_sample_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest hard-sample upload accepted.")
     max_sample_pixels: int = Field(16_000_000, ge=1, description="Largest image (pixels) a sample may have.")
     sample_dedup_distance: int = Field(4, ge=0, le=64, description="Perceptual-hash distance of a repeat scene.")
+    job_lease_s: float = Field(30.0, gt=0, le=3600, description="A job whose replica is silent this long resumes.")
     run_jobs: bool = Field(True, description="Run training / compile / synthesis jobs on this replica.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
 

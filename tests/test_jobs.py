@@ -247,3 +247,53 @@ def test_flywheel_turn_review_retrain_gate_and_approve(server: Server, trained: 
     assert "dataset=shapes min_new_labels=6" in server.cli("flywheel", "policies").stdout
     server.cli("flywheel", "policy", "shapes", "--dataset", "shapes", "--disable")
     assert server.http.get("/api/v1/flywheel/policies").json()[0]["enabled"] is False
+
+
+def test_a_training_job_survives_a_server_crash_and_resumes(tmp_path: Path, mosquitto: str) -> None:
+    """SIGKILL the server mid-training: its worker dies with it (no orphan keeps writing), the job's lease
+    lapses, and the restarted server resumes the run from its last checkpoint and registers the version."""
+    import os
+    import signal
+
+    env = {"EDGELOOP_JOB_LEASE_S": "3"}
+    a = Server(tmp_path / "data", mosquitto, env=env)
+    a.cli("datasets", "synth", "crash", "--count", "100", "--width", "128", "--height", "128", "--wait")
+    job = _json(a, "train", "--dataset", "crash", "--name", "crash", "--epochs", "12", "--size", "128",
+                "--targets", "onnx-fp32")  # fmt: skip
+    jid = job["id"]
+    wait_for(
+        lambda: any(e.get("event") == "epoch" for e in a.http.get(f"/api/v1/jobs/{jid}").json().get("log", [])),
+        60,
+        "the first epoch",
+    )
+    port = a.port
+    a.proc.stop(signal.SIGKILL)
+    a.http.close()
+    job_dir = str(tmp_path / "data" / "jobs" / str(jid))
+
+    def workers() -> list[int]:
+        pids = []
+        for d in os.listdir("/proc"):
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if job_dir in cmd and ("fleet_server.jobs.worker" in cmd or "model_zoo.train" in cmd):
+                pids.append(int(d))
+        return pids
+
+    wait_for(lambda: not workers(), 10, "the worker to die with its server")
+    b = Server(tmp_path / "data", mosquitto, env=env, port=port)
+    try:
+        done = wait_for(
+            lambda: (j := b.http.get(f"/api/v1/jobs/{jid}").json())["state"] in ("succeeded", "failed") and j,
+            180,
+            "the resumed job",
+        )
+        assert done["state"] == "succeeded", done
+        assert done["attempts"] == 2 and done["result"]["model"] == "crash:1"
+        assert any("resuming" in e.get("message", "") for e in done["log"])
+        epochs = [json.loads(ln)["epoch"] for ln in open(f"{job_dir}/run/metrics.jsonl")]
+        assert set(epochs) == set(range(1, 13)), epochs
+    finally:
+        b.stop()

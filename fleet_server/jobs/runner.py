@@ -29,6 +29,27 @@ from fleet_server.jobs.tables import Job
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=30)
+
+
+def _load_prctl():  # type: ignore[no-untyped-def]
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # loaded in the parent: no dlopen after fork
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: the kernel kills this process when the thread that started it dies, so a
+    worker never outlives a crashed server (the job's lease lapses and the job resumes, once)."""
+    if _PRCTL is not None:
+        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL; elsewhere than Linux the lease still protects the job
+
+
 MAX_ATTEMPTS = 3
 
 
@@ -46,7 +67,9 @@ class JobRunner:
         interval_s: float = 0.5,
         periodic: Callable[[], Any] | None = None,
         periodic_s: float = 2.0,
+        lease: timedelta = LEASE,
     ) -> None:
+        self.lease = lease
         self.engine, self.register, self.jobs_dir, self.name = engine, register, jobs_dir, name
         self.interval_s, self.periodic, self.periodic_s = interval_s, periodic, periodic_s
         self._last_periodic = 0.0
@@ -106,7 +129,7 @@ class JobRunner:
                     .values(
                         state="running",
                         owner=self.name,
-                        lease_until=now + LEASE,
+                        lease_until=now + self.lease,
                         attempts=j.attempts + 1,
                         started_at=j.started_at or now,
                     )
@@ -139,6 +162,7 @@ class JobRunner:
                 stderr=err,
                 text=True,
                 env=env,
+                preexec_fn=die_with_parent,
             )
             watcher = threading.Thread(target=self._watch, args=(job_id, proc), daemon=True)
             watcher.start()
@@ -188,7 +212,7 @@ class JobRunner:
                 s.execute(
                     update(Job)
                     .where(col(Job.id) == job_id, col(Job.owner) == self.name)
-                    .values(lease_until=_now() + LEASE)
+                    .values(lease_until=_now() + self.lease)
                 )
                 s.commit()
                 cancel = s.exec(select(Job.cancel_requested).where(Job.id == job_id)).first()

@@ -74,7 +74,9 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "model_zoo.train", *train_args]
     emit({"event": "step", "message": f"training {p['model']} on {dv.ref} for {p['epochs']} epochs", "progress": 0.0})
     scale = _scaled(0.0, 0.8)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from fleet_server.jobs.runner import die_with_parent
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     assert proc.stdout is not None and proc.stderr is not None
     for line in proc.stdout:
         try:
