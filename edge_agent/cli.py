@@ -60,7 +60,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     opts = RuntimeOptions(intra_threads=args.threads or 0)
     classes = args.classes.split(",") if args.classes else None
     try:
-        r = run(args.model, args.source, args.seconds, classes, opts)
+        r = run(args.model, args.source, args.seconds, classes, opts, sweep=args.sweep)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"edgeloop-agent bench: {exc}", file=sys.stderr)
         return 1
@@ -70,6 +70,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"model {r['model']}  source {r['source']}  {r['seconds']:.0f} s  {r['cores']} cores")
     print(f"  raw model fps      {r['raw_fps']:>8.1f}   (best of {r['raw_fps_by_setting']})")
     print(f"  edgeloop loop fps  {r['loop_fps']:>8.1f}   loop_over_raw   {r['loop_over_raw']}")
+    if r["loop_fps_by_setting"]:
+        ls = r["loop_setting"]
+        print(f"  loop by setting    {r['loop_fps_by_setting']}")
+        print(
+            f"  best for this device: runtime: {{intra_threads: {ls['intra_threads']}, "
+            f"allow_spinning: {str(ls['allow_spinning']).lower()}}}   (agent.yaml)"
+        )
     print(f"  naive loop fps     {r['naive_fps']:>8.1f}   loop_over_naive {r['loop_over_naive']}")
     print(
         f"  staleness p50/p99  {r['staleness_ms_p50']:.1f} / {r['staleness_ms_p99']:.1f} ms   dropped {r['dropped']}"
@@ -113,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=5.0, help="length of each measured run (default 5)")
     b.add_argument("--classes", help="comma-separated class names (default class0..N)")
     b.add_argument("--threads", type=int, help="intra-op threads for the loop's model (default: one per core)")
+    b.add_argument(
+        "--sweep", action="store_true", help="try each thread / spinning setting in the real loop and keep the best"
+    )
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)
     return p

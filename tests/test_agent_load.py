@@ -75,6 +75,7 @@ def test_bench_command_reports_ratios_from_one_run(assets: dict[str, Path]) -> N
             str(assets["video"]),
             "--seconds",
             "0.5",
+            "--sweep",
             "--json",
         ],
         capture_output=True,
@@ -87,6 +88,11 @@ def test_bench_command_reports_ratios_from_one_run(assets: dict[str, Path]) -> N
     assert out["loop_over_raw"] == pytest.approx(out["loop_fps"] / out["raw_fps"], rel=0.02, abs=0.002)
     assert out["loop_over_naive"] == pytest.approx(out["loop_fps"] / out["naive_fps"], rel=0.02, abs=0.002)
     assert set(out["raw_fps_by_setting"]) >= {"threads=1,spin=0", "threads=1,spin=1"}
+    sweep = out["loop_fps_by_setting"]  # the loop's own best setting was found in the real loop and used
+    assert set(sweep) >= {"threads=1,spin=0", "threads=1,spin=1"} and all(v > 0 for v in sweep.values())
+    best = max(sweep, key=sweep.__getitem__)
+    ls = out["loop_setting"]
+    assert best == f"threads={ls['intra_threads']},spin={int(ls['allow_spinning'])}"
     assert out["staleness_ms_p99"] >= out["staleness_ms_p50"] > 0
     bad = subprocess.run(
         [str(BIN / "edgeloop-agent"), "bench", "--model", "/nonexistent.onnx", "--source", "0"],
