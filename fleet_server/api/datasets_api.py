@@ -17,9 +17,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 
-from fleet_server.api.deps import AdminDep, SessionDep, folder_as_targz
+from fleet_server.api.deps import AdminDep, SessionDep, folder_as_targz, receive_upload
 from fleet_server.rollouts.service import audit
-from fleet_server.storage import TooLarge
 from fleet_server.zoo import datasets_dir
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
@@ -104,13 +103,7 @@ async def import_dataset(
         raise HTTPException(422, "dataset name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")
     app = request.app.state
     limit = app.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload is {declared} bytes; the limit is {limit}")
-    try:
-        tmp, _sha, length = await app.store.receive(request.stream(), limit)
-    except TooLarge as exc:
-        raise HTTPException(413, str(exc)) from exc
+    tmp, _sha, length = await receive_upload(request)
     work = Path(tempfile.mkdtemp(prefix="import-", dir=app.store.root / "tmp"))
     try:
         if length == 0:

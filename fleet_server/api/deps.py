@@ -83,3 +83,23 @@ def folder_as_targz(folder, work):  # type: ignore[no-untyped-def]
         filename=archive.name,
         background=BackgroundTask(shutil.rmtree, work, True),
     )
+
+
+def check_declared_length(request: Request, limit: int, what: str = "upload") -> None:
+    """413 before reading a byte when the client declares a body over the limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"{what} is {declared} bytes; the limit is {limit}")
+
+
+async def receive_upload(request: Request, what: str = "upload"):  # type: ignore[no-untyped-def]
+    """Stream the body to a temp file in the artifact store, capped at max_upload_bytes: (path, sha256, length)."""
+    from fleet_server.storage import TooLarge
+
+    app = request.app.state
+    limit = app.settings.max_upload_bytes
+    check_declared_length(request, limit, what)
+    try:
+        return await app.store.receive(request.stream(), limit)
+    except TooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc

@@ -9,10 +9,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.api.deps import AdminDep, SessionDep, receive_upload
 from fleet_server.models import Artifact, ModelVersion, ModelVersionPublic
 from fleet_server.registry import PushError, register_version, validate_onnx
-from fleet_server.storage import TooLarge
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
@@ -74,14 +73,7 @@ async def push(
             raise HTTPException(422, "input_size must look like 640x640")
         size = (int(m.group(2)), int(m.group(1)))
     app = request.app.state
-    limit = app.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"model is {declared} bytes; the limit is {limit}")
-    try:
-        tmp, sha, length = await app.store.receive(request.stream(), limit)
-    except TooLarge as exc:
-        raise HTTPException(413, str(exc)) from exc
+    tmp, sha, length = await receive_upload(request, "model")
     try:
         if length == 0:
             raise PushError("empty upload: send the ONNX file as the request body")

@@ -26,7 +26,7 @@ from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep, _principal, folder_as_targz
+from fleet_server.api.deps import AdminDep, SessionDep, _principal, check_declared_length, folder_as_targz
 from fleet_server.flywheel.images import ImageRejected, sanitize
 from fleet_server.flywheel.tables import SAMPLE_STATES, Sample
 
@@ -115,9 +115,7 @@ def sample_public(s: Sample) -> dict[str, Any]:
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload is {declared} bytes; the limit is {limit}")
+    check_declared_length(request, limit)
     chunks, n = [], 0
     async for chunk in request.stream():
         n += len(chunk)
