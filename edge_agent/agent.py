@@ -79,6 +79,8 @@ class Agent:
         self.data_dir = config.data_dir
         self.topics = DeviceTopics(config.device_id)
         self.caps = capabilities.detect()
+        if config.endpoints.enabled and config.endpoints.advertise_url:
+            self.caps.preview_url = config.endpoints.advertise_url.rstrip("/") + "/preview"
         self.device_kind = capabilities.device_kind(self.caps) if config.device_kind == "auto" else config.device_kind
         self.trust = TrustStore(self.data_dir / "trust.json")
         token = config.token.get_secret_value()

@@ -30,6 +30,9 @@ class EndpointsConfig(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address; keep localhost unless the network is trusted.")
     port: int = Field(9108, ge=0, le=65535, description="HTTP port (0 = any free port).")
     preview_fps: float = Field(10.0, gt=0, le=60, description="Frame rate of the /preview stream.")
+    advertise_url: str | None = Field(
+        None, description="Base URL the fleet console links to (e.g. http://cam-3.lan:9108); unset: not advertised."
+    )
 
 
 class AgentConfig(BaseModel):

@@ -22,6 +22,7 @@ from fleet_server.api import (
     models,
     rollouts_api,
     samples_api,
+    users_api,
 )
 from fleet_server.bridge import MqttBridge
 from fleet_server.broker import choose_broker
@@ -76,7 +77,13 @@ def create_app(settings: Settings) -> FastAPI:
         broker = state["broker"]
         broker.start()
         app.state.mqtt_public_url = broker.public_url
-        bridge = MqttBridge(state["engine"], broker.url, shared=broker.supports_shared)
+        bridge = MqttBridge(
+            state["engine"],
+            broker.url,
+            shared=broker.supports_shared,
+            history_s=settings.telemetry_history_s,
+            retention_h=settings.telemetry_retention_h,
+        )
         app.state.bridge = bridge
         bridge.start()
         if not bridge.wait_connected(10):
@@ -116,6 +123,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(datasets_api.router)
     app.include_router(samples_api.router)
     app.include_router(flywheel_api.router)
+    app.include_router(users_api.router)
+    from fleet_server.console.routes import install as install_console
+
+    install_console(app)
+    app.add_middleware(users_api.audit_middleware, engine_of=lambda: app.state.engine)  # type: ignore[arg-type]
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -10,11 +10,12 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from edge_agent.protocol.messages import (
     MessageError,
@@ -27,7 +28,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_topic
 from edge_agent.transport.mqtt import MqttTransport
 from fleet_server.deploy import desired_message
-from fleet_server.models import Deployment, Device
+from fleet_server.models import Deployment, Device, TelemetryPoint
 from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,19 @@ def upsert_sums(session: Session, pending: dict[tuple[str, str, int], dict[str, 
 
 
 class MqttBridge:
-    def __init__(self, engine: Engine, url: str, shared: bool, queue_size: int = 10000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        shared: bool,
+        queue_size: int = 10000,
+        history_s: float = 30.0,
+        retention_h: float = 24.0,
+    ) -> None:
         self.engine = engine
+        self.history_s, self.retention_h = history_s, retention_h
+        self._last_point: dict[str, float] = {}  # device -> monotonic time of its last history point
+        self._last_prune = 0.0
         self.shared = shared
         self.transport = MqttTransport(
             url,
@@ -197,8 +209,35 @@ class MqttBridge:
                     last_telemetry[device_id] = msg
             for device_id, msg in last_telemetry.items():
                 devices[device_id].telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
+                self._history(session, device_id, msg, now)
             upsert_sums(session, pending)
             session.commit()
+
+    def _history(self, session: Session, device_id: str, msg: Telemetry, now: datetime) -> None:
+        """One point per device per history_s (per replica: with N replicas a device gets up to N)."""
+        mono = time.monotonic()
+        if mono - self._last_point.get(device_id, -1e18) < self.history_s:
+            return
+        self._last_point[device_id] = mono
+        session.add(
+            TelemetryPoint(
+                device_id=device_id,
+                at=now,
+                model=msg.model,
+                version=msg.version,
+                fps=msg.fps,
+                latency_ms_p95=msg.latency_ms_p95,
+                staleness_ms_p99=msg.staleness_ms_p99,
+                frames=msg.frames,
+                dropped=msg.dropped,
+                errors=msg.errors,
+                confidences=json.dumps([round(p.score, 3) for p in msg.last_prediction]),
+            )
+        )
+        if mono - self._last_prune > 600:
+            self._last_prune = mono
+            cutoff = now - timedelta(hours=self.retention_h)
+            session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))  # type: ignore[call-overload]
 
     def _apply_one(
         self, pending: dict[tuple[str, str, int], dict[str, float]], device: Device, msg: object, now: datetime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -40,6 +40,24 @@ class Device(DeviceBase, table=True):
     latency_ms_p95: float | None = None
     staleness_ms_p99: float | None = None
     telemetry_json: str | None = None
+
+
+class TelemetryPoint(SQLModel, table=True):
+    """A device's telemetry over time for the console's charts: at most one point per device per interval."""
+
+    __table_args__ = (Index("ix_telemetrypoint_device_at", "device_id", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    at: datetime = Field(index=True)
+    model: str | None = Field(default=None, max_length=64)
+    version: int | None = None
+    fps: float = 0.0
+    latency_ms_p95: float = 0.0
+    staleness_ms_p99: float = 0.0
+    frames: int = 0
+    dropped: int = 0
+    errors: int = 0
+    confidences: str = "[]"  # the last predictions' confidences, for the confidence histogram
 
 
 class DevicePublic(DeviceBase):

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     sample_dedup_distance: int = Field(4, ge=0, le=64, description="Perceptual-hash distance of a repeat scene.")
     job_lease_s: float = Field(30.0, gt=0, le=3600, description="A job whose replica is silent this long resumes.")
     run_jobs: bool = Field(True, description="Run training / compile / synthesis jobs on this replica.")
+    telemetry_history_s: float = Field(30.0, gt=0, description="Keep one telemetry point per device this often.")
+    telemetry_retention_h: float = Field(24.0, gt=0, description="Telemetry points older than this are deleted.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
 
     @model_validator(mode="after")

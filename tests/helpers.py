@@ -18,6 +18,7 @@ import httpx
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

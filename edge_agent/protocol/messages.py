@@ -89,6 +89,7 @@ class Capabilities(BaseModel):
     gpu: str | None = None
     tensorrt: str | None = None
     arch: str = ""
+    preview_url: str | None = Field(None, max_length=300, description="The agent's /preview, where advertised.")
 
 
 class ReportedState(_Msg):

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 
-from fleet_server.api.deps import AdminDep, SessionDep, folder_as_targz, receive_upload
+from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep, folder_as_targz, receive_upload
 from fleet_server.rollouts.service import audit
 from fleet_server.zoo import datasets_dir
 
@@ -32,13 +32,13 @@ def _store(request: Request):  # type: ignore[no-untyped-def]
 
 
 @router.get("")
-def list_datasets(request: Request, _: AdminDep) -> list[dict[str, Any]]:
+def list_datasets(request: Request, _: ViewerDep) -> list[dict[str, Any]]:
     st = _store(request)
     return [st.load(n).summary() for n in st.names()]
 
 
 @router.get("/{name}/versions")
-def list_versions(name: str, request: Request, _: AdminDep) -> list[dict[str, Any]]:
+def list_versions(name: str, request: Request, _: ViewerDep) -> list[dict[str, Any]]:
     st = _store(request)
     vs = st.versions(name)
     if not vs:
@@ -47,7 +47,7 @@ def list_versions(name: str, request: Request, _: AdminDep) -> list[dict[str, An
 
 
 @router.get("/{name}/versions/{version}")
-def show_version(name: str, version: int, request: Request, _: AdminDep) -> dict[str, Any]:
+def show_version(name: str, version: int, request: Request, _: ViewerDep) -> dict[str, Any]:
     from model_zoo.datasets.store import DatasetError
 
     try:
@@ -93,7 +93,7 @@ async def import_dataset(
     name: str,
     request: Request,
     session: SessionDep,
-    who: AdminDep,
+    who: OperatorDep,
     format: str = Query(..., pattern="^(coco|yolo)$"),
     val_fraction: float = Query(0.2, gt=0, lt=1),
 ) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def export_dataset(
     name: str,
     version: int,
     request: Request,
-    _: AdminDep,
+    _: ViewerDep,
     format: str = Query("coco", pattern="^(coco|yolo)$"),
     split: str | None = Query(None, pattern="^(train|val)$"),
 ) -> FileResponse:

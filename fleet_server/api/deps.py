@@ -33,35 +33,85 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+SESSION_COOKIE = "edgeloop_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "admin" | "device"
+    kind: str  # "admin" (the admin token) | "user" (a login) | "device"
     name: str
+    role: str = "admin"  # viewer | operator | admin; a device has none
+    csrf: str | None = None  # set for a console (cookie) login
+
+    @property
+    def actor(self) -> str:
+        return self.name if self.kind != "user" else f"user:{self.name}"
 
 
 def _principal(request: Request, session: Session) -> Principal:
+    from fleet_server.users.service import resolve
+
     token = _bearer(request)
+    from_cookie = False
+    if token is None:
+        token = request.cookies.get(SESSION_COOKIE)
+        from_cookie = token is not None
     if token is None:
         raise _unauthorized("missing bearer token")
-    if same(token, request.app.state.admin_token):
-        return Principal("admin", "admin")
-    device_id = session.exec(select(Device.id).where(Device.token_hash == token_hash(token))).first()
-    if device_id is None:
-        raise _unauthorized("invalid token")
-    return Principal("device", device_id)
+    if not from_cookie and same(token, request.app.state.admin_token):
+        who = Principal("admin", "admin", "admin")
+    elif token.startswith("edl_user_"):
+        found = resolve(session, token)
+        if found is None:
+            raise _unauthorized("session expired or signed out; log in again")
+        user, row = found
+        if from_cookie and request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not sent or not same(sent, row.csrf):
+                raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
+        who = Principal("user", user.name, user.role, row.csrf if from_cookie else None)
+    elif from_cookie:
+        raise _unauthorized("invalid session")
+    else:
+        device_id = session.exec(select(Device.id).where(Device.token_hash == token_hash(token))).first()
+        if device_id is None:
+            raise _unauthorized("invalid token")
+        who = Principal("device", device_id, "")
+    request.state.principal = who  # read by the audit middleware
+    return who
+
+
+def _at_least(request: Request, session: Session, role: str) -> Principal:
+    from fleet_server.users.tables import ROLE_RANK
+
+    who = _principal(request, session)
+    if who.kind == "device":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "device credentials cannot call this endpoint")
+    if ROLE_RANK.get(who.role, -1) < ROLE_RANK[role]:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {role} role; {who.name} is a {who.role}")
+    return who
+
+
+def require_viewer(request: Request, session: SessionDep) -> Principal:
+    return _at_least(request, session, "viewer")
+
+
+def require_operator(request: Request, session: SessionDep) -> Principal:
+    return _at_least(request, session, "operator")
 
 
 def require_admin(request: Request, session: SessionDep) -> Principal:
-    who = _principal(request, session)
-    if who.kind != "admin":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "device credentials cannot call admin endpoints")
-    return who
+    return _at_least(request, session, "admin")
 
 
 def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
     return _principal(request, session)
 
 
+ViewerDep = Annotated[Principal, Depends(require_viewer)]
+OperatorDep = Annotated[Principal, Depends(require_operator)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
 AnyPrincipalDep = Annotated[Principal, Depends(require_admin_or_device)]
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlmodel import select
 
 from edge_agent.protocol.topics import valid_device_id
-from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.api.deps import AdminDep, OperatorDep, SessionDep, ViewerDep
 from fleet_server.deploy import DeployError, deploy_version
 from fleet_server.keys import new_device_token, token_hash
 from fleet_server.models import DeployRequest, Device, DeviceEnrolled, DevicePublic
@@ -71,13 +71,13 @@ def enroll(body: dict, request: Request, session: SessionDep, _: AdminDep) -> De
 
 
 @router.get("", response_model=list[DevicePublic])
-def list_devices(session: SessionDep, _: AdminDep, limit: int = 500, offset: int = 0) -> list[DevicePublic]:
+def list_devices(session: SessionDep, _: ViewerDep, limit: int = 500, offset: int = 0) -> list[DevicePublic]:
     rows = session.exec(select(Device).order_by(Device.id).offset(offset).limit(min(limit, 5000))).all()
     return [to_public(d) for d in rows]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep, _: AdminDep) -> DevicePublic:
+def get_device(device_id: str, session: SessionDep, _: ViewerDep) -> DevicePublic:
     d = session.get(Device, device_id)
     if d is None:
         raise HTTPException(404, f"no device {device_id!r}")
@@ -85,7 +85,7 @@ def get_device(device_id: str, session: SessionDep, _: AdminDep) -> DevicePublic
 
 
 @router.put("/{device_id}/deployment")
-def deploy(device_id: str, body: DeployRequest, request: Request, session: SessionDep, who: AdminDep) -> dict:
+def deploy(device_id: str, body: DeployRequest, request: Request, session: SessionDep, who: OperatorDep) -> dict:
     try:
         dep, rollback = deploy_version(session, request.app.state, device_id, body, who.name)
     except DeployError as exc:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep
 from fleet_server.flywheel.policy import check_policies
 from fleet_server.flywheel.tables import RetrainPolicy
 from fleet_server.jobs.tables import Job
@@ -34,7 +34,7 @@ class PolicyIn(BaseModel):
 
 
 @router.put("/policies/{model}")
-def set_policy(model: str, body: PolicyIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def set_policy(model: str, body: PolicyIn, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     pol = session.get(RetrainPolicy, model) or RetrainPolicy(model=model, dataset=body.dataset)
     for k, v in body.model_dump().items():
         setattr(pol, k, v)
@@ -47,20 +47,20 @@ def set_policy(model: str, body: PolicyIn, session: SessionDep, who: AdminDep) -
 
 
 @router.get("/policies")
-def list_policies(session: SessionDep, _: AdminDep) -> list[dict[str, Any]]:
+def list_policies(session: SessionDep, _: ViewerDep) -> list[dict[str, Any]]:
     from sqlmodel import select
 
     return [p.model_dump() for p in session.exec(select(RetrainPolicy)).all()]
 
 
 @router.post("/check")
-def check_now(request: Request, _: AdminDep) -> dict[str, Any]:
+def check_now(request: Request, _: OperatorDep) -> dict[str, Any]:
     app = request.app.state
     return {"queued": check_policies(app.engine, app.settings, datasets_dir(app.settings.data_dir))}
 
 
 @router.post("/approve/{job_id}")
-def approve(job_id: int, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def approve(job_id: int, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     job = session.get(Job, job_id)
     if job is None or job.kind != "retrain":
         raise HTTPException(404, f"no retrain job {job_id}")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep
 from fleet_server.cli.client import parse_ref
 from fleet_server.jobs.runner import log_tail
 from fleet_server.jobs.tables import JOB_STATES, Job
@@ -123,7 +123,7 @@ def _enqueue(session: Session, kind: str, params: dict[str, Any], actor: str, ta
 
 
 @router.post("/jobs/train", status_code=status.HTTP_202_ACCEPTED)
-def train(req: TrainRequest, request: Request, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def train(req: TrainRequest, request: Request, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     from model_zoo.kinds import KINDS
 
     if req.model not in KINDS:
@@ -154,7 +154,7 @@ def train(req: TrainRequest, request: Request, session: SessionDep, who: AdminDe
 
 
 @router.post("/jobs/compile", status_code=status.HTTP_202_ACCEPTED)
-def compile_version(req: CompileRequest, request: Request, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def compile_version(req: CompileRequest, request: Request, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     mv = _version(session, req.ref)
     if not mv.checkpoint:
         raise HTTPException(422, f"{req.ref} has no training checkpoint (it was pushed as ONNX); nothing to compile")
@@ -180,7 +180,7 @@ def compile_version(req: CompileRequest, request: Request, session: SessionDep, 
 
 
 @router.post("/datasets/{name}/synthesize", status_code=status.HTTP_202_ACCEPTED)
-def synthesize(name: str, req: SynthRequest, request: Request, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def synthesize(name: str, req: SynthRequest, request: Request, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     from model_zoo.datasets.synthetic_scenes import PRESETS
 
     if not NAME.match(name):
@@ -196,7 +196,7 @@ def synthesize(name: str, req: SynthRequest, request: Request, session: SessionD
 def list_jobs(
     request: Request,
     session: SessionDep,
-    _: AdminDep,
+    _: ViewerDep,
     state: str | None = Query(None),
     limit: int = Query(50, ge=1, le=500),
 ) -> list[dict[str, Any]]:
@@ -210,7 +210,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}")
 def show_job(
-    job_id: int, request: Request, session: SessionDep, _: AdminDep, tail: int = Query(20, ge=0, le=1000)
+    job_id: int, request: Request, session: SessionDep, _: ViewerDep, tail: int = Query(20, ge=0, le=1000)
 ) -> dict[str, Any]:
     job = session.get(Job, job_id)
     if job is None:
@@ -219,7 +219,7 @@ def show_job(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: int, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def cancel_job(job_id: int, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     job = session.get(Job, job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")

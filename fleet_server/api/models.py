@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep, receive_upload
+from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep, receive_upload
 from fleet_server.models import Artifact, ModelVersion, ModelVersionPublic
 from fleet_server.registry import PushError, register_version, validate_onnx
 
@@ -52,7 +52,7 @@ async def push(
     name: str,
     request: Request,
     session: SessionDep,
-    _: AdminDep,
+    _: OperatorDep,
     task: str = Query(..., description="classify or detect"),
     classes: str = Query(..., description="comma-separated class names in output order"),
     decoder: str | None = Query(None, description="classify | yolov8 (default from task)"),
@@ -100,13 +100,13 @@ async def push(
 
 
 @router.get("", response_model=list[ModelVersionPublic])
-def list_versions(session: SessionDep, _: AdminDep) -> list[ModelVersionPublic]:
+def list_versions(session: SessionDep, _: ViewerDep) -> list[ModelVersionPublic]:
     rows = session.exec(select(ModelVersion).order_by(ModelVersion.model, col(ModelVersion.version).desc())).all()
     return [to_public(session, mv) for mv in rows]
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionPublic)
-def show(name: str, version: int, session: SessionDep, _: AdminDep) -> ModelVersionPublic:
+def show(name: str, version: int, session: SessionDep, _: ViewerDep) -> ModelVersionPublic:
     mv = session.exec(select(ModelVersion).where(ModelVersion.model == name, ModelVersion.version == version)).first()
     if mv is None:
         raise HTTPException(404, f"no model version {name}:{version}")

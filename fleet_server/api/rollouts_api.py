@@ -7,7 +7,7 @@ import json
 from fastapi import APIRouter, HTTPException
 from sqlmodel import col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep
+from fleet_server.api.deps import AdminDep, OperatorDep, SessionDep, ViewerDep
 from fleet_server.models import Device
 from fleet_server.rollouts.selectors import SelectorError, parse_tags
 from fleet_server.rollouts.service import RolloutCreate, RolloutError, act, audit, create_rollout, status
@@ -36,7 +36,7 @@ def set_tags(device_id: str, body: dict, session: SessionDep, who: AdminDep) -> 
 
 
 @router.post("/rollouts", status_code=201)
-def create(body: RolloutCreate, session: SessionDep, who: AdminDep) -> dict:
+def create(body: RolloutCreate, session: SessionDep, who: OperatorDep) -> dict:
     try:
         r, superseded = create_rollout(session, body, who.name)
     except RolloutError as exc:
@@ -47,13 +47,13 @@ def create(body: RolloutCreate, session: SessionDep, who: AdminDep) -> dict:
 
 
 @router.get("/rollouts")
-def list_rollouts(session: SessionDep, _: AdminDep, limit: int = 50) -> list[dict]:
+def list_rollouts(session: SessionDep, _: ViewerDep, limit: int = 50) -> list[dict]:
     rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(min(limit, 500))).all()
     return [status(session, r) for r in rows]
 
 
 @router.get("/rollouts/{rollout_id}")
-def get_rollout(rollout_id: int, session: SessionDep, _: AdminDep) -> dict:
+def get_rollout(rollout_id: int, session: SessionDep, _: ViewerDep) -> dict:
     r = session.get(Rollout, rollout_id)
     if r is None:
         raise HTTPException(404, f"no rollout {rollout_id}")
@@ -68,7 +68,7 @@ def get_rollout(rollout_id: int, session: SessionDep, _: AdminDep) -> dict:
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-def rollout_action(rollout_id: int, action: str, session: SessionDep, who: AdminDep) -> dict:
+def rollout_action(rollout_id: int, action: str, session: SessionDep, who: OperatorDep) -> dict:
     if action not in ("pause", "resume", "promote", "abort", "rollback"):
         raise HTTPException(404, f"unknown action {action!r}")
     try:

@@ -26,7 +26,7 @@ from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fleet_server.api.deps import AdminDep, SessionDep, _principal, check_declared_length, folder_as_targz
+from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep, _principal, check_declared_length, folder_as_targz
 from fleet_server.flywheel.images import ImageRejected, sanitize
 from fleet_server.flywheel.tables import SAMPLE_STATES, Sample
 
@@ -213,10 +213,50 @@ def _dup(s: Sample, why: str) -> Any:
     return JSONResponse({"id": s.id, "stored": False, "duplicate": why}, status_code=200)
 
 
+def filtered_samples(
+    session: Session,
+    device: str | None = None,
+    model: str | None = None,
+    version: int | None = None,
+    strategy: str | None = None,
+    state: str | None = None,
+    label: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[Sample], int]:
+    """The review queue's filter (API and console): newest first, and how many match in all."""
+    from sqlalchemy import func
+
+    if state is not None and state not in SAMPLE_STATES:
+        raise HTTPException(422, f"state must be one of {', '.join(SAMPLE_STATES)}")
+    conds: list[Any] = []
+    if label is not None:
+        needle = f'%"label": {json.dumps(label)}%'
+        conds.append(or_(col(Sample.predictions_json).like(needle), col(Sample.labels_json).like(needle)))
+    if since is not None:
+        conds.append(col(Sample.received_at) >= since)
+    if until is not None:
+        conds.append(col(Sample.received_at) < until)
+    for column, value in (
+        (Sample.device_id, device),
+        (Sample.model, model),
+        (Sample.version, version),
+        (Sample.strategy, strategy),
+        (Sample.state, state),
+    ):
+        if value is not None:
+            conds.append(column == value)
+    rows = session.exec(select(Sample).where(*conds).order_by(col(Sample.id).desc()).offset(offset).limit(limit)).all()
+    total = session.exec(select(func.count()).select_from(Sample).where(*conds)).one()
+    return list(rows), int(total)
+
+
 @router.get("/samples")
 def list_samples(
     session: SessionDep,
-    _: AdminDep,
+    _: ViewerDep,
     device: str | None = None,
     model: str | None = None,
     version: int | None = None,
@@ -228,29 +268,12 @@ def list_samples(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
-    if state is not None and state not in SAMPLE_STATES:
-        raise HTTPException(422, f"state must be one of {', '.join(SAMPLE_STATES)}")
-    q = select(Sample)
-    if label is not None:
-        needle = f'%"label": {json.dumps(label)}%'
-        q = q.where(or_(col(Sample.predictions_json).like(needle), col(Sample.labels_json).like(needle)))
-    if since is not None:
-        q = q.where(col(Sample.received_at) >= since)
-    if until is not None:
-        q = q.where(col(Sample.received_at) < until)
-    for column, value in ((Sample.device_id, device), (Sample.model, model), (Sample.version, version)):
-        if value is not None:
-            q = q.where(column == value)
-    if strategy is not None:
-        q = q.where(Sample.strategy == strategy)
-    if state is not None:
-        q = q.where(Sample.state == state)
-    rows = session.exec(q.order_by(col(Sample.id).desc()).offset(offset).limit(limit)).all()
-    return {"samples": [sample_public(s) for s in rows], "offset": offset, "limit": limit}
+    rows, total = filtered_samples(session, device, model, version, strategy, state, label, since, until, limit, offset)
+    return {"samples": [sample_public(s) for s in rows], "offset": offset, "limit": limit, "total": total}
 
 
 @router.get("/samples/{sample_id}")
-def show_sample(sample_id: int, session: SessionDep, _: AdminDep) -> dict[str, Any]:
+def show_sample(sample_id: int, session: SessionDep, _: ViewerDep) -> dict[str, Any]:
     s = session.get(Sample, sample_id)
     if s is None:
         raise HTTPException(404, f"no sample {sample_id}")
@@ -258,7 +281,7 @@ def show_sample(sample_id: int, session: SessionDep, _: AdminDep) -> dict[str, A
 
 
 @router.get("/samples/{sample_id}/image")
-def sample_image(sample_id: int, request: Request, session: SessionDep, _: AdminDep) -> FileResponse:
+def sample_image(sample_id: int, request: Request, session: SessionDep, _: ViewerDep) -> FileResponse:
     s = session.get(Sample, sample_id)
     if s is None:
         raise HTTPException(404, f"no sample {sample_id}")
@@ -308,7 +331,7 @@ def _apply_review(s: Sample, action: str, labels: list[LabelIn] | None, min_scor
 
 
 @router.post("/samples/{sample_id}/review")
-def review(sample_id: int, body: ReviewIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def review(sample_id: int, body: ReviewIn, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     from fleet_server.rollouts.service import audit
 
     s = session.get(Sample, sample_id)
@@ -323,7 +346,7 @@ def review(sample_id: int, body: ReviewIn, session: SessionDep, who: AdminDep) -
 
 
 @router.post("/samples/review")
-def review_bulk(body: BulkReviewIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+def review_bulk(body: BulkReviewIn, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     from fleet_server.rollouts.service import audit
 
     rows = session.exec(select(Sample).where(col(Sample.id).in_(body.ids))).all()
@@ -393,7 +416,7 @@ def dataset_from_samples(data_dir: Any, name: str, rows: list[Sample], val_fract
 
 
 @router.post("/datasets/{name}/from-samples", status_code=status.HTTP_201_CREATED)
-def from_samples(name: str, body: FromSamplesIn, request: Request, session: SessionDep, who: AdminDep) -> dict:
+def from_samples(name: str, body: FromSamplesIn, request: Request, session: SessionDep, who: OperatorDep) -> dict:
     from fleet_server.rollouts.service import audit
     from model_zoo.datasets.store import DatasetError
 
@@ -415,7 +438,7 @@ def from_samples(name: str, body: FromSamplesIn, request: Request, session: Sess
 def export_samples(
     request: Request,
     session: SessionDep,
-    _: AdminDep,
+    _: ViewerDep,
     state: str = Query("new"),
     classes: str | None = Query(None, description="comma-separated category order (default: labels seen)"),
     format: str = Query("coco", pattern="^(coco|yolo)$"),
@@ -475,7 +498,7 @@ def export_samples(
 
 
 @router.post("/samples-import")
-async def import_labels(request: Request, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+async def import_labels(request: Request, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     """COCO annotations for exported samples (file_name `<id>.jpg`): each listed image's labels are replaced
     and it becomes `corrected`. Validated whole first: an unknown image or a box outside it changes nothing."""
     from fleet_server.rollouts.service import audit

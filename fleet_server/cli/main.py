@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     flywheel_cli.add_parsers(sub, _admin_flags)
 
+    from fleet_server.cli import users_cli
+
+    users_cli.add_parsers(sub, _admin_flags)
+
     dp = sub.add_parser("deploy", help="set a device's desired model version")
     dp.add_argument("ref", help="NAME:VERSION")
     dp.add_argument("--device", required=True, help="device id")

@@ -10,6 +10,7 @@ import fleet_server.flywheel.tables  # noqa: F401
 import fleet_server.jobs.tables  # noqa: F401
 import fleet_server.models  # noqa: F401  (registers the tables)
 import fleet_server.rollouts.tables  # noqa: F401
+import fleet_server.users.tables  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -1,0 +1,177 @@
+"""Log in and out, manage users (admin), read the audit log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from fleet_server.api.deps import AdminDep, SessionDep, ViewerDep
+from fleet_server.rollouts.service import audit
+from fleet_server.rollouts.tables import AuditLog
+from fleet_server.users import service
+from fleet_server.users.tables import User
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+
+
+class LoginIn(BaseModel):
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class UserIn(BaseModel):
+    name: str = Field(max_length=64)
+    role: str = Field(description="viewer | operator | admin")
+    password: str = Field(max_length=1024)
+
+
+class UserPatch(BaseModel):
+    role: str | None = None
+    password: str | None = Field(None, max_length=1024)
+    disabled: bool | None = None
+
+
+def _public(u: User) -> dict[str, Any]:
+    return {
+        "name": u.name,
+        "role": u.role,
+        "disabled": u.disabled,
+        "created_at": u.created_at,
+        "created_by": u.created_by,
+    }
+
+
+def do_login(session: SessionDep, name: str, password: str) -> tuple[str, Any, User]:
+    """Shared by the API and the console form: audit-logs both outcomes (never the password)."""
+    try:
+        token, row, user = service.login(session, name, password)
+    except service.Throttled as exc:
+        audit(session, name[:64], "login-throttled", "auth")
+        session.commit()
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from exc
+    except service.UserError as exc:
+        audit(session, name[:64], "login-failed", "auth")
+        session.commit()
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from exc
+    audit(session, f"user:{user.name}", "login", "auth")
+    session.commit()
+    return token, row, user
+
+
+@router.post("/auth/login")
+def login(body: LoginIn, session: SessionDep) -> dict[str, Any]:
+    token, row, user = do_login(session, body.name, body.password)
+    return {"token": token, "csrf": row.csrf, "name": user.name, "role": user.role, "expires_at": row.expires_at}
+
+
+@router.post("/auth/logout")
+def logout(request: Request, session: SessionDep, who: ViewerDep) -> dict[str, Any]:
+    if who.kind != "user":
+        raise HTTPException(400, "only a user login can be logged out")
+    from fleet_server.api.deps import SESSION_COOKIE, _bearer
+
+    token = _bearer(request) or request.cookies.get(SESSION_COOKIE) or ""
+    service.logout(session, token)
+    session.commit()
+    return {"ok": True}
+
+
+@router.get("/auth/me")
+def me(who: ViewerDep) -> dict[str, Any]:
+    return {"kind": who.kind, "name": who.name, "role": who.role}
+
+
+@router.get("/users")
+def list_users(session: SessionDep, _: AdminDep) -> list[dict[str, Any]]:
+    return [_public(u) for u in service.list_users(session)]
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED)
+def create_user(body: UserIn, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    try:
+        user = service.create_user(session, body.name, body.role, body.password, who.actor)
+    except service.UserError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    audit(session, who.actor, "user-create", f"user:{user.name}", f"role={user.role}")
+    session.commit()
+    return _public(user)
+
+
+@router.patch("/users/{name}")
+def update_user(name: str, body: UserPatch, session: SessionDep, who: AdminDep) -> dict[str, Any]:
+    try:
+        user = service.update_user(session, name, body.role, body.password, body.disabled)
+    except service.UserError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    changed = ",".join(k for k, v in body.model_dump().items() if v is not None and k != "password")
+    audit(session, who.actor, "user-update", f"user:{name}", changed + (",password" if body.password else ""))
+    session.commit()
+    return _public(user)
+
+
+@router.get("/audit")
+def audit_log(
+    session: SessionDep,
+    _: ViewerDep,
+    actor: str | None = None,
+    target: str | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    q = select(AuditLog).order_by(col(AuditLog.id).desc()).limit(max(1, min(limit, 1000)))
+    if actor:
+        q = q.where(AuditLog.actor == actor)
+    if target:
+        q = q.where(col(AuditLog.target).startswith(target))
+    if before_id:
+        q = q.where(col(AuditLog.id) < before_id)
+    return [r.model_dump(mode="json") for r in session.exec(q).all()]
+
+
+def audit_middleware(app: Any, engine_of: Any) -> Any:
+    """ASGI middleware: every state-changing API call by a person or the admin token lands in the audit log."""
+    from sqlmodel import Session
+    from starlette.concurrency import run_in_threadpool
+
+    async def middleware(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await app(scope, receive, send)
+            return
+        code = {"status": 500}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                code["status"] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            who = scope.get("state", {}).get("principal")
+            if who is not None and who.kind != "device":
+                path = scope["path"]
+
+                def write() -> None:
+                    with Session(engine_of()) as s:
+                        s.add(
+                            AuditLog(
+                                at=datetime.now().astimezone(),
+                                actor=who.actor[:64],
+                                action=f"{scope['method']} {code['status']}"[:64],
+                                target=path[:128],
+                            )
+                        )
+                        s.commit()
+
+                try:
+                    await run_in_threadpool(write)
+                except Exception:  # the audit log never turns a done action into an error
+                    import logging
+
+                    logging.getLogger(__name__).exception("could not write the audit entry for %s", path)
+
+    return middleware

@@ -1,0 +1,190 @@
+"""Database reads behind the console pages: filtered, paginated, counted in SQL (fleets of thousands)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, or_, select
+
+from fleet_server.models import Deployment, Device, ModelVersion, TelemetryPoint
+
+PAGE = 50
+UPDATING = ("downloading", "verifying", "preparing", "warming", "active", "rolling_back")
+STATES = {
+    "online": lambda: col(Device.online).is_(True),
+    "offline": lambda: col(Device.online).is_(False),
+    "updating": lambda: col(Device.state).in_(UPDATING),
+    "failed": lambda: col(Device.state) == "failed",
+    "degraded": lambda: or_(col(Device.reason).is_not(None), col(Device.shadow_reason).is_not(None)),
+}
+
+
+@dataclass
+class FleetFilter:
+    q: str = ""
+    state: str = ""
+    tag: str = ""  # key=value
+    model: str = ""
+    page: int = 1
+
+    def where(self) -> list[Any]:
+        conds: list[Any] = []
+        if self.q:
+            conds.append(col(Device.id).contains(self.q.strip()))
+        if self.state in STATES:
+            conds.append(STATES[self.state]())
+        if self.tag and "=" in self.tag:
+            k, _, v = self.tag.partition("=")
+            conds.append(col(Device.tags_json).contains(json.dumps({k.strip(): v.strip()})[1:-1]))
+        if self.model:
+            name, _, ver = self.model.partition(":")
+            conds.append(col(Device.model) == name)
+            if ver.isdigit():
+                conds.append(col(Device.version) == int(ver))
+        return conds
+
+    def query_string(self, **override: Any) -> str:
+        from urllib.parse import urlencode
+
+        vals = {"q": self.q, "state": self.state, "tag": self.tag, "model": self.model, "page": self.page, **override}
+        return urlencode({k: v for k, v in vals.items() if v and not (k == "page" and v == 1)})
+
+
+@dataclass
+class FleetPage:
+    devices: list[dict[str, Any]]
+    total: int  # matching the filter
+    pages: int
+    counts: dict[str, int] = field(default_factory=dict)  # whole fleet
+
+
+def _ago(t: datetime | None, now: datetime) -> str:
+    if t is None:
+        return "never"
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    s = max(0, int((now - t).total_seconds()))
+    return f"{s} s ago" if s < 120 else f"{s // 60} min ago" if s < 7200 else f"{s // 3600} h ago"
+
+
+def device_row(d: Device, now: datetime) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "online": d.online,
+        "tags": json.loads(d.tags_json or "{}"),
+        "model": d.model,
+        "version": d.version,
+        "target_version": d.target_version,
+        "state": d.state or "-",
+        "reason": d.reason,
+        "shadow_version": d.shadow_version,
+        "fps": d.fps,
+        "p95": d.latency_ms_p95,
+        "staleness": d.staleness_ms_p99,
+        "last_seen": _ago(d.last_seen, now),
+    }
+
+
+def fleet_page(session: Session, f: FleetFilter) -> FleetPage:
+    conds = f.where()
+    total = session.exec(select(func.count()).select_from(Device).where(*conds)).one()
+    pages = max(1, (total + PAGE - 1) // PAGE)
+    page = min(max(1, f.page), pages)
+    rows = session.exec(
+        select(Device).where(*conds).order_by(col(Device.id)).offset((page - 1) * PAGE).limit(PAGE)
+    ).all()
+    now = datetime.now(timezone.utc)
+    counts = {"devices": session.exec(select(func.count()).select_from(Device)).one()}
+    for name, cond in STATES.items():
+        counts[name] = session.exec(select(func.count()).select_from(Device).where(cond())).one()
+    return FleetPage([device_row(d, now) for d in rows], total, pages, counts)
+
+
+def tag_values(session: Session, limit: int = 2000) -> list[str]:
+    """Distinct key=value tags over (at most) the first `limit` devices, for the filter's suggestions."""
+    seen: set[str] = set()
+    for tags in session.exec(select(Device.tags_json).limit(limit)).all():
+        for k, v in json.loads(tags or "{}").items():
+            seen.add(f"{k}={v}")
+    return sorted(seen)[:200]
+
+
+def series(session: Session, device_id: str, minutes: float = 60) -> dict[str, Any]:
+    """Telemetry points for the device page's charts, and a confidence histogram over the window."""
+    since = datetime.now(timezone.utc) - timedelta(minutes=minutes)
+    pts = session.exec(
+        select(TelemetryPoint)
+        .where(TelemetryPoint.device_id == device_id, col(TelemetryPoint.at) >= since)
+        .order_by(col(TelemetryPoint.at))
+    ).all()
+    hist = [0] * 10
+    for p in pts:
+        for c in json.loads(p.confidences):
+            hist[min(9, max(0, int(float(c) * 10)))] += 1
+
+    def ts(t: datetime) -> float:
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+    return {
+        "t": [ts(p.at) for p in pts],
+        "fps": [p.fps for p in pts],
+        "latency_ms_p95": [p.latency_ms_p95 for p in pts],
+        "staleness_ms_p99": [p.staleness_ms_p99 for p in pts],
+        "dropped": [p.dropped for p in pts],
+        "confidence_hist": hist,
+    }
+
+
+def deployments(session: Session, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    rows = session.exec(
+        select(Deployment, ModelVersion)
+        .where(Deployment.device_id == device_id, Deployment.version_id == ModelVersion.id)
+        .order_by(col(Deployment.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "revision": d.revision,
+            "slot": d.slot,
+            "model": mv.model,
+            "version": mv.version,
+            "shadow": d.shadow_version_id is not None,
+            "by": d.created_by,
+            "at": d.created_at,
+        }
+        for d, mv in rows
+    ]
+
+
+def gate_rows(session: Session, r: Any) -> list[dict[str, Any]]:
+    """Per device of a rollout: its state and each gate's value against its threshold (from the device's
+    baseline on the previous version), judged the way the engine judges; live while the wave bakes."""
+    from fleet_server.rollouts.engine import agg_dict
+    from fleet_server.rollouts.gates import parse_gate
+    from fleet_server.rollouts.tables import RolloutDevice, TelemetryAgg
+
+    gates = [parse_gate(g) for g in json.loads(r.gates_json)]
+    rows = session.exec(
+        select(RolloutDevice).where(RolloutDevice.rollout_id == r.id).order_by(col(RolloutDevice.wave))
+    ).all()
+    out = []
+    for d in rows[:500]:
+        checks: list[dict[str, Any]] = []
+        if d.state in ("active", "gate_failed", "deploying"):
+            new = (
+                json.loads(d.result_json)
+                if d.result_json
+                else agg_dict(session.get(TelemetryAgg, (d.device_id, r.model, r.version)))
+            )
+            base = json.loads(d.baseline_json) if d.baseline_json else None
+            for g in gates:
+                if new is None or (g.metric == "agreement") != ("agreement" in new):
+                    continue
+                ok, text = g.check(new, base)
+                checks.append({"ok": ok, "text": text})
+        out.append({"device": d.device_id, "wave": d.wave, "state": d.state, "reason": d.reason, "checks": checks})
+    return out

@@ -1,0 +1,1 @@
+"""People who use the console and the API: accounts with a role, passwords, login sessions."""

@@ -1,0 +1,141 @@
+"""Create users, log in and out, resolve a session token; failed logins are throttled per user name."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from sqlmodel import Session, col, delete, select
+
+from fleet_server.keys import token_hash
+from fleet_server.users.passwords import check_strength, hash_password, verify_password
+from fleet_server.users.tables import ROLES, User, UserSession
+
+SESSION_HOURS = 12
+MAX_FAILURES, FAILURE_WINDOW_S = 5, 300.0
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-@")
+
+
+class UserError(ValueError):
+    """A request about users that cannot be done as asked (the message says why)."""
+
+
+class Throttled(UserError):
+    pass
+
+
+class _Failures:
+    """Recent failed logins per user name (per replica): the sixth try within 5 minutes is refused."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, list[float]] = {}
+
+    def blocked_for(self, name: str) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._seen.get(name, []) if now - t < FAILURE_WINDOW_S]
+            self._seen[name] = recent
+            if len(recent) < MAX_FAILURES:
+                return 0.0
+            return FAILURE_WINDOW_S - (now - recent[0])
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._seen.setdefault(name, []).append(time.monotonic())
+
+    def clear(self, name: str) -> None:
+        with self._lock:
+            self._seen.pop(name, None)
+
+
+FAILURES = _Failures()
+
+
+def create_user(session: Session, name: str, role: str, password: str, by: str) -> User:
+    name = name.strip().lower()
+    if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
+        raise UserError("a user name is 1-64 characters of a-z, 0-9, '.', '_', '-', '@'")
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    why = check_strength(password)
+    if why:
+        raise UserError(why)
+    if session.get(User, name) is not None:
+        raise UserError(f"user {name} exists")
+    user = User(name=name, role=role, password_hash=hash_password(password), created_by=by)
+    session.add(user)
+    return user
+
+
+def update_user(
+    session: Session, name: str, role: str | None = None, password: str | None = None, disabled: bool | None = None
+) -> User:
+    user = session.get(User, name)
+    if user is None:
+        raise UserError(f"no user {name}")
+    if role is not None:
+        if role not in ROLES:
+            raise UserError(f"role must be one of {', '.join(ROLES)}")
+        user.role = role
+    if password is not None:
+        why = check_strength(password)
+        if why:
+            raise UserError(why)
+        user.password_hash = hash_password(password)
+    if disabled is not None:
+        user.disabled = disabled
+    if disabled or password is not None or role is not None:  # a change of rights ends the user's sessions
+        session.exec(delete(UserSession).where(col(UserSession.user) == name))  # type: ignore[call-overload]
+    session.add(user)
+    return user
+
+
+def login(session: Session, name: str, password: str) -> tuple[str, UserSession, User]:
+    """(token, session row, user) or UserError; the token is shown once and stored only hashed."""
+    name = name.strip().lower()
+    wait = FAILURES.blocked_for(name)
+    if wait > 0:
+        raise Throttled(f"too many failed logins for {name}; try again in {int(wait) + 1} s")
+    user = session.get(User, name)
+    # verify even for an unknown name so that timing does not tell which names exist
+    ok = verify_password(password, user.password_hash if user else "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AA==")
+    if user is None or not ok or user.disabled:
+        FAILURES.add(name)
+        raise UserError("wrong user name or password")
+    FAILURES.clear(name)
+    token = "edl_user_" + secrets.token_urlsafe(32)
+    now = datetime.now(timezone.utc)
+    row = UserSession(
+        token_hash=token_hash(token),
+        user=user.name,
+        csrf=secrets.token_urlsafe(24),
+        created_at=now,
+        expires_at=now + timedelta(hours=SESSION_HOURS),
+    )
+    session.add(row)
+    session.exec(delete(UserSession).where(col(UserSession.expires_at) < now))  # type: ignore[call-overload]
+    return token, row, user
+
+
+def resolve(session: Session, token: str) -> tuple[User, UserSession] | None:
+    row = session.get(UserSession, token_hash(token))
+    if row is None:
+        return None
+    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+    if expires < datetime.now(timezone.utc):
+        return None
+    user = session.get(User, row.user)
+    if user is None or user.disabled:
+        return None
+    return user, row
+
+
+def logout(session: Session, token: str) -> None:
+    session.exec(delete(UserSession).where(col(UserSession.token_hash) == token_hash(token)))  # type: ignore[call-overload]
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.exec(select(User).order_by(col(User.name))).all())

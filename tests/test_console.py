@@ -1,0 +1,291 @@
+"""The web console in a real Chromium (Debian's, driven by Playwright) against a real server, broker and the
+fleet simulator. If these fail, an admin cannot log in, sees a stale fleet, cannot stop a bad rollout from
+the page, cannot fix a label with the mouse, or a viewer can act. Each test saves a screenshot under
+test-output/console/<test>/."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, Server, wait_for
+from tools.fleet_sim import FleetSim
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = "/usr/bin/chromium"
+PASSWORDS = {"olga": "Operator-pass-1", "victor": "Viewer-pass-22", "ada": "Admin-pass-333"}
+ROLES = {"olga": "operator", "victor": "viewer", "ada": "admin"}
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory, mosquitto: str, assets: dict[str, Path]) -> Iterator[Server]:
+    s = Server(
+        tmp_path_factory.mktemp("console") / "data",
+        mosquitto,
+        env={"EDGELOOP_ROLLOUT_TICK_S": "0.2", "EDGELOOP_TELEMETRY_HISTORY_S": "0.5"},
+    )
+    for m in ("model_v1", "model_v2"):
+        s.push(assets[m])
+    for name, role in ROLES.items():
+        r = s.http.post("/api/v1/users", json={"name": name, "role": role, "password": PASSWORDS[name]})
+        assert r.status_code == 201, r.text
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium) or apt-get install chromium"
+        )
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def shots(request: pytest.FixtureRequest) -> Path:
+    out = Path(os.environ.get("EDGELOOP_TEST_OUTPUT", ROOT / "test-output")) / "console" / request.node.name
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _page(browser: Any, width: int = 1280) -> Any:
+    ctx = browser.new_context(viewport={"width": width, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    page.on("dialog", lambda d: d.accept())
+    return page
+
+
+def _login(page: Any, server: Server, name: str) -> None:
+    page.goto(f"{server.url}/console/fleet")
+    assert "/console/login" in page.url  # not logged in: sent to the login page
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORDS[name])
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/console/fleet$"))
+    assert page.locator(".me").inner_text().find(ROLES[name]) >= 0
+
+
+def _sim(server: Server, mosquitto: str, n: int, prefix: str, tags: dict[str, str]) -> FleetSim:
+    sim = FleetSim(server.url, server.token, mosquitto, n, prefix, telemetry_interval_s=0.2)
+    sim.enroll(tags)
+    return sim.start()
+
+
+def test_login_refuses_a_wrong_password_and_sees_devices_appear_live(
+    console: Server, mosquitto: str, browser: Any, shots: Path
+) -> None:
+    page = _page(browser)
+    page.goto(f"{console.url}/console/login")
+    page.fill("input[name=name]", "olga")
+    page.fill("input[name=password]", "not-her-password")
+    page.click("button[type=submit]")
+    assert "wrong user name or password" in page.locator(".error").inner_text()
+
+    _login(page, console, "olga")
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    assert page.locator("tr[data-device^='live-']").count() == 0
+    sim = _sim(console, mosquitto, 3, "live", {"site": "live"})
+    try:
+        page.wait_for_selector("tr[data-device='live-00002'] .dot.ok", timeout=20_000)
+        # a deployment shows up in place: model, update state, fps
+        for d in sim.devices:
+            console.http.put(f"/api/v1/devices/{d}/deployment", json={"model": "colors", "version": 1})
+        row = page.locator("tr[data-device='live-00000']")
+        page.wait_for_selector("tr[data-device='live-00000'] a[href='/console/models/colors/1']", timeout=20_000)
+        wait_for(lambda: row.locator("td").nth(4).inner_text() != "-", 20, "fps shown in the fleet table")
+        assert float(row.locator("td").nth(4).inner_text()) > 0
+        assert page.evaluate("window.__sameDocument") is True
+        assert int(page.locator("#count-online").inner_text()) >= 3
+        # filter by tag, server-side
+        page.goto(f"{console.url}/console/fleet?tag=site%3Dlive")
+        assert page.locator("tbody tr").count() == 3
+        page.screenshot(path=str(shots / "fleet.png"), full_page=True)
+        # the device page: its charts fill from the stored telemetry history
+        page.click("a[href='/console/devices/live-00000']")
+        page.wait_for_selector("svg[data-key='fps'] polyline", timeout=20_000)
+        page.screenshot(path=str(shots / "device.png"), full_page=True)
+        # tablet width: the page still lays out without horizontal scrolling of the whole page
+        tablet = _page(browser, width=800)
+        tablet.context.add_cookies(page.context.cookies())
+        tablet.goto(f"{console.url}/console/fleet")
+        assert tablet.evaluate("document.documentElement.scrollWidth") <= 800
+        tablet.screenshot(path=str(shots / "fleet-tablet.png"), full_page=True)
+    finally:
+        sim.stop()
+
+
+def _all_on(server: Server, sim: FleetSim, version: int) -> None:
+    for d in sim.devices:
+        server.http.put(
+            f"/api/v1/devices/{d}/deployment", json={"model": "colors", "version": version}
+        ).raise_for_status()
+    wait_for(lambda: all(v == version for v in sim.versions().values()), 20, f"simulated fleet on v{version}")
+    wait_for(lambda: all((server.device(d)["fps"] or 0) > 0 for d in sim.devices), 20, "baseline telemetry")
+
+
+def test_operator_starts_a_rollout_watches_it_and_aborts_it(
+    console: Server, mosquitto: str, browser: Any, shots: Path
+) -> None:
+    sim = _sim(console, mosquitto, 4, "roll", {"site": "roll"})
+    try:
+        _all_on(console, sim, 1)
+        page = _page(browser)
+        _login(page, console, "olga")
+        page.goto(f"{console.url}/console/rollouts")
+        page.select_option("select[name=ref]", "colors:2")
+        page.fill("input[name=selector]", "site=roll")
+        page.fill("input[name=canary]", "1")
+        page.fill("input[name=waves]", "100%")
+        page.fill("input[name=bake_s]", "600")
+        page.click("#new-rollout button[type=submit]")
+        page.wait_for_url(re.compile(r".*/console/rollouts/\d+$"))
+        rid = int(page.url.rsplit("/", 1)[1])
+        # progress shows up without a reload: the canary device becomes active on v2 and bakes
+        page.wait_for_selector("#rollout-devices td.st-active", timeout=30_000)
+        assert page.locator("#rollout-state").inner_text() == "running"
+        page.screenshot(path=str(shots / "rollout-running.png"), full_page=True)
+        page.click("#abort")
+        page.wait_for_selector("#rollout-state:text('aborted')", timeout=20_000)
+        assert page.locator("#abort").count() == 0
+        page.screenshot(path=str(shots / "rollout-aborted.png"), full_page=True)
+        r = console.http.get(f"/api/v1/rollouts/{rid}").json()
+        assert r["state"] == "aborted" and r["created_by"] == "olga"
+        assert any(a["action"] == "abort" and a["actor"] == "olga" for a in r["audit"])
+        wait_for(lambda: all(v == 1 for v in sim.versions().values()), 30, "canary sent back to v1")
+        # every state-changing call is in the audit log with the person who made it
+        log = console.http.get("/api/v1/audit", params={"actor": "user:olga"}).json()
+        assert {"/api/v1/rollouts", f"/api/v1/rollouts/{rid}/abort"} <= {a["target"] for a in log}
+    finally:
+        sim.stop()
+
+
+def test_viewer_sees_no_actions_and_the_api_refuses_them(
+    console: Server, mosquitto: str, browser: Any, shots: Path
+) -> None:
+    sim = _sim(console, mosquitto, 2, "view", {"site": "view"})
+    try:
+        _all_on(console, sim, 1)
+        r = console.http.post(
+            "/api/v1/rollouts",
+            json={"model": "colors", "version": 2, "selector": "site=view", "bake_s": 600, "waves": ["100%"]},
+        )
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        page = _page(browser)
+        _login(page, console, "victor")
+        page.goto(f"{console.url}/console/rollouts/{rid}")
+        page.wait_for_selector("#rollout-state")
+        assert page.locator("#abort").count() == 0 and page.locator("#rollout-actions").count() == 0
+        page.goto(f"{console.url}/console/rollouts")
+        assert page.locator("#new-rollout").count() == 0
+        page.screenshot(path=str(shots / "viewer-rollout.png"), full_page=True)
+        # the same request the button would send, from the viewer's own logged-in page: refused
+        status = page.evaluate(
+            """async (rid) => {
+                const csrf = document.querySelector('meta[name="csrf-token"]').content;
+                const headers = {'X-CSRF-Token': csrf};
+                const r = await fetch(`/api/v1/rollouts/${rid}/abort`, {method: 'POST', headers});
+                return [r.status, (await r.json()).detail];
+            }""",
+            rid,
+        )
+        assert status[0] == 403 and "operator" in status[1]
+        # and with a bearer login token from the API
+        tok = httpx.post(f"{console.url}/api/v1/auth/login", json={"name": "victor", "password": PASSWORDS["victor"]})
+        bearer = {"Authorization": f"Bearer {tok.json()['token']}"}
+        assert httpx.post(f"{console.url}/api/v1/rollouts/{rid}/abort", headers=bearer).status_code == 403
+        assert httpx.get(f"{console.url}/api/v1/rollouts/{rid}", headers=bearer).status_code == 200
+        # a cookie without the CSRF header cannot act, even for an operator
+        op = _page(browser)
+        _login(op, console, "olga")
+        no_csrf = op.evaluate(f"fetch('/api/v1/rollouts/{rid}/abort', {{method: 'POST'}}).then(r => r.status)")
+        assert no_csrf == 403
+        assert console.http.get(f"/api/v1/rollouts/{rid}").json()["state"] == "running"
+        console.http.post(f"/api/v1/rollouts/{rid}/abort").raise_for_status()
+    finally:
+        sim.stop()
+
+
+def _scene() -> tuple[bytes, list[float]]:
+    """A 320x240 picture with one red square at a known place; returns (jpeg, its true box)."""
+    img = np.full((240, 320, 3), 60, np.uint8)
+    cv2.rectangle(img, (180, 100), (260, 180), (0, 0, 220), -1)
+    ok, jpg = cv2.imencode(".jpg", img)
+    assert ok
+    return jpg.tobytes(), [180.0, 100.0, 261.0, 181.0]
+
+
+def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
+    console: Server, browser: Any, shots: Path
+) -> None:
+    dev = console.enroll("review-cam")
+    jpg, truth = _scene()
+    meta = {
+        "strategy": "confidence",
+        "reason": "score 0.41 in band",
+        "model": "colors",
+        "version": 1,
+        "predictions": [{"label": "red", "score": 0.41, "box": [60.0, 40.0, 140.0, 120.0]}],  # in the wrong place
+    }
+    r = httpx.post(
+        f"{console.url}/api/v1/devices/review-cam/samples",
+        headers={"Authorization": f"Bearer {dev['token']}"},
+        files={"image": ("s.jpg", jpg, "image/jpeg")},
+        data={"meta": json.dumps(meta)},
+    )
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+
+    page = _page(browser)
+    _login(page, console, "olga")
+    page.goto(f"{console.url}/console/samples")
+    page.wait_for_selector(f".sample[data-id='{sid}'] svg rect")  # the pre-annotation is drawn on the thumbnail
+    page.screenshot(path=str(shots / "queue.png"), full_page=True)
+    page.click(f".sample[data-id='{sid}'] a")
+    page.wait_for_selector("#editor svg rect.box")
+    box = page.locator("#editor svg.overlay").bounding_box()
+    sx, sy = box["width"] / 320, box["height"] / 240
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return box["x"] + x * sx, box["y"] + y * sy
+
+    # drag the predicted box by its middle onto the square: (100, 80) -> (220, 140)
+    page.mouse.move(*at(100, 80))
+    page.mouse.down()
+    page.mouse.move(*at(160, 110), steps=5)
+    page.mouse.move(*at(220, 140), steps=5)
+    page.mouse.up()
+    # grow it by its corner handle from (260, 180) to (261, 181) is below a pixel; make it visibly larger then fix it
+    page.mouse.move(*at(260, 180))
+    page.mouse.down()
+    page.mouse.move(*at(270, 190), steps=4)
+    page.mouse.move(*at(261, 181), steps=4)
+    page.mouse.up()
+    page.keyboard.press("s")
+    page.wait_for_selector("#sample-state:text('corrected')")
+    page.screenshot(path=str(shots / "corrected.png"), full_page=True)
+
+    stored = console.http.get(f"/api/v1/samples/{sid}").json()
+    assert stored["state"] == "corrected"
+    (lab,) = stored["labels"]
+    assert lab["label"] == "red"
+    tol = 3.0  # screen pixels to image pixels rounding
+    assert all(abs(a - b) <= tol for a, b in zip(lab["box"], truth, strict=True)), (lab["box"], truth)
+    audit = console.http.get("/api/v1/audit", params={"actor": "user:olga"}).json()
+    assert any(a["target"] == f"/api/v1/samples/{sid}/review" for a in audit)
