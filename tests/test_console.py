@@ -289,3 +289,40 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
     assert all(abs(a - b) <= tol for a, b in zip(lab["box"], truth, strict=True)), (lab["box"], truth)
     audit = console.http.get("/api/v1/audit", params={"actor": "user:olga"}).json()
     assert any(a["target"] == f"/api/v1/samples/{sid}/review" for a in audit)
+
+
+def test_every_page_renders_for_an_admin_without_script_errors(console: Server, browser: Any, shots: Path) -> None:
+    page = _page(browser)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    _login(page, console, "ada")
+    for path, marker in (
+        ("/console/fleet", "#fleet-table"),
+        ("/console/models", "a[href='/console/models/colors/2']"),
+        ("/console/models/colors/2", "#targets"),
+        ("/console/rollouts", "#rollouts"),
+        ("/console/samples?state=", "#sample-grid"),
+        ("/console/datasets", "h1"),
+        ("/console/jobs", "#jobs"),
+        ("/console/audit", "#audit"),
+        ("/console/users", "#users"),
+    ):
+        page.goto(console.url + path)
+        page.wait_for_selector(marker)
+        page.screenshot(path=str(shots / (path.strip("/").replace("/", "_").split("?")[0] + ".png")), full_page=True)
+    assert page.locator("#users td", has_text="victor").count() == 1
+    assert errors == []
+    # the admin adds a user from the page; the new user can log in with that role
+    page.fill("#users ~ * input[name=name], form[data-api-form] input[name=name]", "nora")
+    page.select_option("form[data-api-form] select[name=role]", "viewer")
+    page.fill("form[data-api-form] input[name=password]", "Nora-pass-4444")
+    page.click("form[data-api-form] button")
+    page.wait_for_selector("#users td:text('nora')")
+    r = httpx.post(f"{console.url}/api/v1/auth/login", json={"name": "nora", "password": "Nora-pass-4444"})
+    assert r.status_code == 200 and r.json()["role"] == "viewer"
+    # an operator is not shown the users page and cannot open it
+    op = _page(browser)
+    _login(op, console, "olga")
+    assert op.locator("a[href='/console/users']").count() == 0
+    assert op.goto(console.url + "/console/users").status == 403

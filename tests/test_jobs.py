@@ -67,6 +67,15 @@ def test_train_registers_a_signed_version_with_its_target_table(server: Server, 
     assert art.status_code == 200 and len(art.content) == m.artifacts["onnx-fp16"].length
     text = server.cli("models", "show", "shapes:1").stdout
     assert "compile report" in text and "not built: no GPU" in text and "recommended for cpu" in text
+    # the console's model page shows the same table: every target row, the recommendation, the lineage
+    page = server.http.get("/console/models/shapes/1")
+    assert page.status_code == 200
+    for t in statuses:
+        assert f"<td>{t}</td>" in page.text
+    assert '<span class="pill ok">cpu</span>' in page.text and "not built: no GPU" in page.text
+    assert f'href="/console/jobs/{trained["id"]}"' in page.text
+    job_page = server.http.get(f"/console/jobs/{trained['id']}").text
+    assert "loss per epoch" in job_page and "data-values='[" in job_page
 
 
 def test_recompile_and_fine_tune_make_new_versions_with_lineage(server: Server, trained: dict) -> None:

@@ -18,6 +18,18 @@ from fleet_server.users.tables import ROLE_RANK
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _size(n: float | None) -> str:
+    if not n:
+        return "-"
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+templates.env.filters["size"] = _size
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 

@@ -33,7 +33,8 @@ async function api(method, url, body, isForm) {
 }
 
 function then(spec, data) {
-  if (!spec || spec === "reload") return refreshAll().then(() => {});
+  if (!spec) return refreshAll().then(() => {});  // live regions show the result
+  if (spec === "reload") { setTimeout(() => location.reload(), 300); return Promise.resolve(); }
   if (spec.startsWith("go:")) location.href = spec.slice(3).replace("{id}", data && data.id);
 }
 
