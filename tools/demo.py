@@ -249,6 +249,21 @@ def live(http: httpx.Client, devices: list[str], seconds: float | None, procs: l
     return active_at
 
 
+def console_login(http: httpx.Client, work: Path) -> tuple[str, str]:
+    """A console account for the demo (admin role), its password kept beside the server data."""
+    import secrets
+
+    path = work / "server" / "console_password"
+    if not path.exists():
+        path.write_text("Demo-" + secrets.token_urlsafe(12))
+        path.chmod(0o600)
+    password = path.read_text().strip()
+    r = http.post("/api/v1/users", json={"name": "demo-admin", "role": "admin", "password": password})
+    if r.status_code not in (201, 422):  # 422: made on an earlier run
+        r.raise_for_status()
+    return "demo-admin", password
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument(
@@ -307,6 +322,8 @@ def main() -> int:
         print(f"    admin token: {token}   (also in {work / 'server' / 'admin_token'})")
 
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        user, password = console_login(http, work)
+        print(f"    console:     {url}/console   (user {user}, password {password}; an admin)")
         ref = ensure_detector(env, http, args.quick)
         say(f"{ref}: every target measured on this machine")
         print(run_cli(env, "models", "show", ref))
