@@ -290,6 +290,29 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
     audit = console.http.get("/api/v1/audit", params={"actor": "user:olga"}).json()
     assert any(a["target"] == f"/api/v1/samples/{sid}/review" for a in audit)
 
+    # bulk: two more samples, "select all" on the queue, accept: both keep their pre-annotations as labels
+    more = []
+    for shift in (0, 40):
+        img = np.random.default_rng(shift).integers(0, 255, (240, 320, 3), dtype=np.uint8)  # distinct scenes
+        jpg2 = cv2.imencode(".jpg", img)[1].tobytes()
+        m2 = {**meta, "predictions": [{"label": "red", "score": 0.5, "box": [10.0 + shift, 10.0, 50.0 + shift, 60.0]}]}
+        r = httpx.post(
+            f"{console.url}/api/v1/devices/review-cam/samples",
+            headers={"Authorization": f"Bearer {dev['token']}"},
+            files={"image": ("s.jpg", jpg2, "image/jpeg")},
+            data={"meta": json.dumps(m2)},
+        )
+        assert r.status_code == 201, r.text
+        more.append(r.json()["id"])
+    page.goto(f"{console.url}/console/samples")
+    assert page.locator(".sample").count() == 2  # the corrected one left the "new" queue
+    page.click("#select-all")
+    page.click("[data-bulk=accept]")
+    page.wait_for_selector(".empty")  # the queue reloads empty
+    for i in more:
+        s2 = console.http.get(f"/api/v1/samples/{i}").json()
+        assert s2["state"] == "accepted" and s2["labels"][0]["label"] == "red"
+
 
 def test_every_page_renders_for_an_admin_without_script_errors(console: Server, browser: Any, shots: Path) -> None:
     page = _page(browser)
@@ -312,9 +335,12 @@ def test_every_page_renders_for_an_admin_without_script_errors(console: Server, 
         page.wait_for_selector(marker)
         page.screenshot(path=str(shots / (path.strip("/").replace("/", "_").split("?")[0] + ".png")), full_page=True)
     assert page.locator("#users td", has_text="victor").count() == 1
+    page.goto(console.url + "/console/models/colors/2")
+    assert page.locator("#signature").inner_text() == "✔ signed"  # checked against the root key on render
+    page.goto(console.url + "/console/users")
     assert errors == []
     # the admin adds a user from the page; the new user can log in with that role
-    page.fill("#users ~ * input[name=name], form[data-api-form] input[name=name]", "nora")
+    page.fill("form[data-api-form] input[name=name]", "nora")
     page.select_option("form[data-api-form] select[name=role]", "viewer")
     page.fill("form[data-api-form] input[name=password]", "Nora-pass-4444")
     page.click("form[data-api-form] button")

@@ -231,10 +231,28 @@ def model_version(request: Request, name: str, version: int, session: SessionDep
     if mv is None:
         raise HTTPException(404, f"no model version {name}:{version}")
     signed = json.loads(mv.signed_manifest)
+    from edge_agent.protocol.signing import SignedManifest, verify_signed_manifest
+
+    try:
+        envelope = SignedManifest.model_validate_json(mv.signed_manifest)
+        m = verify_signed_manifest(envelope, request.app.state.keys.root_public)
+        signature, sig_ok = f"verified against the root key; expires {m.expires_at:%Y-%m-%d}", True
+    except Exception as exc:  # noqa: BLE001 - shown on the page, never hidden
+        signature, sig_ok = f"does not verify: {exc}", False
     running = session.exec(
         select(queries.Device.id).where(queries.Device.model == name, queries.Device.version == version).limit(1000)
     ).all()
-    return render(request, who, "model.html", mv=to_public(session, mv), signed=signed, running=running, nav="models")
+    return render(
+        request,
+        who,
+        "model.html",
+        mv=to_public(session, mv),
+        signed=signed,
+        running=running,
+        nav="models",
+        signature=signature,
+        sig_ok=sig_ok,
+    )
 
 
 # -- rollouts ------------------------------------------------------------------------------------
