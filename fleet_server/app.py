@@ -24,6 +24,7 @@ from fleet_server.api import (
     samples_api,
     users_api,
 )
+from fleet_server.blobs import Blobs, open_remote
 from fleet_server.bridge import MqttBridge
 from fleet_server.broker import choose_broker
 from fleet_server.db import make_engine, migrate
@@ -45,6 +46,7 @@ def build_state(settings: Settings) -> dict[str, Any]:
     keys = ensure_keys(settings.data_dir)
     given = settings.admin_token.get_secret_value() if settings.admin_token else None
     token, token_path = ensure_admin_token(settings.data_dir, given)
+    remote = open_remote(settings.storage_url)
     public_host = urlparse(settings.base_url).hostname or "127.0.0.1"
     bind = "127.0.0.1" if settings.host in ("127.0.0.1", "localhost") else settings.host
     broker = choose_broker(
@@ -63,7 +65,8 @@ def build_state(settings: Settings) -> dict[str, Any]:
         "keys": keys,
         "admin_token": token,
         "admin_token_path": token_path,
-        "store": LocalStore(settings.data_dir / "artifacts"),
+        "store": LocalStore(settings.data_dir / "artifacts", remote),
+        "sample_blobs": Blobs(settings.data_dir / "samples", remote, prefix="samples/"),
         "broker": broker,
     }
 
@@ -98,7 +101,9 @@ def create_app(settings: Settings) -> FastAPI:
             job_result_registrar(settings, state["keys"], state["store"]),
             app.state.jobs_dir,
             replica,
-            periodic=lambda: check_policies(state["engine"], settings, datasets_dir(settings.data_dir)),
+            periodic=lambda: check_policies(
+                state["engine"], settings, datasets_dir(settings.data_dir), state["sample_blobs"]
+            ),
             lease=timedelta(seconds=settings.job_lease_s),
         )
         app.state.jobs = jobs

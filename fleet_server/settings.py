@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     run_jobs: bool = Field(True, description="Run training / compile / synthesis jobs on this replica.")
     telemetry_history_s: float = Field(30.0, gt=0, description="Keep one telemetry point per device this often.")
     telemetry_retention_h: float = Field(24.0, gt=0, description="Telemetry points older than this are deleted.")
+    storage_url: str | None = Field(
+        None,
+        description="S3-compatible object storage for artifacts and samples, e.g. "
+        "s3://bucket/prefix?endpoint=http://minio:9000&region=us-east-1 (credentials: AWS_* environment).",
+    )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
 
     @model_validator(mode="after")

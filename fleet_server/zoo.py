@@ -57,12 +57,7 @@ def register_compiled(
         if r["status"] != "built":
             continue
         sha, path = r["sha256"], Path(r["path"])
-        dest = store.path(sha)
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".tmp")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
+        store.add_copy(path, sha)
         artifacts[r["target"]] = ArtifactEntry(
             url=f"/api/v1/artifacts/{sha}",
             sha256=sha,

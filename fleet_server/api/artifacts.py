@@ -33,8 +33,8 @@ def _iter_file(path: Path, start: int, length: int, chunk: int = 1 << 16) -> Ite
 def download(sha256: str, request: Request, session: SessionDep, _: AnyPrincipalDep) -> Response:
     if session.exec(select(Artifact.id).where(Artifact.sha256 == sha256)).first() is None:
         raise HTTPException(404, "no such artifact")
-    path = request.app.state.store.path(sha256)
-    if not path.exists():
+    path = request.app.state.store.ensure(sha256)
+    if path is None:
         raise HTTPException(404, "artifact file is missing from the store")
     size = path.stat().st_size
     etag = f'"{sha256}"'

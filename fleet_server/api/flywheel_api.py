@@ -56,7 +56,7 @@ def list_policies(session: SessionDep, _: ViewerDep) -> list[dict[str, Any]]:
 @router.post("/check")
 def check_now(request: Request, _: OperatorDep) -> dict[str, Any]:
     app = request.app.state
-    return {"queued": check_policies(app.engine, app.settings, datasets_dir(app.settings.data_dir))}
+    return {"queued": check_policies(app.engine, app.settings, datasets_dir(app.settings.data_dir), app.sample_blobs)}
 
 
 @router.post("/approve/{job_id}")

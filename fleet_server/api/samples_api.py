@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep, _principal, check_declared_length, folder_as_targz
+from fleet_server.blobs import Blobs
 from fleet_server.flywheel.images import ImageRejected, sanitize
 from fleet_server.flywheel.tables import SAMPLE_STATES, Sample
 
@@ -89,6 +89,10 @@ def _index(request: Request, session: Session) -> PhashIndex:
             idx.add(int(ph, 16), int(sid or 0))
         idx.loaded = True
     return idx
+
+
+def _key(image: str) -> str:
+    return f"{image[:2]}/{image}"
 
 
 def sample_public(s: Sample) -> dict[str, Any]:
@@ -171,11 +175,12 @@ async def upload(device_id: str, request: Request, session: SessionDep) -> Any:
         if twin is not None:
             return _dup(twin, f"near-duplicate (Hamming {dist}) of sample {near}")
     name = f"{uuid.uuid4().hex}.jpg"
-    folder = settings.data_dir / "samples" / name[:2]
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_bytes(jpeg)
-    os.replace(tmp, folder / name)
+    blobs = request.app.state.sample_blobs
+    try:
+        await asyncio.to_thread(blobs.put_bytes, _key(name), jpeg)
+    except Exception as exc:  # object storage down: refuse, the device keeps the sample and retries
+        log.warning("could not store a sample from %s: %s", device_id, exc)
+        raise HTTPException(503, "sample storage is unavailable; retry later") from exc
     row = Sample(
         device_id=device_id,
         sha256=sha,
@@ -197,7 +202,7 @@ async def upload(device_id: str, request: Request, session: SessionDep) -> Any:
         session.commit()
     except IntegrityError:  # the same bytes raced in from a retry: keep the first
         session.rollback()
-        (folder / name).unlink(missing_ok=True)
+        await asyncio.to_thread(blobs.delete, _key(name))
         first = session.exec(select(Sample).where(Sample.sha256 == sha)).first()
         if first is None:
             raise
@@ -285,7 +290,9 @@ def sample_image(sample_id: int, request: Request, session: SessionDep, _: Viewe
     s = session.get(Sample, sample_id)
     if s is None:
         raise HTTPException(404, f"no sample {sample_id}")
-    path = request.app.state.settings.data_dir / "samples" / s.image[:2] / s.image
+    path = request.app.state.sample_blobs.local(_key(s.image))
+    if path is None:
+        raise HTTPException(404, f"the image of sample {sample_id} is missing from storage")
     return FileResponse(path, media_type="image/jpeg")
 
 
@@ -376,7 +383,9 @@ def labelled_samples(session: Session, model: str | None = None, unused_only: bo
     return list(session.exec(q.order_by(col(Sample.id))).all())
 
 
-def dataset_from_samples(data_dir: Any, name: str, rows: list[Sample], val_fraction: float = 0.2):  # type: ignore[no-untyped-def]
+def dataset_from_samples(  # type: ignore[no-untyped-def]
+    data_dir: Any, name: str, rows: list[Sample], val_fraction: float = 0.2, blobs: Blobs | None = None
+):
     """A new version of dataset `name`: its latest version plus these labelled samples (source sample:<id>)."""
     from fleet_server.zoo import datasets_dir
     from model_zoo.datasets.store import DatasetError, DatasetStore, NewSample
@@ -396,8 +405,7 @@ def dataset_from_samples(data_dir: Any, name: str, rows: list[Sample], val_fract
         boxed = [lab for lab in labels if lab.get("box")]
         if parent.task == "detect" and len(boxed) != len(labels):
             raise DatasetError(f"sample {s.id}: every label of a detection dataset needs a box")
-        path = data_dir / "samples" / s.image[:2] / s.image
-        data = path.read_bytes()
+        data = (blobs or Blobs(data_dir / "samples")).read(_key(s.image))
         import hashlib
 
         if hashlib.sha256(data).hexdigest() in have:
@@ -422,7 +430,8 @@ def from_samples(name: str, body: FromSamplesIn, request: Request, session: Sess
 
     rows = labelled_samples(session, body.model)
     try:
-        dv = dataset_from_samples(request.app.state.settings.data_dir, name, rows, body.val_fraction)
+        app = request.app.state
+        dv = dataset_from_samples(app.settings.data_dir, name, rows, body.val_fraction, app.sample_blobs)
     except DatasetError as exc:
         raise HTTPException(422, str(exc)) from None
     for s in rows:
@@ -447,7 +456,6 @@ def export_samples(
     """COCO (annotations.json + images/<id>.jpg) or YOLO (images/, labels/<id>.txt, classes.txt) of samples in
     `state`: pre-annotations for new ones, the reviewed labels otherwise. CVAT and Label Studio import either;
     `samples-import` takes COCO labels back."""
-    import shutil
     import tempfile
 
     if state not in SAMPLE_STATES:
@@ -457,12 +465,11 @@ def export_samples(
     names = classes.split(",") if classes else sorted({lab["label"] for _, labs in labelled for lab in labs})
     cat = {n: i + 1 for i, n in enumerate(names)}
     images, anns = [], []
-    data_dir = request.app.state.settings.data_dir
     work = Path(tempfile.mkdtemp(prefix="samples-", dir=request.app.state.store.root / "tmp"))
     folder = work / f"samples-{state}"
     (folder / "images").mkdir(parents=True)
     for s, labs in labelled:
-        shutil.copyfile(data_dir / "samples" / s.image[:2] / s.image, folder / "images" / f"{s.id}.jpg")
+        (folder / "images" / f"{s.id}.jpg").write_bytes(request.app.state.sample_blobs.read(_key(s.image)))
         images.append({"id": s.id, "file_name": f"{s.id}.jpg", "width": s.width, "height": s.height})
         for lab in labs:
             if lab.get("box") is None or lab["label"] not in cat:

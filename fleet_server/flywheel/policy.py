@@ -23,7 +23,7 @@ def latest_trained(session: Session, model: str) -> ModelVersion | None:
     return session.exec(q.order_by(col(ModelVersion.version).desc())).first()
 
 
-def check_policies(engine: Engine, settings: Any, store_root: Path) -> list[int]:
+def check_policies(engine: Engine, settings: Any, store_root: Path, blobs: Any = None) -> list[int]:
     """Queue a retrain for every enabled policy whose threshold is met; returns the new job ids."""
     from fleet_server.api.samples_api import dataset_from_samples, labelled_samples
 
@@ -51,7 +51,7 @@ def check_policies(engine: Engine, settings: Any, store_root: Path) -> list[int]
             if fp32 is None:
                 continue
             try:
-                dv = dataset_from_samples(settings.data_dir, pol.dataset, rows)
+                dv = dataset_from_samples(settings.data_dir, pol.dataset, rows, blobs=blobs)
             except ValueError as exc:
                 log.warning("retrain policy %s: cannot build the dataset: %s", pol.model, exc)
                 continue

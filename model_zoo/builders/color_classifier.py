@@ -45,9 +45,43 @@ def build_color_classifier(path: Path, size: int = 64, sharpness: float = 12.0) 
     return path
 
 
-def build_slow_color_classifier(path: Path, size: int = 64, work: int = 512, repeats: int = 30) -> Path:
+def build_slow_color_classifier(
+    path: Path, size: int = 64, work: int = 512, repeats: int = 30, min_ms: float | None = 120.0
+) -> Path:
     """The same classifier plus a heavy branch whose result is multiplied by zero: same answers, far
-    slower (for health-window tests: a model that is right but too slow for the camera)."""
+    slower (for health-window tests: a model that is right but too slow for the camera). With `min_ms`
+    the branch is lengthened until one inference on this machine takes at least that long (a fast CPU,
+    AVX-512 say, would otherwise keep up with the camera)."""
+    _build_slow(path, size, work, repeats)
+    if min_ms is None:
+        return path
+    for _ in range(4):
+        took = _latency_ms(path)
+        if took >= min_ms:
+            break
+        repeats = min(4000, int(repeats * min_ms / max(took, 0.5) * 1.3) + 1)
+        _build_slow(path, size, work, repeats)
+    return path
+
+
+def _latency_ms(path: Path) -> float:
+    import time
+
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    x = np.zeros([d if isinstance(d, int) else 1 for d in inp.shape], np.float32)
+    sess.run(None, {inp.name: x})
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sess.run(None, {inp.name: x})
+        times.append((time.perf_counter() - t0) * 1000)
+    return sorted(times)[1]
+
+
+def _build_slow(path: Path, size: int, work: int, repeats: int) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
@@ -83,4 +117,3 @@ def build_slow_color_classifier(path: Path, size: int = 64, work: int = 512, rep
         g.node.insert(idx + k, n)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return path
