@@ -95,3 +95,55 @@ def test_a_missing_bucket_stops_the_server_at_start_with_the_reason(s3: str, mos
     log = p.log()
     assert "cannot use bucket s3://no-such-bucket/" in log and CREDS["AWS_SECRET_ACCESS_KEY"] not in log
     p.stop()
+
+
+def test_storage_outage_refuses_uploads_cleanly_and_recovers(
+    mosquitto: str, tmp_path: Path, assets: dict[str, Path]
+) -> None:
+    """An S3 endpoint that goes away: uploads get 503 (devices keep the sample in their spool and retry), nothing
+    half-registered is left, the server stays up, and it works again when the endpoint returns."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def start_s3() -> Proc:
+        p = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], tmp_path / "s3.log")
+        wait_for(lambda: httpx.get(url, timeout=1).status_code < 500, 30, "S3 endpoint")
+        _bucket(url, "fleet-b")
+        return p
+
+    s3proc = start_s3()
+    env = {**CREDS, "EDGELOOP_STORAGE_URL": f"s3://fleet-b?endpoint={url}"}
+    srv = Server(tmp_path / "data", mosquitto, env=env)
+    try:
+        dev = srv.enroll("s3-out")
+        s3proc.stop()
+        img = np.random.default_rng(2).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+        jpg = cv2.imencode(".jpg", img)[1].tobytes()
+
+        def upload() -> httpx.Response:
+            return httpx.post(
+                f"{srv.url}/api/v1/devices/s3-out/samples",
+                headers={"Authorization": f"Bearer {dev['token']}"},
+                files={"image": ("x.jpg", jpg, "image/jpeg")},
+                data={"meta": json.dumps({"strategy": "random"})},
+                timeout=120,
+            )
+
+        r = upload()
+        assert r.status_code == 503 and "retry" in r.json()["detail"]
+        assert srv.http.get("/api/v1/samples").json()["total"] == 0
+        r = srv.http.post(
+            "/api/v1/models/colors/versions",
+            params={"task": "classify", "classes": "red,green,blue"},
+            content=assets["model_v1"].read_bytes(),
+            timeout=120,
+        )
+        assert r.status_code == 503 and "push again" in r.json()["detail"]
+        assert srv.http.get("/api/v1/models").json() == []
+        assert srv.http.get("/healthz").status_code == 200
+        s3proc = start_s3()
+        assert upload().status_code == 201
+        assert srv.push(assets["model_v1"])["version"] == 1
+    finally:
+        srv.stop()
+        s3proc.stop()

@@ -84,11 +84,16 @@ async def push(
         mv = register_version(
             session, app.keys, name, task, class_list, spec, dec, sha, length, app.settings.manifest_valid_days
         )
-        app.store.commit(tmp, sha)
+        try:
+            app.store.commit(tmp, sha)
+        except Exception as exc:  # object storage down: nothing is registered, the push can be repeated
+            log.warning("could not store the artifact of %s: %s", name, exc)
+            raise PushError(f"artifact storage is unavailable ({type(exc).__name__}); push again later") from exc
         session.commit()
     except PushError as exc:
         session.rollback()
-        raise HTTPException(422, str(exc)) from exc
+        unavailable = str(exc).startswith("artifact storage is unavailable")
+        raise HTTPException(503 if unavailable else 422, str(exc)) from exc
     except IntegrityError as exc:  # another push of the same model took this version number first
         session.rollback()
         raise HTTPException(409, f"a concurrent push registered {name} first; push again") from exc
