@@ -30,6 +30,10 @@ class PolicyIn(BaseModel):
     canary: str = Field("1", max_length=16)
     waves: str = Field("100%", max_length=100)
     bake_s: float = Field(600.0, ge=0)
+    drift_drop: float | None = Field(
+        None, gt=0, lt=1, description="also retrain when mean confidence drops by this share (0.2 = 20 %)"
+    )
+    drift_window_min: float = Field(60.0, ge=1, le=10080, description="recent window compared with the time before")
     enabled: bool = True
 
 
@@ -50,7 +54,18 @@ def set_policy(model: str, body: PolicyIn, session: SessionDep, who: OperatorDep
 def list_policies(session: SessionDep, _: ViewerDep) -> list[dict[str, Any]]:
     from sqlmodel import select
 
-    return [p.model_dump() for p in session.exec(select(RetrainPolicy)).all()]
+    from fleet_server.flywheel.drift import confidence_drift
+    from fleet_server.flywheel.policy import latest_trained
+
+    out = []
+    for p in session.exec(select(RetrainPolicy)).all():
+        row = p.model_dump()
+        current = latest_trained(session, p.model) if p.drift_drop else None
+        row["drift"] = (
+            confidence_drift(session, current.model, current.version, p.drift_window_min) if current else None
+        )
+        out.append(row)
+    return out
 
 
 @router.post("/check")

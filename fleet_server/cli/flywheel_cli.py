@@ -83,6 +83,8 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         "canary": args.canary,
         "waves": args.waves,
         "bake_s": args.bake,
+        "drift_drop": args.drift_drop,
+        "drift_window_min": args.drift_window,
         "enabled": not args.disable,
     }
     r = _client(args).request("PUT", f"/api/v1/flywheel/policies/{args.model}", json=body)
@@ -96,6 +98,11 @@ def cmd_policy_list(args: argparse.Namespace) -> int:
     lines = [
         f"{p['model']:<16} dataset={p['dataset']} min_new_labels={p['min_new_labels']} epochs={p['epochs']} "
         f"budget={p['budget_points']} rollout={p['rollout']} selector={p['selector']} enabled={p['enabled']}"
+        + (
+            f" drift_drop={p['drift_drop']} drift={p.get('drift') or 'not enough telemetry'}"
+            if p.get("drift_drop")
+            else ""
+        )
         for p in rows
     ]
     _print(args, rows, "\n".join(lines) or "no policies")
@@ -160,6 +167,13 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     p.add_argument("--canary", default="1")
     p.add_argument("--waves", default="100%")
     p.add_argument("--bake", type=float, default=600.0, help="seconds per wave")
+    p.add_argument(
+        "--drift-drop",
+        type=float,
+        help="also retrain (with at least one new label) when the serving version's mean confidence over the "
+        "last --drift-window minutes is this share below its mean before (0.2 = 20 %%)",
+    )
+    p.add_argument("--drift-window", type=float, default=60.0, help="minutes (default 60)")
     p.add_argument("--disable", action="store_true")
     admin_flags(p)
     p.set_defaults(func=cmd_policy_set)

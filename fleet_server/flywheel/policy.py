@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from fleet_server.flywheel.drift import confidence_drift, retrain_trigger
 from fleet_server.flywheel.tables import RetrainPolicy
 from fleet_server.jobs.tables import Job
 from fleet_server.models import Artifact, ModelVersion
@@ -37,9 +38,15 @@ def check_policies(engine: Engine, settings: Any, store_root: Path, blobs: Any =
             if pol.model in active:
                 continue
             rows = labelled_samples(s, pol.model, unused_only=True)
-            if len(rows) < pol.min_new_labels:
+            if not rows:
                 continue
             current = latest_trained(s, pol.model)
+            drift = None
+            if pol.drift_drop and current is not None and len(rows) < pol.min_new_labels:
+                drift = confidence_drift(s, current.model, current.version, pol.drift_window_min)
+            trigger = retrain_trigger(len(rows), pol.min_new_labels, pol.drift_drop, drift)
+            if trigger is None:
+                continue
             if current is None or not current.report_json:
                 log.warning("retrain policy %s: no trained version to fine-tune; waiting", pol.model)
                 continue
@@ -83,12 +90,15 @@ def check_policies(engine: Engine, settings: Any, store_root: Path, blobs: Any =
                 "waves": pol.waves,
                 "bake_s": pol.bake_s,
                 "new_samples": len(rows),
+                "trigger": trigger,
                 "hard_share": 0.25,
             }
-            job = Job(kind="retrain", params_json=json.dumps(params), created_by="flywheel", message="queued")
+            job = Job(
+                kind="retrain", params_json=json.dumps(params), created_by="flywheel", message=f"queued: {trigger}"
+            )
             s.add(job)
             s.commit()
             s.refresh(job)
             queued.append(int(job.id or 0))
-            log.info("retrain policy %s: %d new labels -> %s, job %s", pol.model, len(rows), dv.ref, job.id)
+            log.info("retrain policy %s: %s -> %s, job %s", pol.model, trigger, dv.ref, job.id)
     return queued

@@ -46,6 +46,8 @@ class RetrainPolicy(SQLModel, table=True):
     canary: str = Field(default="1", max_length=16)
     waves: str = Field(default="100%", max_length=100)
     bake_s: float = 600.0
+    drift_drop: float | None = None  # also fire on this relative drop in mean confidence (with >= 1 new label)
+    drift_window_min: float = 60.0
     enabled: bool = True
     created_by: str = Field(default="admin", max_length=64)
     updated_at: datetime = Field(default_factory=utcnow)
