@@ -94,3 +94,42 @@ def test_two_replicas_split_traffic_and_advance_a_rollout_once(
             sim.stop()
         a.stop()
         b.stop()
+
+
+def test_a_scene_sent_to_one_replica_is_a_near_duplicate_on_the_other(
+    tmp_path: Path, mosquitto: str, postgres: PostgresServer
+) -> None:
+    """Two devices behind a load balancer see the same scene: whichever replica gets the second copy must
+    know about the first (the dedup index catches up from the database before every lookup)."""
+    import json
+
+    import cv2
+    import httpx
+    import numpy as np
+
+    db = postgres.create_database(f"edgeloop_dedup_{uuid.uuid4().hex[:8]}")
+    data = tmp_path / "shared-data"
+    a = Server(data, mosquitto, extra=["--database-url", db])
+    b = Server(data, mosquitto, extra=["--database-url", db])
+    try:
+        devs = {d: a.enroll(d) for d in ("dup-1", "dup-2")}
+
+        def send(server: Server, device: str, seed: int, brighten: int = 0) -> dict:
+            img = np.random.default_rng(seed).integers(0, 200, (96, 128, 3), dtype=np.uint8) + brighten
+            r = httpx.post(
+                f"{server.url}/api/v1/devices/{device}/samples",
+                headers={"Authorization": f"Bearer {devs[device]['token']}"},
+                files={"image": ("x.jpg", cv2.imencode(".jpg", img.astype(np.uint8))[1].tobytes(), "image/jpeg")},
+                data={"meta": json.dumps({"strategy": "random"})},
+            )
+            assert r.status_code in (200, 201), r.text
+            return dict(r.json())
+
+        assert send(b, "dup-2", seed=7)["stored"]  # replica b has looked at its index once already
+        first = send(a, "dup-1", seed=1)
+        assert first["stored"]
+        again = send(b, "dup-2", seed=1, brighten=3)  # the same scene, other bytes, other device, other replica
+        assert again["stored"] is False and f"of sample {first['id']}" in again["duplicate"]
+    finally:
+        a.stop()
+        b.stop()

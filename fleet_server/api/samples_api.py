@@ -61,10 +61,13 @@ class PhashIndex:
         self.ids = np.zeros(capacity, np.int64)
         self.n = self.next = 0
         self.lock = threading.Lock()
-        self.loaded = False
+        self.last_id = 0  # the newest sample id in the index
 
     def add(self, h: int, sample_id: int) -> None:
         with self.lock:
+            if sample_id <= self.last_id:
+                return  # already in (added after this replica's own insert, then seen again in the catch-up)
+            self.last_id = sample_id
             self.h[self.next], self.ids[self.next] = np.uint64(h), sample_id
             self.next = (self.next + 1) % len(self.h)
             self.n = min(self.n + 1, len(self.h))
@@ -83,11 +86,12 @@ def _index(request: Request, session: Session) -> PhashIndex:
     idx: PhashIndex | None = getattr(app, "sample_index", None)
     if idx is None:
         idx = app.sample_index = PhashIndex()
-    if not idx.loaded:
-        rows = session.exec(select(Sample.id, Sample.phash).order_by(col(Sample.id).desc()).limit(INDEX_SIZE)).all()
-        for sid, ph in reversed(rows):
-            idx.add(int(ph, 16), int(sid or 0))
-        idx.loaded = True
+    # catch up with samples any replica stored since the last look (one indexed query), so near-duplicates
+    # are found across replicas, not only among this one's uploads
+    q = select(Sample.id, Sample.phash).where(col(Sample.id) > idx.last_id)
+    rows = session.exec(q.order_by(col(Sample.id).desc()).limit(INDEX_SIZE)).all()
+    for sid, ph in reversed(rows):
+        idx.add(int(ph, 16), int(sid or 0))
     return idx
 
 
@@ -208,7 +212,6 @@ async def upload(device_id: str, request: Request, session: SessionDep) -> Any:
             raise
         return _dup(first, "already received")
     session.refresh(row)
-    index.add(h, int(row.id or 0))
     return {"id": row.id, "stored": True}
 
 
