@@ -66,6 +66,8 @@ class Broker:
 
     def add_device(self, device_id: str, token: str) -> None: ...
 
+    def remove_device(self, device_id: str) -> None: ...
+
 
 class ExternalBroker(Broker):
     def __init__(self, url: str, public_url: str | None, shared: bool) -> None:
@@ -161,6 +163,14 @@ class MosquittoBroker(Broker):
             passwd = self.dir / "passwd"
             lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(device_id + ":")]
             lines.append(f"{device_id}:{mosquitto_hash(token)}")
+            atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
+            if self._proc and self._proc.poll() is None:
+                os.kill(self._proc.pid, signal.SIGHUP)
+
+    def remove_device(self, device_id: str) -> None:
+        with self._lock:
+            passwd = self.dir / "passwd"
+            lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(device_id + ":")]
             atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
             if self._proc and self._proc.poll() is None:
                 os.kill(self._proc.pid, signal.SIGHUP)

@@ -87,6 +87,20 @@ def test_managed_mosquitto_keeps_devices_to_their_own_topics(tmp_path: Path, ass
         c.loop_stop()
         assert "token" not in (fleet.data_dir / "broker" / "passwd").read_text()
         assert b["token"] not in fleet.proc.log()
+
+        # a rotated token replaces the old one at the broker; a revoked device cannot connect at all
+        new = json.loads(fleet.cli("devices", "rotate-token", "cam-b", "--json").stdout)
+        old, got = _connect(url, "cam-b", b["token"])
+        assert got["connect"] is not None and got["connect"].is_failure
+        old.loop_stop()
+        ok, got = _connect(url, "cam-b", new["token"])
+        assert got["connect"] is not None and not got["connect"].is_failure
+        ok.loop_stop()
+        ok.disconnect()
+        fleet.cli("devices", "revoke", "cam-b")
+        gone, got = _connect(url, "cam-b", new["token"])
+        assert got["connect"] is not None and got["connect"].is_failure
+        gone.loop_stop()
     finally:
         fleet.stop()
 

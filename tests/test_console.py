@@ -347,8 +347,18 @@ def test_every_page_renders_for_an_admin_without_script_errors(console: Server, 
     page.wait_for_selector("#users td:text('nora')")
     r = httpx.post(f"{console.url}/api/v1/auth/login", json={"name": "nora", "password": "Nora-pass-4444"})
     assert r.status_code == 200 and r.json()["role"] == "viewer"
+    # an admin rotates a device's token on its page: the new agent.yaml lines are shown once
+    old = console.enroll("key-cam")["token"]
+    page.goto(console.url + "/console/devices/key-cam")
+    page.click("#device-admin button:text('Rotate token')")
+    page.wait_for_selector("#credential:not([hidden])")
+    text = page.locator("#credential").inner_text()
+    assert "token: edl_dev_" in text and old not in text and "device_id: key-cam" in text
+    page.screenshot(path=str(shots / "device-rotated.png"), full_page=True)
     # an operator is not shown the users page and cannot open it
     op = _page(browser)
     _login(op, console, "olga")
     assert op.locator("a[href='/console/users']").count() == 0
     assert op.goto(console.url + "/console/users").status == 403
+    op.goto(console.url + "/console/devices/key-cam")
+    assert op.locator("#device-admin").count() == 0

@@ -116,3 +116,30 @@ def test_a_session_cookie_needs_the_csrf_token_to_write_and_logout_ends_it(srv: 
     c.cookies.clear()
     r = c.get("/console/fleet")
     assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+
+
+def test_admins_rotate_and_revoke_device_credentials_and_operators_cannot(srv: Server) -> None:
+    dev = srv.enroll("cam-keys")
+    old = {"Authorization": f"Bearer {dev['token']}"}
+
+    def upload(headers: dict) -> int:
+        return httpx.post(
+            f"{srv.url}/api/v1/devices/cam-keys/samples", headers=headers, files={"image": ("x.jpg", b"x")}
+        ).status_code
+
+    assert upload(old) == 422  # authenticated (the body is what is wrong)
+    assert (
+        srv.http.post(
+            "/api/v1/users", json={"name": "oskar", "role": "operator", "password": "Oskar-pass-1"}
+        ).status_code
+        == 201
+    )
+    oskar = {"Authorization": "Bearer " + _login(srv, "oskar", "Oskar-pass-1").json()["token"]}
+    assert httpx.post(f"{srv.url}/api/v1/devices/cam-keys/revoke", headers=oskar).status_code == 403
+    new = srv.http.post("/api/v1/devices/cam-keys/rotate-token").json()
+    assert new["token"] != dev["token"] and new["device_id"] == "cam-keys"
+    assert upload(old) == 401 and upload({"Authorization": f"Bearer {new['token']}"}) == 422
+    assert srv.http.post("/api/v1/devices/cam-keys/revoke").json()["revoked"] is True
+    assert upload({"Authorization": f"Bearer {new['token']}"}) == 401
+    actions = [a["action"] for a in srv.http.get("/api/v1/audit", params={"target": "device/cam-keys"}).json()]
+    assert actions[:2] == ["revoked", "token-rotated"]

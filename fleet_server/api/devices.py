@@ -59,8 +59,12 @@ def enroll(body: dict, request: Request, session: SessionDep, _: AdminDep) -> De
     token = new_device_token()
     session.add(Device(id=device_id, token_hash=token_hash(token)))
     session.commit()
+    request.app.state.broker.add_device(device_id, token)
+    return _credential(request, device_id, token)
+
+
+def _credential(request: Request, device_id: str, token: str) -> DeviceEnrolled:
     app = request.app.state
-    app.broker.add_device(device_id, token)
     return DeviceEnrolled(
         device_id=device_id,
         token=token,
@@ -68,6 +72,42 @@ def enroll(body: dict, request: Request, session: SessionDep, _: AdminDep) -> De
         server_url=app.settings.base_url,
         mqtt_url=app.mqtt_public_url,
     )
+
+
+@router.post("/{device_id}/rotate-token", response_model=DeviceEnrolled)
+def rotate_token(device_id: str, request: Request, session: SessionDep, who: AdminDep) -> DeviceEnrolled:
+    """A new token for a device (shown once); the old one stops working at once over HTTP and for new
+    MQTT connections. Also re-admits a revoked device."""
+    from fleet_server.rollouts.service import audit
+
+    d = session.get(Device, device_id)
+    if d is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    token = new_device_token()
+    d.token_hash = token_hash(token)
+    session.add(d)
+    audit(session, who.actor, "token-rotated", f"device/{device_id}")
+    session.commit()
+    request.app.state.broker.add_device(device_id, token)
+    return _credential(request, device_id, token)
+
+
+@router.post("/{device_id}/revoke")
+def revoke(device_id: str, request: Request, session: SessionDep, who: AdminDep) -> dict:
+    """Shut a device out (stolen, decommissioned): its token matches nothing any more and the managed broker
+    refuses it; its history stays. `rotate-token` lets it back in with a new credential."""
+    from fleet_server.rollouts.service import audit
+
+    d = session.get(Device, device_id)
+    if d is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    d.token_hash = "revoked"  # not a sha256 hex digest: no token can hash to it
+    d.online = False
+    session.add(d)
+    audit(session, who.actor, "revoked", f"device/{device_id}")
+    session.commit()
+    request.app.state.broker.remove_device(device_id)
+    return {"device_id": device_id, "revoked": True}
 
 
 @router.get("", response_model=list[DevicePublic])

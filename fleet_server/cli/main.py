@@ -130,7 +130,11 @@ def _host_text(h: dict[str, Any]) -> str:
 
 # -- devices --------------------------------------------------------------------------------------
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
-    r = AdminClient(args.server_url, args.token).request("POST", "/api/v1/devices", json={"device_id": args.device_id})
+    c = AdminClient(args.server_url, args.token)
+    if getattr(args, "rotate", False):
+        r = c.request("POST", f"/api/v1/devices/{args.device_id}/rotate-token")
+    else:
+        r = c.request("POST", "/api/v1/devices", json={"device_id": args.device_id})
     text = "\n".join(
         [
             "# agent.yaml for this device (the token is shown once; keep it secret)",
@@ -144,6 +148,12 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
         ]
     )
     _out(args, r, text)
+    return 0
+
+
+def cmd_devices_revoke(args: argparse.Namespace) -> int:
+    r = AdminClient(args.server_url, args.token).request("POST", f"/api/v1/devices/{args.device_id}/revoke")
+    _out(args, r, f"revoked {args.device_id}: its token no longer works")
     return 0
 
 
@@ -241,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("device_id")
     _admin_flags(de)
     de.set_defaults(func=cmd_devices_enroll)
+    dr = d.add_parser("rotate-token", help="a new credential for a device (printed once, as agent.yaml)")
+    dr.add_argument("device_id")
+    _admin_flags(dr)
+    dr.set_defaults(func=cmd_devices_enroll, rotate=True)
+    dv = d.add_parser("revoke", help="shut a device out: its token stops working (rotate-token re-admits it)")
+    dv.add_argument("device_id")
+    _admin_flags(dv)
+    dv.set_defaults(func=cmd_devices_revoke)
     dl = d.add_parser("list", help="devices with state, version, fps, last seen")
     _admin_flags(dl)
     dl.set_defaults(func=cmd_devices_list)

@@ -185,6 +185,7 @@ def device(request: Request, device_id: str, session: SessionDep) -> HTMLRespons
         d=to_public(d),
         caps=caps,
         kind=kind,
+        revoked=d.token_hash == "revoked",
         deployments=queries.deployments(session, device_id),
         samples=samples,
         events=events,

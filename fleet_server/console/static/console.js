@@ -36,6 +36,16 @@ function then(spec, data) {
   if (!spec) return refreshAll().then(() => {});  // live regions show the result
   if (spec === "reload") { setTimeout(() => location.reload(), 300); return Promise.resolve(); }
   if (spec.startsWith("go:")) location.href = spec.slice(3).replace("{id}", data && data.id);
+  if (spec.startsWith("credential:")) {  // a new device token: shown once, as the agent.yaml lines
+    const el = document.querySelector(spec.slice(11));
+    el.textContent = [
+      "# agent.yaml (the token is shown once; keep it secret)",
+      `device_id: ${data.device_id}`, `server_url: ${data.server_url}`, `mqtt_url: ${data.mqtt_url}`,
+      `token: ${data.token}`, `root_public_key: ${data.root_public_key}`,
+    ].join("\n");
+    el.hidden = false;
+  }
+  return Promise.resolve();
 }
 
 // -- live regions: data-poll="URL" data-every="ms" -------------------------------------------------
