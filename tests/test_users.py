@@ -107,7 +107,12 @@ def test_a_session_cookie_needs_the_csrf_token_to_write_and_logout_ends_it(srv: 
     assert r.status_code == 303 and r.headers["location"] == "/console/fleet"  # no open redirect
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
-    assert c.get("/console/fleet").status_code == 200
+    page = c.get("/console/fleet")
+    assert page.status_code == 200
+    assert (
+        "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        and page.headers["x-frame-options"] == "DENY"
+    )
     assert c.post("/api/v1/flywheel/check").status_code == 403  # cookie alone cannot write
     page = c.get("/console/fleet").text
     csrf = page.split('name="csrf-token" content="')[1].split('"')[0]
