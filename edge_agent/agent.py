@@ -95,7 +95,14 @@ class Agent:
             on_connect=[(self.topics.status, online, 1, True)],
         )
         self.sources = [
-            FrameSource(src.uri, src.loop_file, src.pace_file, src.stall_timeout_s, name=src.name or f"cam{i}")
+            FrameSource(
+                src.uri,
+                src.loop_file,
+                src.pace_file,
+                src.stall_timeout_s,
+                name=src.name or f"cam{i}",
+                decode_threads=src.decode_threads,
+            )
             for i, src in enumerate(config.sources)
         ]
         self.loop = InferenceLoop(self.sources, sinks=[self._event_sink])

@@ -22,6 +22,13 @@ class SourceConfig(BaseModel):
     loop_file: bool = Field(True, description="Restart a file source at its end.")
     pace_file: bool = Field(True, description="Play a file source at its native frame rate.")
     stall_timeout_s: float = Field(5.0, gt=0, description="Reconnect when no frame arrives for this long.")
+    decode_threads: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="FFmpeg decoding threads (file, RTSP, HTTP). 1 leaves the other cores to the model; "
+        "raise it for a high-resolution stream one core cannot decode in time; 0 = FFmpeg's choice.",
+    )
 
 
 class EndpointsConfig(BaseModel):

@@ -3,9 +3,12 @@ a slow model must never build a backlog, and a model swap must not lose a frame.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from edge_agent.camera.loop import FrameResult, InferenceLoop, LoadedModel
 from edge_agent.camera.sources import FrameSource, describe_source
@@ -59,6 +62,22 @@ def test_unpaced_file_is_read_on_demand_every_frame_once(assets: dict[str, Path]
     assert src.ended
     assert seen == list(range(1, 181))  # 6 s at 30 fps, in order, none skipped
     assert src.dropped == 0
+
+
+@pytest.mark.parametrize(("asked", "expect_one"), [(1, True), (0, False)])
+def test_decoding_uses_one_thread_unless_asked_otherwise(tmp_path: Path, asked: int, expect_one: bool) -> None:
+    """FFmpeg's own choice decodes an MPEG-4 stream on every core and takes the model's CPU
+    (bench_pipeline.py measures the cost); the agent asks for one decoding thread, and a source can ask
+    for FFmpeg's choice back."""
+    from tools.bench_pipeline import write_video
+
+    video = write_video(tmp_path / "v.mp4", 1.0, size=(320, 240))
+    src = FrameSource(str(video), pace_file=False, decode_threads=asked).start()
+    try:
+        assert src.latest(after=0, timeout=5) is not None
+        assert (src.decoder_threads == 1) is expect_one or os.cpu_count() == 1
+    finally:
+        src.stop()
 
 
 def _load(path: Path, version: int) -> LoadedModel:

@@ -46,8 +46,13 @@ class FrameSource:
         backoff_max_s: float = 30.0,
         name: str = "cam0",
         pace_fps: float | None = None,
+        decode_threads: int = 1,
     ) -> None:
         self.pace_fps = pace_fps
+        # one decoding thread by default: FFmpeg's frame threads cost more CPU per frame (1.22 vs 0.95 ms
+        # for 640x480 MPEG-4 here) and take the core the model runs on
+        self.decode_threads = decode_threads
+        self.decoder_threads = 0  # read back from the decoder once open
         self.spec = spec
         self.name = name
         self._listeners: list[threading.Event] = []
@@ -142,7 +147,10 @@ class FrameSource:
             # a blocked read returns after the stall timeout, so a silent stream is noticed in time
             wait_ms = max(100, int(self.stall_timeout_s * 1000))
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(wait_ms, 5000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, wait_ms]
+            if self.decode_threads > 0:
+                params += [cv2.CAP_PROP_N_THREADS, self.decode_threads]
             cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
+            self.decoder_threads = int(cap.get(cv2.CAP_PROP_N_THREADS))  # what FFmpeg actually uses
         if not cap.isOpened():
             cap.release()
             raise OSError(f"cannot open source {describe_source(self.spec)}")
