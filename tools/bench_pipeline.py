@@ -137,6 +137,41 @@ def section_overload(model: Path, video: Path, seconds: float, spinning: bool = 
     }
 
 
+def section_decode_threads(model: Path, video: Path, seconds: float = 4.0, reps: int = 2) -> dict:
+    """One FFmpeg decoding thread (the agent's default) against FFmpeg's own choice, interleaved in one run:
+    loop fps and staleness p99, reading the file as fast as it decodes and paced at 2x the model's rate."""
+    bm = bench.describe_model(model)
+    raw, _, _ = bench.raw_fps(bm, 1.5)
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for mode, rate in (("unpaced", None), ("overload_2x", 2.0)):
+        for _ in range(reps):
+            for threads in (0, 1):
+                src = FrameSource(
+                    str(video), pace_file=rate is not None, pace_fps=(rate or 1.0) * raw, decode_threads=threads
+                ).start()
+                loop = InferenceLoop([src])
+                loop.swap(bm.load(RuntimeOptions()))
+                loop.start()
+                try:
+                    time.sleep(1.0)
+                    loop.stats.staleness.clear()
+                    f0, t0 = loop.stats.frames, time.perf_counter()
+                    time.sleep(seconds)
+                    fps = (loop.stats.frames - f0) / (time.perf_counter() - t0)
+                    p99 = float(np.percentile(list(loop.stats.staleness), 99))
+                finally:
+                    loop.stop()
+                    src.stop()
+                runs.setdefault(f"{mode}/threads={threads}", []).append((fps, p99))
+    out: dict = {}
+    for key, vals in runs.items():
+        out[key] = {
+            "loop_fps": round(statistics.mean(v[0] for v in vals), 1),
+            "staleness_p99_ms": round(statistics.mean(v[1] for v in vals), 2),
+        }
+    return out
+
+
 def section_swap(model_a: Path, model_b: Path, video: Path) -> dict:
     a, b = bench.describe_model(model_a), bench.describe_model(model_b)
     results: list[tuple[float, int, int]] = []
@@ -231,6 +266,7 @@ def main() -> int:
         "ratios": section_ratios(light, video, args.seconds),
         "overload_2x": section_overload(heavy, video, max(10.0, args.seconds * 2)),
         "overload_2x_spinning": section_overload(heavy, video, 5.0, spinning=True),
+        "decode_threads": section_decode_threads(heavy, video),
         "hot_swap": section_swap(light, light_b, video),
         "reconnect": section_reconnect(),
         "postprocess": section_postprocess(),
@@ -268,6 +304,15 @@ def main() -> int:
         ("MJPEG reconnect after camera returns (s)", c["reconnect_s_after_camera_returns"]),
         ("YOLOv8 decode+NMS, 80x8400, 300 cand. (ms)", out["postprocess"]["decode_nms_ms"]),
     ]
+    for mode in ("unpaced", "overload_2x"):
+        ffm, one = out["decode_threads"][f"{mode}/threads=0"], out["decode_threads"][f"{mode}/threads=1"]
+        rows.append(
+            (
+                f"decode on 1 vs FFmpeg's threads, {mode}: fps",
+                f"{one['loop_fps']}/{ffm['loop_fps']}",
+            )
+        )
+        rows.append(("  ... staleness p99 ms", f"{one['staleness_p99_ms']}/{ffm['staleness_p99_ms']}"))
     for k, v in rows:
         print(f"{k:<44}{v!s:>12}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
