@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.jobs_dir,
             replica,
             periodic=lambda: check_policies(
-                state["engine"], settings, datasets_dir(settings.data_dir), state["sample_blobs"]
+                state["engine"], settings, datasets_dir(settings.data_dir), state["sample_blobs"], state["store"]
             ),
             lease=timedelta(seconds=settings.job_lease_s),
         )

@@ -71,7 +71,11 @@ def list_policies(session: SessionDep, _: ViewerDep) -> list[dict[str, Any]]:
 @router.post("/check")
 def check_now(request: Request, _: OperatorDep) -> dict[str, Any]:
     app = request.app.state
-    return {"queued": check_policies(app.engine, app.settings, datasets_dir(app.settings.data_dir), app.sample_blobs)}
+    return {
+        "queued": check_policies(
+            app.engine, app.settings, datasets_dir(app.settings.data_dir), app.sample_blobs, app.store
+        )
+    }
 
 
 @router.post("/approve/{job_id}")

@@ -24,7 +24,9 @@ def latest_trained(session: Session, model: str) -> ModelVersion | None:
     return session.exec(q.order_by(col(ModelVersion.version).desc())).first()
 
 
-def check_policies(engine: Engine, settings: Any, store_root: Path, blobs: Any = None) -> list[int]:
+def check_policies(
+    engine: Engine, settings: Any, store_root: Path, blobs: Any = None, artifacts: Any = None
+) -> list[int]:
     """Queue a retrain for every enabled policy whose threshold is met; returns the new job ids."""
     from fleet_server.api.samples_api import dataset_from_samples, labelled_samples
 
@@ -75,7 +77,10 @@ def check_policies(engine: Engine, settings: Any, store_root: Path, blobs: Any =
                 "dataset_ref": dv.ref,
                 "datasets_dir": str(store_root),
                 "holdout_dataset": lineage.get("holdout") or lineage.get("dataset") or dv.ref,
-                "current_onnx": str(settings.data_dir / "artifacts" / fp32.sha256[:2] / fp32.sha256),
+                "current_onnx": str(
+                    (artifacts.ensure(fp32.sha256) if artifacts is not None else None)
+                    or settings.data_dir / "artifacts" / fp32.sha256[:2] / fp32.sha256
+                ),
                 "epochs": pol.epochs,
                 "batch": 16,
                 "lr": 1e-3,
