@@ -231,8 +231,31 @@ def _scene() -> tuple[bytes, list[float]]:
     return jpg.tobytes(), [180.0, 100.0, 261.0, 181.0]
 
 
+def _import_colors_dataset(server: Server, work: Path) -> None:
+    """A two-image COCO dataset with the colour classes, imported through the API (the one the samples extend)."""
+    import io
+    import tarfile
+
+    folder = work / "colors-ds"
+    (folder / "images").mkdir(parents=True)
+    images, anns = [], []
+    for i, colour in enumerate([(0, 0, 220), (0, 200, 0)]):
+        img = np.full((96, 128, 3), 40, np.uint8)
+        cv2.rectangle(img, (30, 20), (90, 70), colour, -1)
+        cv2.imwrite(str(folder / "images" / f"{i}.jpg"), img)
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": 128, "height": 96})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": i + 1, "bbox": [30, 20, 61, 51]})
+    cats = [{"id": k + 1, "name": n} for k, n in enumerate(["red", "green", "blue"])]
+    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(folder, arcname="colors-ds")
+    r = server.http.post("/api/v1/datasets/colors-ds/import", params={"format": "coco"}, content=buf.getvalue())
+    assert r.status_code == 201, r.text
+
+
 def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
-    console: Server, browser: Any, shots: Path
+    console: Server, browser: Any, shots: Path, tmp_path: Path
 ) -> None:
     dev = console.enroll("review-cam")
     jpg, truth = _scene()
@@ -312,6 +335,18 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
     for i in more:
         s2 = console.http.get(f"/api/v1/samples/{i}").json()
         assert s2["state"] == "accepted" and s2["labels"][0]["label"] == "red"
+
+    # the reviewed samples become a new dataset version from the datasets page
+    _import_colors_dataset(console, tmp_path)
+    page.goto(f"{console.url}/console/datasets")
+    assert "3 accepted or corrected" in page.locator("#from-samples summary").inner_text()
+    page.click("#from-samples summary")
+    page.select_option("#from-samples select[name=target]", "colors-ds")
+    page.click("#from-samples button[type=submit]")
+    page.wait_for_selector("td b:text('colors-ds:2')")
+    v2 = console.http.get("/api/v1/datasets/colors-ds/versions/2").json()
+    assert v2["samples"] == 2 + 3 and v2["objects"]["train"]["red"] + v2["objects"]["val"]["red"] >= 3
+    page.screenshot(path=str(shots / "datasets.png"), full_page=True)
 
 
 def test_every_page_renders_for_an_admin_without_script_errors(console: Server, browser: Any, shots: Path) -> None:

@@ -362,7 +362,10 @@ def datasets(request: Request, session: SessionDep) -> HTMLResponse:
     who = _who(request, session)
     store = DatasetStore(datasets_dir(request.app.state.settings.data_dir))
     out = [store.load(name, v).summary() for name in store.names() for v in reversed(store.versions(name))]
-    return render(request, who, "datasets.html", datasets=out, nav="datasets")
+    from fleet_server.api.samples_api import labelled_samples
+
+    reviewed = len(labelled_samples(session, unused_only=True))
+    return render(request, who, "datasets.html", datasets=out, names=store.names(), reviewed=reviewed, nav="datasets")
 
 
 @router.get("/jobs")
@@ -371,8 +374,11 @@ def jobs(request: Request, session: SessionDep) -> HTMLResponse:
     from fleet_server.jobs.tables import Job
 
     who = _who(request, session)
+    from fleet_server.api.flywheel_api import list_policies
+
     rows = session.exec(select(Job).order_by(col(Job.id).desc()).limit(100)).all()
-    return render(request, who, "jobs.html", jobs=[job_public(j) for j in rows], nav="jobs")
+    policies = list_policies(session, who)
+    return render(request, who, "jobs.html", jobs=[job_public(j) for j in rows], policies=policies, nav="jobs")
 
 
 def _job_ctx(request: Request, session: Session, job_id: int) -> dict[str, Any]:

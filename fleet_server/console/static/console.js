@@ -117,13 +117,17 @@ document.addEventListener("submit", async (ev) => {
   const form = ev.target.closest("[data-api-form]");
   if (!form) return;
   ev.preventDefault();
-  const [method, url] = form.dataset.apiForm.split(" ");
+  // getAttribute, not form.dataset: a form control may be named like any form property
+  const [method, template] = form.getAttribute("data-api-form").split(" ");
   const button = form.querySelector("button[type=submit], button:not([type])");
+  const body = formJson(form);
+  // a {field} in the URL takes that field's value out of the body
+  const url = template.replace(/\{(\w+)\}/g, (_, k) => { const v = body[k]; delete body[k]; return encodeURIComponent(v ?? ""); });
   if (button) button.disabled = true;
   try {
-    const data = await api(method, url, formJson(form));
+    const data = await api(method, url, body);
     toast("saved");
-    await then(form.dataset.then, data);
+    await then(form.getAttribute("data-then"), data);
   } catch (e) { toast(e.message, true); } finally { if (button) button.disabled = false; }
 });
 
@@ -137,7 +141,7 @@ document.addEventListener("change", async (ev) => {
   }
   const up = ev.target.closest("[data-api-upload] input[type=file]");
   if (up && up.files.length) {
-    const [method, url] = up.form.dataset.apiUpload.split(" ");
+    const [method, url] = up.form.getAttribute("data-api-upload").split(" ");
     try {
       const data = await api(method, url, up.files[0], true);
       toast(`imported: ${JSON.stringify(data)}`);
