@@ -382,6 +382,18 @@ def test_every_page_renders_for_an_admin_without_script_errors(console: Server, 
     page.wait_for_selector("#users td:text('nora')")
     r = httpx.post(f"{console.url}/api/v1/auth/login", json={"name": "nora", "password": "Nora-pass-4444"})
     assert r.status_code == 200 and r.json()["role"] == "viewer"
+    # an admin enrolls a device from the fleet page (its credential shown once) and tags it on its page
+    page.goto(console.url + "/console/fleet")
+    page.click("#enroll summary")
+    page.fill("#enroll input[name=device_id]", "door-cam")
+    page.click("#enroll button[type=submit]")
+    page.wait_for_selector("#enrolled:not([hidden])")
+    assert "device_id: door-cam" in page.locator("#enrolled").inner_text()
+    page.goto(console.url + "/console/devices/door-cam")
+    page.fill("#tag-form input[name=tags]", "site=north, group=doors")
+    page.click("#tag-form button[type=submit]")
+    page.wait_for_selector(".tag:text('group=doors')")
+    assert console.device("door-cam")["tags"] == {"site": "north", "group": "doors"}
     # an admin rotates a device's token on its page: the new agent.yaml lines are shown once
     old = console.enroll("key-cam")["token"]
     page.goto(console.url + "/console/devices/key-cam")

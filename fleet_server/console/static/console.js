@@ -107,6 +107,9 @@ function formJson(form) {
       continue;
     }
     if (el.hasAttribute("data-list")) v = v.split(",").map((x) => x.trim()).filter(Boolean);
+    else if (el.hasAttribute("data-kv")) {  // "site=berlin, camera=dock" -> {site: "berlin", camera: "dock"}
+      v = Object.fromEntries(v.split(",").map((x) => x.split("=").map((y) => y.trim())).filter((kv) => kv.length === 2 && kv[0]));
+    }
     else if (el.type === "number") v = Number(v);
     out[el.name] = v;
   }
