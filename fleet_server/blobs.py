@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -129,7 +130,7 @@ class Blobs:
         if move:
             os.replace(src, tmp)
         else:
-            tmp.write_bytes(src.read_bytes())
+            shutil.copyfile(src, tmp)  # streamed: artifacts can be hundreds of MB
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)

@@ -194,3 +194,12 @@ def start_agent(
     return Proc(
         [str(BIN / "edgeloop-agent"), "run", "--config", str(path), *(extra or [])], workdir / f"{log_name or name}.log"
     )
+
+
+def deploy_all(server: Server, sim: Any, version: int, model: str = "colors") -> None:
+    """Put every simulated device on `version` and wait for its baseline telemetry (rollout tests start here)."""
+    for d in sim.devices:
+        r = server.http.put(f"/api/v1/devices/{d}/deployment", json={"model": model, "version": version})
+        r.raise_for_status()
+    wait_for(lambda: all(v == version for v in sim.versions().values()), 20, f"simulated fleet on v{version}")
+    wait_for(lambda: all((server.device(d)["fps"] or 0) > 0 for d in sim.devices), 20, "baseline telemetry")

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, Server, wait_for
+from tests.helpers import ROOT, Server, deploy_all, wait_for
 from tools.fleet_sim import FleetSim
 
 pytestmark = pytest.mark.e2e
@@ -130,21 +130,12 @@ def test_login_refuses_a_wrong_password_and_sees_devices_appear_live(
         sim.stop()
 
 
-def _all_on(server: Server, sim: FleetSim, version: int) -> None:
-    for d in sim.devices:
-        server.http.put(
-            f"/api/v1/devices/{d}/deployment", json={"model": "colors", "version": version}
-        ).raise_for_status()
-    wait_for(lambda: all(v == version for v in sim.versions().values()), 20, f"simulated fleet on v{version}")
-    wait_for(lambda: all((server.device(d)["fps"] or 0) > 0 for d in sim.devices), 20, "baseline telemetry")
-
-
 def test_operator_starts_a_rollout_watches_it_and_aborts_it(
     console: Server, mosquitto: str, browser: Any, shots: Path
 ) -> None:
     sim = _sim(console, mosquitto, 4, "roll", {"site": "roll"})
     try:
-        _all_on(console, sim, 1)
+        deploy_all(console, sim, 1)
         page = _page(browser)
         _login(page, console, "olga")
         page.goto(f"{console.url}/console/rollouts")
@@ -180,7 +171,7 @@ def test_viewer_sees_no_actions_and_the_api_refuses_them(
 ) -> None:
     sim = _sim(console, mosquitto, 2, "view", {"site": "view"})
     try:
-        _all_on(console, sim, 1)
+        deploy_all(console, sim, 1)
         r = console.http.post(
             "/api/v1/rollouts",
             json={"model": "colors", "version": 2, "selector": "site=view", "bake_s": 600, "waves": ["100%"]},

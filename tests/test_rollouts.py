@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Server, wait_for
+from tests.helpers import Server, deploy_all, wait_for
 from tools.fleet_sim import FleetSim
 
 pytestmark = pytest.mark.e2e
@@ -33,15 +33,6 @@ def _sim(fleet: Server, mosquitto: str, n: int, prefix: str, **kw: object) -> Fl
     return sim.start()
 
 
-def _all_on(fleet: Server, sim: FleetSim, version: int) -> None:
-    for d in sim.devices:
-        fleet.http.put(
-            f"/api/v1/devices/{d}/deployment", json={"model": "colors", "version": version}
-        ).raise_for_status()
-    wait_for(lambda: all(v == version for v in sim.versions().values()), 20, f"simulated fleet on v{version}")
-    wait_for(lambda: all((fleet.device(d)["fps"] or 0) > 0 for d in sim.devices), 20, "baseline telemetry")
-
-
 def _rollout(fleet: Server, **body: object) -> dict:
     r = fleet.http.post("/api/v1/rollouts", json={"model": "colors", "selector": "site=berlin", **body})
     assert r.status_code == 201, r.text
@@ -59,7 +50,7 @@ def _wait_state(fleet: Server, rid: int, states: tuple[str, ...], timeout: float
 def test_canary_on_a_slower_version_aborts_and_rolls_back(fleet: Server, mosquitto: str) -> None:
     sim = _sim(fleet, mosquitto, 10, "slow", slow={2: 1.4})
     try:
-        _all_on(fleet, sim, 1)
+        deploy_all(fleet, sim, 1)
         r = _rollout(
             fleet,
             version=2,
@@ -87,7 +78,7 @@ def test_canary_on_a_slower_version_aborts_and_rolls_back(fleet: Server, mosquit
 def test_rollout_survives_a_server_kill_and_completes(fleet: Server, mosquitto: str, tmp_path: Path) -> None:
     sim = _sim(fleet, mosquitto, 8, "rst")
     try:
-        _all_on(fleet, sim, 1)
+        deploy_all(fleet, sim, 1)
         r = _rollout(fleet, version=3, canary="2", waves=["50%", "100%"], bake_s=1.0)
         wait_for(lambda: fleet.http.get(f"/api/v1/rollouts/{r['id']}").json()["wave"] >= 1, 60, "canary passed")
         os.kill(fleet.proc.p.pid, signal.SIGKILL)  # no graceful shutdown
@@ -110,7 +101,7 @@ def test_rollout_survives_a_server_kill_and_completes(fleet: Server, mosquitto: 
 def test_offline_device_times_out_as_not_updated_then_converges(fleet: Server, mosquitto: str) -> None:
     sim = _sim(fleet, mosquitto, 4, "off")
     try:
-        _all_on(fleet, sim, 1)
+        deploy_all(fleet, sim, 1)
         gone = sorted(sim.devices)[0]
         sim.set_online(gone, False)
         wait_for(lambda: not fleet.device(gone)["online"], 10, "device offline")
@@ -150,7 +141,7 @@ def test_bad_rollouts_are_refused_before_anything_is_created(fleet: Server, mosq
 def test_pause_resume_promote_and_rollback_from_the_cli(fleet: Server, mosquitto: str) -> None:
     sim = _sim(fleet, mosquitto, 3, "ops")
     try:
-        _all_on(fleet, sim, 1)
+        deploy_all(fleet, sim, 1)
         out = fleet.cli(
             "rollout",
             "create",
@@ -202,7 +193,7 @@ def test_shadow_canary_gates_on_agreement_before_anything_is_activated(fleet: Se
     serves a single frame anywhere, one that agrees is then activated wave by wave."""
     sim = _sim(fleet, mosquitto, 4, "shd", agreement={2: 0.6, 3: 1.0})
     try:
-        _all_on(fleet, sim, 1)
+        deploy_all(fleet, sim, 1)
         bad = _rollout(
             fleet,
             version=2,

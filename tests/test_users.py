@@ -29,6 +29,7 @@ def _login(s: Server, name: str, password: str) -> httpx.Response:
         ("", "viewer", "Good-pass-123", "user name"),
         ("Bad Name", "viewer", "Good-pass-123", "user name"),
         ("sam", "root", "Good-pass-123", "role must be one of"),
+        ("admin", "viewer", "Good-pass-123", "reserved"),  # would pass for the admin token in the audit log
         ("sam", "viewer", "short1A", "at least 10"),
         ("sam", "viewer", "alllowercaseletters", "too easy"),
     ],

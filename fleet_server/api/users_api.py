@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -159,7 +158,6 @@ def audit_middleware(app: Any, engine_of: Any) -> Any:
                     with Session(engine_of()) as s:
                         s.add(
                             AuditLog(
-                                at=datetime.now().astimezone(),
                                 actor=who.actor[:64],
                                 action=f"{scope['method']} {code['status']}"[:64],
                                 target=path[:128],

@@ -48,6 +48,14 @@ def _who(request: Request, session: Session) -> Principal:
     return who
 
 
+def _get(session: Session, table: Any, key: Any, what: str) -> Any:
+    """The row, or a 404 that names what is missing."""
+    row = session.get(table, key)
+    if row is None:
+        raise HTTPException(404, f"no {what}")
+    return row
+
+
 def render(request: Request, who: Principal, name: str, **ctx: Any) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
@@ -162,9 +170,7 @@ def device(request: Request, device_id: str, session: SessionDep) -> HTMLRespons
     from fleet_server.rollouts.tables import AuditLog
 
     who = _who(request, session)
-    d = session.get(Device, device_id)
-    if d is None:
-        raise HTTPException(404, f"no device {device_id!r}")
+    d = _get(session, Device, device_id, f"device {device_id!r}")
     samples = session.exec(
         select(Sample).where(Sample.device_id == device_id).order_by(col(Sample.id).desc()).limit(12)
     ).all()
@@ -199,9 +205,7 @@ def device_live(request: Request, device_id: str, session: SessionDep) -> HTMLRe
     from fleet_server.models import Device
 
     who = _who(request, session)
-    d = session.get(Device, device_id)
-    if d is None:
-        raise HTTPException(404, f"no device {device_id!r}")
+    d = _get(session, Device, device_id, f"device {device_id!r}")
     return render(request, who, "_device_live.html", d=to_public(d))
 
 
@@ -225,7 +229,7 @@ def models(request: Request, session: SessionDep) -> HTMLResponse:
 @router.get("/models/{name}/{version}")
 def model_version(request: Request, name: str, version: int, session: SessionDep) -> HTMLResponse:
     from fleet_server.api.models import to_public
-    from fleet_server.models import ModelVersion
+    from fleet_server.models import Device, ModelVersion
 
     who = _who(request, session)
     mv = session.exec(select(ModelVersion).where(ModelVersion.model == name, ModelVersion.version == version)).first()
@@ -240,9 +244,7 @@ def model_version(request: Request, name: str, version: int, session: SessionDep
         signature, sig_ok = f"verified against the root key; expires {m.expires_at:%Y-%m-%d}", True
     except Exception as exc:  # noqa: BLE001 - shown on the page, never hidden
         signature, sig_ok = f"does not verify: {exc}", False
-    running = session.exec(
-        select(queries.Device.id).where(queries.Device.model == name, queries.Device.version == version).limit(1000)
-    ).all()
+    running = session.exec(select(Device.id).where(Device.model == name, Device.version == version).limit(1000)).all()
     return render(
         request,
         who,
@@ -283,9 +285,7 @@ def _rollout_ctx(session: Session, rollout_id: int) -> dict[str, Any]:
     from fleet_server.rollouts.service import status
     from fleet_server.rollouts.tables import AuditLog, Rollout
 
-    r = session.get(Rollout, rollout_id)
-    if r is None:
-        raise HTTPException(404, f"no rollout {rollout_id}")
+    r = _get(session, Rollout, rollout_id, f"rollout {rollout_id}")
     audit = session.exec(
         select(AuditLog).where(AuditLog.target == f"rollout/{rollout_id}").order_by(col(AuditLog.id))
     ).all()
@@ -338,9 +338,7 @@ def sample(request: Request, sample_id: int, session: SessionDep) -> HTMLRespons
     from fleet_server.models import ModelVersion
 
     who = _who(request, session)
-    s = session.get(Sample, sample_id)
-    if s is None:
-        raise HTTPException(404, f"no sample {sample_id}")
+    s = _get(session, Sample, sample_id, f"sample {sample_id}")
     classes: list[str] = []
     if s.model and s.version is not None:
         mv = session.exec(
@@ -386,9 +384,7 @@ def _job_ctx(request: Request, session: Session, job_id: int) -> dict[str, Any]:
     from fleet_server.jobs.runner import log_tail
     from fleet_server.jobs.tables import Job
 
-    j = session.get(Job, job_id)
-    if j is None:
-        raise HTTPException(404, f"no job {job_id}")
+    j = _get(session, Job, job_id, f"job {job_id}")
     log = log_tail(request.app.state.jobs_dir / str(job_id), 5000)
     epochs = [e for e in log if e.get("event") == "epoch"]
     lines = [e for e in log if e.get("event") != "epoch"][-40:]

@@ -16,6 +16,8 @@ from fleet_server.users.tables import ROLES, User, UserSession
 SESSION_HOURS = 12
 MAX_FAILURES, FAILURE_WINDOW_S = 5, 300.0
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-@")
+# names the audit log already uses for the admin token and the server's own actors
+RESERVED = {"admin", "flywheel", "system", "root"}
 
 
 class UserError(ValueError):
@@ -58,6 +60,8 @@ def create_user(session: Session, name: str, role: str, password: str, by: str) 
     name = name.strip().lower()
     if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
         raise UserError("a user name is 1-64 characters of a-z, 0-9, '.', '_', '-', '@'")
+    if name in RESERVED or name.startswith("rollout-engine"):
+        raise UserError(f"{name!r} is reserved (the audit log uses it for the server itself); pick another name")
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     why = check_strength(password)
