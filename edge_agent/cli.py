@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -10,6 +11,11 @@ import threading
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from edge_agent.agent import Agent
+from edge_agent.bench import run
+from edge_agent.config import AgentConfig
+from edge_agent.runtimes import RuntimeOptions
 
 
 def _setup_logging(level: str) -> None:
@@ -21,8 +27,6 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Agent
-    from edge_agent.config import AgentConfig
 
     overrides = {
         "device_id": args.device_id,
@@ -49,10 +53,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    from edge_agent.bench import run
-    from edge_agent.runtimes import RuntimeOptions
 
     if not args.model.is_file():
         print(f"edgeloop-agent bench: {args.model}: no such file", file=sys.stderr)

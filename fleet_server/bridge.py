@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
@@ -27,11 +28,12 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_topic
 from edge_agent.transport.mqtt import MqttTransport
-from fleet_server.deploy import desired_message
-from fleet_server.models import Deployment, Device, TelemetryPoint
+from fleet_server.devices.desired import desired_message
+from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
 
 log = logging.getLogger(__name__)
+_UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # INSERT ... ON CONFLICT, per dialect
 _MODELS = {"reported": ReportedState, "status": StatusMessage, "telemetry": Telemetry}
 
 
@@ -72,11 +74,8 @@ def upsert_sums(session: Session, pending: dict[tuple[str, str, int], dict[str, 
     ]
     table = TelemetryAgg.__table__  # type: ignore[attr-defined]
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+    insert = _UPSERT.get(dialect)
+    if insert is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"telemetry aggregation needs SQLite or PostgreSQL, not {dialect}")
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import getpass
 import hashlib
@@ -188,7 +189,6 @@ class EmbeddedBroker(Broker):
         self._broker = None
 
     def start(self) -> None:
-        import asyncio
 
         from amqtt.broker import Broker as AmqttBroker
 
@@ -213,7 +213,6 @@ class EmbeddedBroker(Broker):
         )
 
     def stop(self) -> None:
-        import asyncio
 
         if self._loop is not None and self._broker is not None:
             fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)

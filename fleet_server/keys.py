@@ -6,6 +6,7 @@ certified), a **release** key that signs manifests, and the root's certificate f
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
@@ -72,7 +73,6 @@ def new_device_token() -> str:
 
 
 def token_hash(token: str) -> str:
-    import hashlib
 
     return hashlib.sha256(token.encode()).hexdigest()
 

@@ -11,6 +11,11 @@ from pathlib import Path
 from fleet_server.blobs import Blobs, Remote
 
 
+def datasets_dir(data_dir: Path) -> Path:
+    """Where dataset versions live under the server's data folder."""
+    return data_dir / "datasets"
+
+
 class TooLarge(Exception):
     pass
 

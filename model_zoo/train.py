@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_agent.protocol.manifest import parse_ref_latest
 from model_zoo.datasets.store import DatasetStore, DatasetVersion, Sample
 from model_zoo.evaluate import EVAL_CONF, coco_map, top1
 from model_zoo.models import ElDet, build, kind
@@ -438,11 +439,6 @@ def train(
     return summary
 
 
-def parse_dataset_ref(text: str) -> tuple[str, int | None]:
-    name, _, ver = text.partition(":")
-    return name, int(ver) if ver else None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model_zoo.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="dataset store folder")
@@ -474,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.epochs < 1 or a.batch < 1 or not math.isfinite(a.lr) or a.lr <= 0:
         p.error("--epochs and --batch must be >= 1 and --lr > 0")
-    name, ver = parse_dataset_ref(a.dataset)
+    name, ver = parse_ref_latest(a.dataset)
     try:
         dv = DatasetStore(a.data).load(name, ver)
         train(

@@ -103,7 +103,7 @@ def test_push_signs_a_manifest_the_agent_verifies(server: Server, assets: dict[s
     from sqlmodel import Session, select
 
     from fleet_server.db import make_engine
-    from fleet_server.models import Deployment
+    from fleet_server.devices.tables import Deployment
 
     with Session(make_engine(f"sqlite:///{server.data_dir / 'edgeloop.db'}")) as s:
         row = s.exec(select(Deployment).where(Deployment.device_id == "sig-cam")).one()

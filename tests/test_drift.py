@@ -11,8 +11,8 @@ import pytest
 from sqlmodel import Session
 
 from fleet_server.db import make_engine, migrate
+from fleet_server.devices.tables import TelemetryPoint
 from fleet_server.flywheel.drift import confidence_drift, retrain_trigger
-from fleet_server.models import TelemetryPoint
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 

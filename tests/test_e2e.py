@@ -18,7 +18,7 @@ from edge_agent.protocol.messages import Deployment as DeploymentMsg
 from edge_agent.protocol.messages import DesiredState, encode_message
 from edge_agent.protocol.signing import ReleaseCert, SignedManifest, load_private_key, sign_manifest
 from fleet_server.db import make_engine
-from fleet_server.models import ModelVersion
+from fleet_server.registry.tables import ModelVersion
 from model_zoo.datasets.synthetic_video import colour_at
 from tests.factories import Keys
 from tests.helpers import Server, start_agent, wait_for

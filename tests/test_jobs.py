@@ -53,7 +53,7 @@ def test_train_registers_a_signed_version_with_its_target_table(server: Server, 
     root = (server.data_dir / "keys" / "root.pub").read_text().strip()
     from sqlmodel import Session, create_engine, select
 
-    from fleet_server.models import ModelVersion
+    from fleet_server.registry.tables import ModelVersion
 
     with Session(create_engine(f"sqlite:///{server.data_dir / 'edgeloop.db'}")) as s:
         row = s.exec(select(ModelVersion).where(ModelVersion.model == "shapes")).first()

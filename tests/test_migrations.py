@@ -12,8 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import fleet_server.models  # noqa: F401
-import fleet_server.rollouts.tables  # noqa: F401
+import fleet_server.tables  # noqa: F401
 from fleet_server.db import make_engine, migrate
 from tests.pg import PostgresServer
 

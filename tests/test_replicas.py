@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, func, select
 
+from fleet_server.audit import AuditLog
 from fleet_server.db import make_engine
-from fleet_server.models import Deployment, ModelVersion
-from fleet_server.rollouts.tables import AuditLog, TelemetryAgg
+from fleet_server.devices.tables import Deployment
+from fleet_server.registry.tables import ModelVersion
+from fleet_server.rollouts.tables import TelemetryAgg
 from tests.helpers import Server, wait_for
 from tests.pg import PostgresServer
 from tools.fleet_sim import FleetSim

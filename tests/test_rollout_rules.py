@@ -11,7 +11,8 @@ from sqlmodel import Session, select
 
 from edge_agent.protocol.messages import Capabilities
 from fleet_server.db import make_engine, migrate
-from fleet_server.models import Artifact, Device, Model, ModelVersion
+from fleet_server.devices.tables import Device
+from fleet_server.registry.tables import Artifact, Model, ModelVersion
 from fleet_server.rollouts.gates import GateError, parse_gate
 from fleet_server.rollouts.selectors import SelectorError, parse_selector, parse_tags
 from fleet_server.rollouts.service import RolloutCreate, RolloutError, create_rollout, wave_sizes

@@ -43,7 +43,7 @@ def populate(data_dir: Path, n: int, points_per_device: int, seed: int = 0) -> N
     from sqlmodel import Session
 
     from fleet_server.db import make_engine, migrate
-    from fleet_server.models import Device, TelemetryPoint
+    from fleet_server.devices.tables import Device, TelemetryPoint
 
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(f"sqlite:///{(data_dir / 'edgeloop.db').resolve()}")

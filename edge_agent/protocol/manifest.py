@@ -106,6 +106,28 @@ class Manifest(_Strict):
         return now >= self.expires_at
 
 
+class RefError(ValueError):
+    """A NAME:VERSION reference that cannot be read; str() shows what was expected and what came."""
+
+
+def parse_ref(text: str) -> tuple[str, int]:
+    """NAME:VERSION (a model version, a dataset version) -> (name, version); the inverse of `Manifest.ref`."""
+    name, version = parse_ref_latest(text)
+    if version is None:
+        raise RefError(f"expected NAME:VERSION, got {text!r}")
+    return name, version
+
+
+def parse_ref_latest(text: str) -> tuple[str, int | None]:
+    """NAME or NAME:VERSION -> (name, version or None for the latest)."""
+    name, colon, version = text.strip().rpartition(":")
+    if not colon:
+        name, version = version, ""
+    if not name or (colon and not version.isdigit()):
+        raise RefError(f"expected NAME or NAME:VERSION, got {text!r}")
+    return name, int(version) if version else None
+
+
 def canonical_json(data: Any) -> bytes:
     """The bytes that get signed: sorted keys, no whitespace, UTF-8."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.runtimes.base import Runtime, RuntimeError_, RuntimeOptions
+from edge_agent.hardware import gpu_name, tensorrt_version
+from edge_agent.runtimes.base import Runtime, RuntimeError_, RuntimeOptions, engine_cache_key
 
 log = logging.getLogger(__name__)
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -70,9 +71,6 @@ class OnnxRuntime(Runtime):
         """TensorRT EP: engines and timing cache on disk under a key of (artifact sha256, TensorRT
         version, GPU name, precision). Runs only where a GPU and TensorRT are present (not on CI)."""
         if provider == "TensorrtExecutionProvider":
-            from edge_agent.capabilities import gpu_name, tensorrt_version
-            from edge_agent.runtimes.base import engine_cache_key
-
             base = options.cache_dir or options_cache_default()
             key = engine_cache_key(
                 options.artifact_sha256 or "nosha", tensorrt_version() or "ort", gpu_name() or "gpu", options.precision

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.hardware import gpu_name
 from edge_agent.runtimes.base import Runtime, RuntimeError_, RuntimeOptions, engine_cache_key
+from edge_agent.runtimes.onnxruntime_rt import options_cache_default
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,6 @@ class TensorRTRuntime(Runtime):
             from cuda.bindings import runtime as cudart
         except ImportError as exc:
             raise RuntimeError_(f"native TensorRT needs tensorrt and cuda-python: {exc}") from exc
-        from edge_agent.capabilities import gpu_name
-        from edge_agent.runtimes.onnxruntime_rt import options_cache_default
 
         self._trt, self._cudart = trt, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)

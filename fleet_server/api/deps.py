@@ -1,27 +1,44 @@
-"""Shared dependencies: DB session, admin and device authentication."""
+"""Shared dependencies: the services, a DB session, and who is calling (admin token, user, device)."""
 
 from __future__ import annotations
 
+import shutil
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.responses import FileResponse
 from sqlmodel import Session, select
+from starlette.background import BackgroundTask
 
+from fleet_server.devices.tables import Device
 from fleet_server.keys import same, token_hash
-from fleet_server.models import Device
+from fleet_server.services import Services
+from fleet_server.storage import TooLarge
+from fleet_server.users.service import resolve
+from fleet_server.users.tables import ROLE_RANK
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine) as session:
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    with Session(services.engine) as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _bearer(request: Request) -> str | None:
+def bearer(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
@@ -50,17 +67,16 @@ class Principal:
         return self.name if self.kind != "user" else f"user:{self.name}"
 
 
-def _principal(request: Request, session: Session) -> Principal:
-    from fleet_server.users.service import resolve
-
-    token = _bearer(request)
+def principal(request: Request, session: Session) -> Principal:
+    """Who sent this request; 401 without a valid credential. The console and the API share it."""
+    token = bearer(request)
     from_cookie = False
     if token is None:
         token = request.cookies.get(SESSION_COOKIE)
         from_cookie = token is not None
     if token is None:
         raise _unauthorized("missing bearer token")
-    if not from_cookie and same(token, request.app.state.admin_token):
+    if not from_cookie and same(token, get_services(request).admin_token):
         who = Principal("admin", "admin", "admin")
     elif token.startswith("edl_user_"):
         found = resolve(session, token)
@@ -84,9 +100,7 @@ def _principal(request: Request, session: Session) -> Principal:
 
 
 def _at_least(request: Request, session: Session, role: str) -> Principal:
-    from fleet_server.users.tables import ROLE_RANK
-
-    who = _principal(request, session)
+    who = principal(request, session)
     if who.kind == "device":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "device credentials cannot call this endpoint")
     if ROLE_RANK.get(who.role, -1) < ROLE_RANK[role]:
@@ -107,7 +121,7 @@ def require_admin(request: Request, session: SessionDep) -> Principal:
 
 
 def require_admin_or_device(request: Request, session: SessionDep) -> Principal:
-    return _principal(request, session)
+    return principal(request, session)
 
 
 ViewerDep = Annotated[Principal, Depends(require_viewer)]
@@ -116,14 +130,8 @@ AdminDep = Annotated[Principal, Depends(require_admin)]
 AnyPrincipalDep = Annotated[Principal, Depends(require_admin_or_device)]
 
 
-def folder_as_targz(folder, work):  # type: ignore[no-untyped-def]
+def folder_as_targz(folder: Path, work: Path) -> FileResponse:
     """A FileResponse with `folder` as a .tar.gz; `work` (the folder's parent temp dir) is removed after sending."""
-    import shutil
-    import tarfile
-
-    from fastapi.responses import FileResponse
-    from starlette.background import BackgroundTask
-
     archive = work / f"{folder.name}.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(folder, arcname=folder.name)
@@ -142,14 +150,24 @@ def check_declared_length(request: Request, limit: int, what: str = "upload") ->
         raise HTTPException(413, f"{what} is {declared} bytes; the limit is {limit}")
 
 
-async def receive_upload(request: Request, what: str = "upload"):  # type: ignore[no-untyped-def]
-    """Stream the body to a temp file in the artifact store, capped at max_upload_bytes: (path, sha256, length)."""
-    from fleet_server.storage import TooLarge
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The whole body in memory, refused with 413 once it passes `limit` (declared or streamed)."""
+    check_declared_length(request, limit)
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise HTTPException(413, f"upload exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    app = request.app.state
-    limit = app.settings.max_upload_bytes
+
+async def receive_upload(request: Request, what: str = "upload") -> tuple[Path, str, int]:
+    """Stream the body to a temp file in the artifact store, capped at max_upload_bytes: (path, sha256, length)."""
+    services = get_services(request)
+    limit = services.settings.max_upload_bytes
     check_declared_length(request, limit, what)
     try:
-        return await app.store.receive(request.stream(), limit)
+        return await services.store.receive(request.stream(), limit)
     except TooLarge as exc:
         raise HTTPException(413, str(exc)) from exc

@@ -7,6 +7,9 @@ from typing import Any
 
 import httpx
 
+from edge_agent.protocol import manifest
+from edge_agent.protocol.manifest import RefError
+
 
 class CliError(Exception):
     pass
@@ -19,6 +22,16 @@ class AdminClient:
         if not self.token:
             raise CliError("no admin token: pass --token or set EDGELOOP_TOKEN (see DATA_DIR/admin_token)")
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.token}"})
+
+    def download(self, path: str, params: dict[str, Any] | None = None) -> bytes:
+        """GET a file (an export); CliError with the server's reason on an error status."""
+        try:
+            resp = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach {self.url}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise CliError(f"GET {path}: HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp.content
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -37,8 +50,16 @@ class AdminClient:
 
 
 def parse_ref(text: str) -> tuple[str, int]:
-    """NAME:VERSION -> (name, version)."""
-    name, _, version = text.rpartition(":")
-    if not name or not version.isdigit():
-        raise CliError(f"expected NAME:VERSION, got {text!r}")
-    return name, int(version)
+    """NAME:VERSION -> (name, version), or a CliError that says what was expected."""
+    try:
+        return manifest.parse_ref(text)
+    except RefError as exc:
+        raise CliError(str(exc)) from None
+
+
+def parse_ref_latest(text: str) -> tuple[str, int | None]:
+    """NAME or NAME:VERSION -> (name, version or None), or a CliError."""
+    try:
+        return manifest.parse_ref_latest(text)
+    except RefError as exc:
+        raise CliError(str(exc)) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet_server.cli.client import CliError
-from fleet_server.cli.zoo_cli import _client, _print, fetch_tar
+from fleet_server.cli.common import admin_client, fetch_tar, out
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -25,17 +25,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     keys = ("device", "model", "strategy", "state", "label", "since")
     params = {k: v for k, v in vars(args).items() if k in keys and v}
     params["limit"] = args.limit
-    rows = _client(args).request("GET", "/api/v1/samples", params=params)["samples"]
+    rows = admin_client(args).request("GET", "/api/v1/samples", params=params)["samples"]
     head = f"{'ID':<6} {'STATE':<10} {'DEVICE':<14} {'MODEL':<14} {'STRATEGY':<12} {'REASON':<36} PREDICTIONS"
-    _print(args, rows, "\n".join([head] + [_line(s) for s in rows]) if rows else "no samples")
+    out(args, rows, "\n".join([head] + [_line(s) for s in rows]) if rows else "no samples")
     return 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    c = _client(args)
+    c = admin_client(args)
     if args.action in ("accept", "reject") and len(args.ids) > 1:
         r = c.request("POST", "/api/v1/samples/review", json={"ids": args.ids, "action": args.action})
-        _print(args, r, f"{r['action']}ed {r['reviewed']} samples")
+        out(args, r, f"{r['action']}ed {r['reviewed']} samples")
         return 0
     body: dict[str, Any] = {"action": args.action}
     if args.action == "correct":
@@ -44,12 +44,12 @@ def cmd_review(args: argparse.Namespace) -> int:
         body["labels"] = json.loads(args.labels)
     for sid in args.ids:
         r = c.request("POST", f"/api/v1/samples/{sid}/review", json=body)
-        _print(args, r, _line(r))
+        out(args, r, _line(r))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    c = _client(args)
+    c = admin_client(args)
     params = {"state": args.state, "format": args.format, **({"classes": args.classes} if args.classes else {})}
     fetch_tar(c, "/api/v1/samples-export", params, args.out)
     print(f"exported {args.state} samples as {args.format} into {args.out} (images named <sample id>.jpg)")
@@ -60,15 +60,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     path: Path = args.annotations
     if not path.is_file():
         raise CliError(f"{path}: no such file")
-    r = _client(args).request("POST", "/api/v1/samples-import", content=path.read_bytes())
-    _print(args, r, f"labels of {r['updated']} samples replaced (state: corrected)")
+    r = admin_client(args).request("POST", "/api/v1/samples-import", content=path.read_bytes())
+    out(args, r, f"labels of {r['updated']} samples replaced (state: corrected)")
     return 0
 
 
 def cmd_to_dataset(args: argparse.Namespace) -> int:
     body = {"model": args.model} if args.model else {}
-    d = _client(args).request("POST", f"/api/v1/datasets/{args.dataset}/from-samples", json=body)
-    _print(args, d, f"created {d['name']}:{d['version']} ({d['samples']} samples, parent {d['parent']})")
+    d = admin_client(args).request("POST", f"/api/v1/datasets/{args.dataset}/from-samples", json=body)
+    out(args, d, f"created {d['name']}:{d['version']} ({d['samples']} samples, parent {d['parent']})")
     return 0
 
 
@@ -87,14 +87,14 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         "drift_window_min": args.drift_window,
         "enabled": not args.disable,
     }
-    r = _client(args).request("PUT", f"/api/v1/flywheel/policies/{args.model}", json=body)
-    _print(args, r, f"policy for {args.model}: retrain on {r['dataset']} every {r['min_new_labels']} new labels, "
+    r = admin_client(args).request("PUT", f"/api/v1/flywheel/policies/{args.model}", json=body)
+    out(args, r, f"policy for {args.model}: retrain on {r['dataset']} every {r['min_new_labels']} new labels, "
            f"rollout {r['rollout']}{'' if r['enabled'] else ' (disabled)'}")  # fmt: skip
     return 0
 
 
 def cmd_policy_list(args: argparse.Namespace) -> int:
-    rows = _client(args).request("GET", "/api/v1/flywheel/policies")
+    rows = admin_client(args).request("GET", "/api/v1/flywheel/policies")
     lines = [
         f"{p['model']:<16} dataset={p['dataset']} min_new_labels={p['min_new_labels']} epochs={p['epochs']} "
         f"budget={p['budget_points']} rollout={p['rollout']} selector={p['selector']} enabled={p['enabled']}"
@@ -105,19 +105,19 @@ def cmd_policy_list(args: argparse.Namespace) -> int:
         )
         for p in rows
     ]
-    _print(args, rows, "\n".join(lines) or "no policies")
+    out(args, rows, "\n".join(lines) or "no policies")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    r = _client(args).request("POST", "/api/v1/flywheel/check")
-    _print(args, r, f"queued retrain jobs: {r['queued'] or 'none'}")
+    r = admin_client(args).request("POST", "/api/v1/flywheel/check")
+    out(args, r, f"queued retrain jobs: {r['queued'] or 'none'}")
     return 0
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    r = _client(args).request("POST", f"/api/v1/flywheel/approve/{args.job}")
-    _print(args, r, f"approved {r['model']}: rollout {r['rollout']} (edgeloop rollout status {r['rollout']} --watch)")
+    r = admin_client(args).request("POST", f"/api/v1/flywheel/approve/{args.job}")
+    out(args, r, f"approved {r['model']}: rollout {r['rollout']} (edgeloop rollout status {r['rollout']} --watch)")
     return 0
 
 

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+from pydantic import ValidationError
+
+from fleet_server.app import create_app
+from fleet_server.cli import flywheel_cli, users_cli, zoo_cli
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
-
-
-def _out(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+from fleet_server.cli.common import out
+from fleet_server.cli.rollouts_cli import add_parsers
+from fleet_server.keys import ensure_admin_token, ensure_keys
+from fleet_server.settings import Settings
+from model_zoo.compile import CompileReport, table_text
 
 
 # -- server ---------------------------------------------------------------------------------------
 def cmd_server(args: argparse.Namespace) -> int:
-    import uvicorn
-    from pydantic import ValidationError
-
-    from fleet_server.app import create_app
-    from fleet_server.keys import ensure_admin_token, ensure_keys
-    from fleet_server.settings import Settings
-
     overrides = {
         k: v
         for k, v in {
@@ -84,7 +82,7 @@ def cmd_models_push(args: argparse.Namespace) -> int:
             content=fh,
             headers={"Content-Type": "application/octet-stream"},
         )
-    _out(args, data, f"{data['name']}:{data['version']}")
+    out(args, data, f"{data['name']}:{data['version']}")
     return 0
 
 
@@ -96,7 +94,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         f"{','.join(r['classes'])}"
         for r in rows
     ]
-    _out(args, rows, "\n".join(lines))
+    out(args, rows, "\n".join(lines))
     return 0
 
 
@@ -112,12 +110,10 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     if r.get("lineage"):
         lines.append("lineage: " + ", ".join(f"{k}={v}" for k, v in sorted(r["lineage"].items())))
     if r.get("report"):
-        from model_zoo.compile import CompileReport, table_text
-
         report = CompileReport.from_json(r["report"])
         lines += ["", f"compile report (host: {_host_text(report.host)}; budget {report.budget_points} pts)"]
         lines.append(table_text(report))
-    _out(args, r, "\n".join(lines))
+    out(args, r, "\n".join(lines))
     return 0
 
 
@@ -147,13 +143,13 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
             "data_dir: /var/lib/edgeloop",
         ]
     )
-    _out(args, r, text)
+    out(args, r, text)
     return 0
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
     r = AdminClient(args.server_url, args.token).request("POST", f"/api/v1/devices/{args.device_id}/revoke")
-    _out(args, r, f"revoked {args.device_id}: its token no longer works")
+    out(args, r, f"revoked {args.device_id}: its token no longer works")
     return 0
 
 
@@ -170,7 +166,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         )
         if d.get("reason") and d.get("state") == "failed":
             lines.append(f"{'':<20} reason: {d['reason']}")
-    _out(args, rows, "\n".join(lines))
+    out(args, rows, "\n".join(lines))
     return 0
 
 
@@ -186,7 +182,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         body["shadow_share"] = args.shadow_share
     r = AdminClient(args.server_url, args.token).request("PUT", f"/api/v1/devices/{args.device}/deployment", json=body)
     note = " (signed rollback)" if r.get("rollback") else ""
-    _out(args, r, f"{args.device}: desired {name}:{version}{note}, revision {r['revision']}")
+    out(args, r, f"{args.device}: desired {name}:{version}{note}, revision {r['revision']}")
     return 0
 
 
@@ -263,19 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_flags(dl)
     dl.set_defaults(func=cmd_devices_list)
 
-    from fleet_server.cli.rollouts_cli import add_parsers
-
     add_parsers(sub, d, _admin_flags)
-
-    from fleet_server.cli import zoo_cli
 
     zoo_cli.add_parsers(sub, _admin_flags)
 
-    from fleet_server.cli import flywheel_cli
-
     flywheel_cli.add_parsers(sub, _admin_flags)
-
-    from fleet_server.cli import users_cli
 
     users_cli.add_parsers(sub, _admin_flags)
 

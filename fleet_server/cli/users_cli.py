@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from fleet_server.cli.zoo_cli import _client, _print
+from fleet_server.cli.common import admin_client, out
 
 
 def _password(args: argparse.Namespace) -> tuple[str, bool]:
@@ -28,18 +28,18 @@ def _line(u: dict[str, Any]) -> str:
 
 def cmd_add(args: argparse.Namespace) -> int:
     password, generated = _password(args)
-    u = _client(args).request(
+    u = admin_client(args).request(
         "POST", "/api/v1/users", json={"name": args.name, "role": args.role, "password": password}
     )
     if generated:
         u["password"] = password  # shown once, to the admin who made it
-    _print(args, u, _line(u) + (f"\npassword (shown once): {password}" if generated else ""))
+    out(args, u, _line(u) + (f"\npassword (shown once): {password}" if generated else ""))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = _client(args).request("GET", "/api/v1/users")
-    _print(args, rows, "\n".join(_line(u) for u in rows) if rows else "no users")
+    rows = admin_client(args).request("GET", "/api/v1/users")
+    out(args, rows, "\n".join(_line(u) for u in rows) if rows else "no users")
     return 0
 
 
@@ -51,8 +51,8 @@ def cmd_set(args: argparse.Namespace) -> int:
         body["disabled"] = bool(args.disable)
     if args.new_password:
         body["password"] = _password(args)[0]
-    u = _client(args).request("PATCH", f"/api/v1/users/{args.name}", json=body)
-    _print(args, u, _line(u))
+    u = admin_client(args).request("PATCH", f"/api/v1/users/{args.name}", json=body)
+    out(args, u, _line(u))
     return 0
 
 

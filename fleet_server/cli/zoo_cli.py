@@ -12,25 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet_server.cli.client import AdminClient, CliError
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(args.server_url, args.token)
-
-
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
-
-
-def fetch_tar(c: AdminClient, path: str, params: dict[str, Any], out: Path) -> None:
-    """GET a .tar.gz from the server and unpack it safely (tar's `data` filter) into `out`."""
-    resp = c._http.get(path, params=params)
-    if resp.status_code >= 400:
-        raise CliError(f"export: HTTP {resp.status_code}: {resp.text[:300]}")
-    out.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tf:
-        tf.extractall(out, filter="data")
+from fleet_server.cli.client import AdminClient, CliError, parse_ref_latest
+from fleet_server.cli.common import admin_client, fetch_tar, out
 
 
 def _dataset_line(d: dict[str, Any]) -> str:
@@ -78,19 +61,19 @@ def wait_job(client: AdminClient, job_id: int, quiet: bool = False, poll: float 
 
 def _finish(args: argparse.Namespace, client: AdminClient, job: dict[str, Any], done: Callable[[dict], str]) -> int:
     if not args.wait:
-        _print(args, job, _job_line(job) + f"\nfollow it: edgeloop jobs watch {job['id']}")
+        out(args, job, _job_line(job) + f"\nfollow it: edgeloop jobs watch {job['id']}")
         return 0
     j = wait_job(client, job["id"], quiet=getattr(args, "json", False))
     if j["state"] != "succeeded":
-        _print(args, j, _job_line(j) + (f"\n{j['error']}" if j.get("error") else ""))
+        out(args, j, _job_line(j) + (f"\n{j['error']}" if j.get("error") else ""))
         return 1
-    _print(args, j, done(j))
+    out(args, j, done(j))
     return 0
 
 
 # -- datasets --------------------------------------------------------------------------------------
 def cmd_synth(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = admin_client(args)
     body = {
         "preset": args.preset,
         "count": args.count,
@@ -114,39 +97,39 @@ def cmd_import(args: argparse.Namespace) -> int:
         body = buf.getvalue()
     else:
         body = path.read_bytes()
-    d = _client(args).request(
+    d = admin_client(args).request(
         "POST",
         f"/api/v1/datasets/{args.name}/import",
         params={"format": args.format, "val_fraction": args.val_fraction},
         content=body,
         headers={"content-type": "application/octet-stream"},
     )
-    _print(args, d, f"created {d['name']}:{d['version']}\n" + _dataset_text(d))
+    out(args, d, f"created {d['name']}:{d['version']}\n" + _dataset_text(d))
     return 0
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
-    rows = _client(args).request("GET", "/api/v1/datasets")
-    _print(args, rows, "\n".join(_dataset_line(d) for d in rows) or "no datasets")
+    rows = admin_client(args).request("GET", "/api/v1/datasets")
+    out(args, rows, "\n".join(_dataset_line(d) for d in rows) or "no datasets")
     return 0
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
-    name, _, ver = args.ref.partition(":")
-    c = _client(args)
+    name, ver = parse_ref_latest(args.ref)
+    c = admin_client(args)
     if ver:
         d = c.request("GET", f"/api/v1/datasets/{name}/versions/{ver}")
     else:
         d = c.request("GET", f"/api/v1/datasets/{name}/versions")[-1]
-    _print(args, d, _dataset_text(d))
+    out(args, d, _dataset_text(d))
     return 0
 
 
 def cmd_datasets_export(args: argparse.Namespace) -> int:
-    name, _, ver = args.ref.partition(":")
-    c = _client(args)
+    name, ver = parse_ref_latest(args.ref)
+    c = admin_client(args)
     if not ver:
-        ver = str(c.request("GET", f"/api/v1/datasets/{name}/versions")[-1]["version"])
+        ver = int(c.request("GET", f"/api/v1/datasets/{name}/versions")[-1]["version"])
     params = {"format": args.format, **({"split": args.split} if args.split else {})}
     fetch_tar(c, f"/api/v1/datasets/{name}/versions/{ver}/export", params, args.out)
     print(f"exported {name}:{ver} as {args.format} into {args.out}")
@@ -166,7 +149,7 @@ def _version_done(j: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = admin_client(args)
     body = {
         "dataset": args.dataset,
         "model": args.model,
@@ -186,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = admin_client(args)
     body = {
         "ref": args.ref,
         "targets": args.targets.split(",") if args.targets else None,
@@ -198,32 +181,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    rows = _client(args).request("GET", "/api/v1/jobs", params={"state": args.state} if args.state else {})
-    _print(args, rows, "\n".join(_job_line(j) for j in rows) or "no jobs")
+    rows = admin_client(args).request("GET", "/api/v1/jobs", params={"state": args.state} if args.state else {})
+    out(args, rows, "\n".join(_job_line(j) for j in rows) or "no jobs")
     return 0
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    j = _client(args).request("GET", f"/api/v1/jobs/{args.id}", params={"tail": args.tail})
+    j = admin_client(args).request("GET", f"/api/v1/jobs/{args.id}", params={"tail": args.tail})
     lines = [_job_line(j), f"params: {json.dumps(j['params'])}", f"created {j['created_at']} by {j['created_by']}"]
     if j.get("error"):
         lines.append(f"error: {j['error']}")
     if j.get("result"):
         lines.append(f"result: {json.dumps(j['result'])}")
     lines += [json.dumps(ev) for ev in j.get("log", [])]
-    _print(args, j, "\n".join(lines))
+    out(args, j, "\n".join(lines))
     return 0
 
 
 def cmd_jobs_watch(args: argparse.Namespace) -> int:
-    j = wait_job(_client(args), args.id)
-    _print(args, j, _job_line(j) + (f"\n{j['error']}" if j.get("error") else ""))
+    j = wait_job(admin_client(args), args.id)
+    out(args, j, _job_line(j) + (f"\n{j['error']}" if j.get("error") else ""))
     return 0 if j["state"] == "succeeded" else 1
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    j = _client(args).request("POST", f"/api/v1/jobs/{args.id}/cancel")
-    _print(args, j, _job_line(j))
+    j = admin_client(args).request("POST", f"/api/v1/jobs/{args.id}/cancel")
+    out(args, j, _job_line(j))
     return 0
 
 

@@ -6,19 +6,30 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import func
 from sqlmodel import Session, col, or_, select
 
-from fleet_server.models import Deployment, Device, ModelVersion, TelemetryPoint
+from edge_agent.protocol.manifest import RefError, parse_ref_latest
+from edge_agent.protocol.messages import UpdateStateName
+from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
+from fleet_server.flywheel.tables import Sample, SampleState
+from fleet_server.jobs.tables import Job
+from fleet_server.registry.tables import ModelVersion
+from fleet_server.rollouts.engine import agg_dict
+from fleet_server.rollouts.gates import parse_gate
+from fleet_server.rollouts.tables import Rollout, RolloutDevice, TelemetryAgg
 
 PAGE = 50
-UPDATING = ("downloading", "verifying", "preparing", "warming", "active", "rolling_back")
+UPDATING = tuple(
+    s for s in UpdateStateName if s not in (UpdateStateName.idle, UpdateStateName.committed, UpdateStateName.failed)
+)
 STATES = {
     "online": lambda: col(Device.online).is_(True),
     "offline": lambda: col(Device.online).is_(False),
     "updating": lambda: col(Device.state).in_(UPDATING),
-    "failed": lambda: col(Device.state) == "failed",
+    "failed": lambda: col(Device.state) == UpdateStateName.failed,
     "degraded": lambda: or_(col(Device.reason).is_not(None), col(Device.shadow_reason).is_not(None)),
 }
 
@@ -41,14 +52,16 @@ class FleetFilter:
             k, _, v = self.tag.partition("=")
             conds.append(col(Device.tags_json).contains(json.dumps({k.strip(): v.strip()})[1:-1]))
         if self.model:
-            name, _, ver = self.model.partition(":")
+            try:
+                name, ver = parse_ref_latest(self.model)
+            except RefError:  # a filter typed by hand: match the text as a model name
+                name, ver = self.model, None
             conds.append(col(Device.model) == name)
-            if ver.isdigit():
-                conds.append(col(Device.version) == int(ver))
+            if ver is not None:
+                conds.append(col(Device.version) == ver)
         return conds
 
     def query_string(self, **override: Any) -> str:
-        from urllib.parse import urlencode
 
         vals = {"q": self.q, "state": self.state, "tag": self.tag, "model": self.model, "page": self.page, **override}
         return urlencode({k: v for k, v in vals.items() if v and not (k == "page" and v == 1)})
@@ -163,9 +176,6 @@ def deployments(session: Session, device_id: str, limit: int = 20) -> list[dict[
 def gate_rows(session: Session, r: Any) -> list[dict[str, Any]]:
     """Per device of a rollout: its state and each gate's value against its threshold (from the device's
     baseline on the previous version), judged the way the engine judges; live while the wave bakes."""
-    from fleet_server.rollouts.engine import agg_dict
-    from fleet_server.rollouts.gates import parse_gate
-    from fleet_server.rollouts.tables import RolloutDevice, TelemetryAgg
 
     gates = [parse_gate(g) for g in json.loads(r.gates_json)]
     rows = session.exec(
@@ -188,3 +198,52 @@ def gate_rows(session: Session, r: Any) -> list[dict[str, Any]]:
                 checks.append({"ok": ok, "text": text})
         out.append({"device": d.device_id, "wave": d.wave, "state": d.state, "reason": d.reason, "checks": checks})
     return out
+
+
+# -- single reads behind the pages --------------------------------------------------------------------
+def device_samples(session: Session, device_id: str, limit: int = 12) -> list[Sample]:
+    q = select(Sample).where(Sample.device_id == device_id).order_by(col(Sample.id).desc()).limit(limit)
+    return list(session.exec(q).all())
+
+
+def model_versions(session: Session) -> list[ModelVersion]:
+    q = select(ModelVersion).order_by(col(ModelVersion.model), col(ModelVersion.version).desc())
+    return list(session.exec(q).all())
+
+
+def model_version(session: Session, name: str, version: int) -> ModelVersion | None:
+    q = select(ModelVersion).where(ModelVersion.model == name, ModelVersion.version == version)
+    return session.exec(q).first()
+
+
+def running(session: Session, name: str, version: int, limit: int = 1000) -> list[str]:
+    """Ids of the devices that report running this version."""
+    q = select(Device.id).where(Device.model == name, Device.version == version).limit(limit)
+    return list(session.exec(q).all())
+
+
+def recent_rollouts(session: Session, limit: int = 100) -> list[Rollout]:
+    return list(session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(limit)).all())
+
+
+def version_refs(session: Session) -> list[str]:
+    """NAME:VERSION of every model version, newest first (the rollout form's choices)."""
+    rows = session.exec(select(ModelVersion.model, ModelVersion.version).order_by(col(ModelVersion.id).desc())).all()
+    return [f"{m}:{v}" for m, v in rows]
+
+
+def sample_classes(session: Session, s: Sample) -> list[str]:
+    """The classes of the model version that mined the sample (the box editor's choices)."""
+    if not s.model or s.version is None:
+        return []
+    mv = model_version(session, s.model, s.version)
+    return json.loads(mv.classes_json) if mv else []
+
+
+def next_new_sample(session: Session, after: int) -> int | None:
+    q = select(Sample.id).where(Sample.state == SampleState.NEW, col(Sample.id) != after)
+    return session.exec(q.order_by(col(Sample.id)).limit(1)).first()
+
+
+def recent_jobs(session: Session, limit: int = 100) -> list[Job]:
+    return list(session.exec(select(Job).order_by(col(Job.id).desc()).limit(limit)).all())

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from fleet_server.models import TelemetryPoint
+from fleet_server.devices.tables import TelemetryPoint
 
 MIN_PREDICTIONS = 50  # on each side of the comparison
 

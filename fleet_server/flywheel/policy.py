@@ -11,10 +11,15 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from fleet_server.blobs import Blobs
 from fleet_server.flywheel.drift import confidence_drift, retrain_trigger
+from fleet_server.flywheel.samples import dataset_from_samples, labelled_samples
 from fleet_server.flywheel.tables import RetrainPolicy
+from fleet_server.jobs.states import PENDING
 from fleet_server.jobs.tables import Job
-from fleet_server.models import Artifact, ModelVersion
+from fleet_server.registry.tables import Artifact, ModelVersion
+from fleet_server.settings import Settings
+from fleet_server.storage import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +29,28 @@ def latest_trained(session: Session, model: str) -> ModelVersion | None:
     return session.exec(q.order_by(col(ModelVersion.version).desc())).first()
 
 
+def policies_public(session: Session) -> list[dict[str, Any]]:
+    """Every retrain policy, with its current confidence-drift reading where it watches drift."""
+    out = []
+    for p in session.exec(select(RetrainPolicy)).all():
+        row = p.model_dump()
+        current = latest_trained(session, p.model) if p.drift_drop else None
+        row["drift"] = (
+            confidence_drift(session, current.model, current.version, p.drift_window_min) if current else None
+        )
+        out.append(row)
+    return out
+
+
 def check_policies(
-    engine: Engine, settings: Any, store_root: Path, blobs: Any = None, artifacts: Any = None
+    engine: Engine, settings: Settings, store_root: Path, blobs: Blobs, artifacts: LocalStore
 ) -> list[int]:
     """Queue a retrain for every enabled policy whose threshold is met; returns the new job ids."""
-    from fleet_server.api.samples_api import dataset_from_samples, labelled_samples
-
     queued: list[int] = []
     with Session(engine) as s:
         active = [
             json.loads(j.params_json).get("name")
-            for j in s.exec(select(Job).where(Job.kind == "retrain", col(Job.state).in_(("queued", "running")))).all()
+            for j in s.exec(select(Job).where(Job.kind == "retrain", col(Job.state).in_(PENDING))).all()
         ]
         for pol in s.exec(select(RetrainPolicy).where(RetrainPolicy.enabled == True)).all():  # noqa: E712
             if pol.model in active:
@@ -60,7 +76,7 @@ def check_policies(
             if fp32 is None:
                 continue
             try:
-                dv = dataset_from_samples(settings.data_dir, pol.dataset, rows, blobs=blobs)
+                dv = dataset_from_samples(store_root, pol.dataset, rows, blobs)
             except ValueError as exc:
                 log.warning("retrain policy %s: cannot build the dataset: %s", pol.model, exc)
                 continue
@@ -77,10 +93,7 @@ def check_policies(
                 "dataset_ref": dv.ref,
                 "datasets_dir": str(store_root),
                 "holdout_dataset": lineage.get("holdout") or lineage.get("dataset") or dv.ref,
-                "current_onnx": str(
-                    (artifacts.ensure(fp32.sha256) if artifacts is not None else None)
-                    or settings.data_dir / "artifacts" / fp32.sha256[:2] / fp32.sha256
-                ),
+                "current_onnx": str(artifacts.ensure(fp32.sha256) or artifacts.path(fp32.sha256)),
                 "epochs": pol.epochs,
                 "batch": 16,
                 "lr": 1e-3,

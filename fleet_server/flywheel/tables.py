@@ -6,9 +6,31 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from fleet_server.models import utcnow
+from fleet_server.db import EnumText, utcnow
+from fleet_server.strenum import StrEnum
 
-SAMPLE_STATES = ("new", "accepted", "corrected", "rejected")
+
+class SampleState(StrEnum):
+    NEW = "new"  # uploaded by a device, not reviewed
+    ACCEPTED = "accepted"  # the device's pre-annotations, kept as labels
+    CORRECTED = "corrected"  # labels given by a person (or imported)
+    REJECTED = "rejected"  # not worth training on
+
+
+class ReviewAction(StrEnum):
+    ACCEPT = "accept"
+    CORRECT = "correct"
+    REJECT = "reject"
+
+
+# Review may change its mind: every state moves on every action.
+REVIEW_TRANSITIONS: dict[tuple[SampleState, ReviewAction], SampleState] = {
+    **{(s, ReviewAction.ACCEPT): SampleState.ACCEPTED for s in SampleState},
+    **{(s, ReviewAction.CORRECT): SampleState.CORRECTED for s in SampleState},
+    **{(s, ReviewAction.REJECT): SampleState.REJECTED for s in SampleState},
+}
+LABELLED = frozenset({SampleState.ACCEPTED, SampleState.CORRECTED})
+SAMPLE_STATES = tuple(s.value for s in SampleState)
 
 
 class Sample(SQLModel, table=True):
@@ -28,7 +50,7 @@ class Sample(SQLModel, table=True):
     image: str = Field(max_length=64)  # generated file name under DATA/samples
     bytes: int
     predictions_json: str = "[]"
-    state: str = Field(default="new", max_length=16, index=True)
+    state: SampleState = Field(default=SampleState.NEW, sa_type=EnumText(SampleState, 16), index=True)
     labels_json: str | None = None
     dataset: str | None = Field(default=None, max_length=80)  # the dataset version it was added to
 

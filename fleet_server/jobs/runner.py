@@ -25,6 +25,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from fleet_server.jobs.states import MAX_ATTEMPTS, JobEvent, JobState, next_job_state
 from fleet_server.jobs.tables import Job
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,6 @@ def die_with_parent() -> None:
     worker never outlives a crashed server (the job's lease lapses and the job resumes, once)."""
     if _PRCTL is not None:
         _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL; elsewhere than Linux the lease still protects the job
-
-
-MAX_ATTEMPTS = 3
 
 
 def _now() -> datetime:
@@ -110,24 +108,28 @@ class JobRunner:
         now = _now()
         with Session(self.engine) as s:
             stale = s.exec(
-                select(Job).where(Job.state == "running", col(Job.lease_until) < now).order_by(col(Job.id))
+                select(Job).where(Job.state == JobState.RUNNING, col(Job.lease_until) < now).order_by(col(Job.id))
             ).all()
             for j in stale:
                 if j.attempts >= MAX_ATTEMPTS:
-                    self._finish(s, j, "failed", error=f"abandoned after {j.attempts} attempts (worker lost)")
+                    self._finish(s, j, JobEvent.ABANDON, error=f"abandoned after {j.attempts} attempts (worker lost)")
                 else:
                     s.execute(
                         update(Job)
-                        .where(col(Job.id) == j.id, col(Job.state) == "running", col(Job.lease_until) < now)
-                        .values(state="queued", owner=None, message="requeued: its server stopped")
+                        .where(col(Job.id) == j.id, col(Job.state) == JobState.RUNNING, col(Job.lease_until) < now)
+                        .values(
+                            state=next_job_state(JobState.RUNNING, JobEvent.LEASE_LAPSED),
+                            owner=None,
+                            message="requeued: its server stopped",
+                        )
                     )
                     s.commit()
-            for j in s.exec(select(Job).where(Job.state == "queued").order_by(col(Job.id)).limit(5)).all():
+            for j in s.exec(select(Job).where(Job.state == JobState.QUEUED).order_by(col(Job.id)).limit(5)).all():
                 res = s.execute(
                     update(Job)
-                    .where(col(Job.id) == j.id, col(Job.state) == "queued")
+                    .where(col(Job.id) == j.id, col(Job.state) == JobState.QUEUED)
                     .values(
-                        state="running",
+                        state=next_job_state(JobState.QUEUED, JobEvent.CLAIM),
                         owner=self.name,
                         lease_until=now + self.lease,
                         attempts=j.attempts + 1,
@@ -185,10 +187,10 @@ class JobRunner:
         with Session(self.engine) as s:
             job = s.get(Job, job_id)
             assert job is not None
-            if job.owner != self.name or job.state != "running":
+            if job.owner != self.name or job.state != JobState.RUNNING:
                 return  # someone else took it over (our lease lapsed)
             if job.cancel_requested:
-                self._finish(s, job, "cancelled", error="cancelled by request")
+                self._finish(s, job, JobEvent.CANCEL, error="cancelled by request")
             elif self._stop.is_set() and rc != 0:
                 return  # shutting down: the lease lapses and the job resumes later
             elif rc == 0 and (jd / "result.json").is_file():
@@ -197,12 +199,12 @@ class JobRunner:
                 except Exception as exc:  # noqa: BLE001 - the job fails with the reason, the server lives on
                     log.exception("job %d: registering its result failed", job_id)
                     s.rollback()
-                    self._finish(s, job, "failed", error=f"register: {exc}")
+                    self._finish(s, job, JobEvent.FAIL, error=f"register: {exc}")
                     return
-                self._finish(s, job, "succeeded", result=result)
+                self._finish(s, job, JobEvent.SUCCEED, result=result)
             else:
                 tail = _tail(jd / "stderr.log")
-                self._finish(s, job, "failed", error=last_error or tail or f"worker exited with {rc}")
+                self._finish(s, job, JobEvent.FAIL, error=last_error or tail or f"worker exited with {rc}")
         log.info("job %d (%s) ended", job_id, kind)
 
     def _watch(self, job_id: int, proc: subprocess.Popen[str]) -> None:
@@ -244,9 +246,9 @@ class JobRunner:
             s.commit()
 
     def _finish(
-        self, s: Session, job: Job, state: str, result: dict[str, Any] | None = None, error: str | None = None
+        self, s: Session, job: Job, event: JobEvent, result: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
-        job.state, job.finished_at, job.lease_until = state, _now(), None
+        job.state, job.finished_at, job.lease_until = next_job_state(job.state, event), _now(), None
         if result is not None:
             job.result_json, job.progress = json.dumps(result), 1.0
             job.message = result.get("summary", job.message)

@@ -6,16 +6,16 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from fleet_server.models import utcnow
+from fleet_server.db import EnumText, utcnow
+from fleet_server.jobs.states import JobState
 
 JOB_KINDS = ("train", "compile", "synthesize", "retrain")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class Job(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(max_length=16)
-    state: str = Field(default="queued", max_length=16, index=True)
+    state: JobState = Field(default=JobState.QUEUED, sa_type=EnumText(JobState, 16), index=True)
     params_json: str
     progress: float = 0.0
     message: str = Field(default="", max_length=500)

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_agent.protocol.manifest import parse_ref
+
 
 def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
@@ -115,8 +117,7 @@ def evaluation_gate(
     from model_zoo.evaluate import evaluate_onnx
 
     store = DatasetStore(Path(p["datasets_dir"]))
-    base_name, _, base_ver = p["holdout_dataset"].partition(":")
-    holdout = store.load(base_name, int(base_ver))
+    holdout = store.load(*parse_ref(p["holdout_dataset"]))
     new = store.load(p["dataset"], p.get("dataset_version"))
     spec = InputSpec.model_validate(report["input_spec"])
     task, metric, budget = report["task"], report["metric"], float(p.get("budget_points", 1.0))

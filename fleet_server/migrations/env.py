@@ -6,11 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import fleet_server.flywheel.tables  # noqa: F401
-import fleet_server.jobs.tables  # noqa: F401
-import fleet_server.models  # noqa: F401  (registers the tables)
-import fleet_server.rollouts.tables  # noqa: F401
-import fleet_server.users.tables  # noqa: F401
+import fleet_server.tables  # noqa: F401  (registers every table)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -18,25 +18,25 @@ from sqlalchemy import or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from fleet_server.deploy import DeployError, deploy_version
-from fleet_server.models import DeployRequest, Device, ModelVersion
-from fleet_server.rollouts.gates import parse_gate
-from fleet_server.rollouts.service import audit
-from fleet_server.rollouts.tables import (
-    ABORTED,
-    ACTIVE,
-    COMPLETED,
-    DEPLOYING,
-    FAILED,
-    GATE_FAILED,
-    NOT_UPDATED,
-    PENDING,
-    ROLLED_BACK,
-    RUNNING,
-    Rollout,
-    RolloutDevice,
-    TelemetryAgg,
+from edge_agent.protocol.messages import UpdateStateName
+from fleet_server.audit import audit
+from fleet_server.devices.deploy import Deployer, DeployError
+from fleet_server.devices.tables import DeployRequest, Device
+from fleet_server.registry.tables import ModelVersion
+from fleet_server.rollouts.gates import Gate, parse_gate
+from fleet_server.rollouts.states import (
+    ENGINE_STATES,
+    FAILED_STATES,
+    ROLL_BACK_FROM,
+    DeviceEvent,
+    DeviceRolloutState,
+    RolloutEvent,
+    RolloutState,
+    next_device_state,
+    next_rollout_state,
+    sources,
 )
+from fleet_server.rollouts.tables import Rollout, RolloutDevice, TelemetryAgg
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES = 3  # telemetry messages on the new version before gates are judged
@@ -55,13 +55,17 @@ def _is_shadow_wave(r: Rollout) -> bool:
     return bool(r.shadow) and r.wave == 0
 
 
+def _wave_name(wave: int) -> str:
+    return "canary" if wave == 0 else f"wave {wave}"
+
+
 def agg_dict(a: TelemetryAgg | None) -> dict[str, Any] | None:
     return a.means() if a is not None else None
 
 
 class RolloutEngine:
-    def __init__(self, engine: Engine, app: Any, interval_s: float = 1.0, name: str = "engine") -> None:
-        self.engine, self.app, self.interval_s, self.name = engine, app, interval_s, name
+    def __init__(self, engine: Engine, deployer: Deployer, interval_s: float = 1.0, name: str = "engine") -> None:
+        self.engine, self.deployer, self.interval_s, self.name = engine, deployer, interval_s, name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -84,7 +88,7 @@ class RolloutEngine:
 
     def tick(self) -> None:
         with Session(self.engine) as s:
-            ids = s.exec(select(Rollout.id).where(col(Rollout.state).in_((RUNNING, "aborting")))).all()
+            ids = s.exec(select(Rollout.id).where(col(Rollout.state).in_(ENGINE_STATES))).all()
         for rid in ids:
             self.advance(int(rid or 0))
 
@@ -116,12 +120,12 @@ class RolloutEngine:
         )
         s.commit()
 
-    def _take_device(self, s: Session, d: RolloutDevice, from_states: tuple[str, ...], to_state: str) -> bool:
-        """Move one device row between states only if no one else did: each device is acted on once."""
+    def _take_device(self, s: Session, d: RolloutDevice, event: DeviceEvent) -> bool:
+        """Move one device row on `event` only if no one else moved it first: each device is acted on once."""
         res = s.execute(
             update(RolloutDevice)
-            .where(col(RolloutDevice.id) == d.id, col(RolloutDevice.state).in_(from_states))
-            .values(state=to_state, updated_at=_now())
+            .where(col(RolloutDevice.id) == d.id, col(RolloutDevice.state).in_(sources(event)))
+            .values(state=next_device_state(d.state, event), updated_at=_now())
         )
         s.commit()
         if res.rowcount != 1:  # type: ignore[attr-defined]
@@ -133,7 +137,7 @@ class RolloutEngine:
         # expire_on_commit=False: a wave commits once per device; expiring every loaded row each time is O(n^2)
         with Session(self.engine, expire_on_commit=False) as s:
             r = s.get(Rollout, rollout_id)
-            if r is None or r.state not in (RUNNING, "aborting"):
+            if r is None or r.state not in ENGINE_STATES:
                 return
             if not self._claim(s, r):
                 return
@@ -143,73 +147,67 @@ class RolloutEngine:
                 self._release(s, rollout_id)
 
     def _step(self, s: Session, r: Rollout) -> None:
-        if r.state in (RUNNING, "aborting"):  # re-read after the claim
-            self.steps += 1
-            actor = f"rollout-engine:{self.name}"
-            if r.state == "aborting":
-                self._abort(s, r, r.reason or "aborted", actor)
-                return
-            sizes = json.loads(r.waves_json)
-            rows = s.exec(
-                select(RolloutDevice).where(RolloutDevice.rollout_id == r.id, RolloutDevice.wave == r.wave)
-            ).all()
-            if r.wave_started_at is None:
-                self._start_wave(s, r, rows, actor)
-                return
-            self._observe(s, r, rows)
-            if any(d.state == DEPLOYING for d in rows):
-                s.commit()
-                return
-            if r.wave_settled_at is None:
-                r.wave_settled_at = _now()
-                s.add(r)
-                s.commit()
-            baked = (_now() - (_aware(r.wave_settled_at) or _now())).total_seconds() >= r.bake_s or r.promote
-            if not baked:
-                return
-            verdict = self._judge(s, r, rows)
-            if verdict is None:
-                return  # waiting for enough telemetry on the new version
-            counted = [d for d in rows if d.state != NOT_UPDATED]
-            bad = [d for d in counted if d.state in (FAILED, GATE_FAILED)]
-            ratio = len(bad) / len(counted) if counted else 0.0
-            name = "canary" if r.wave == 0 else f"wave {r.wave}"
-            if counted and ratio > r.max_failure:
-                reasons = "; ".join(f"{d.device_id}: {d.reason}" for d in bad[:5])
-                self._abort(
-                    s,
-                    r,
-                    f"{name}: {len(bad)}/{len(counted)} device(s) failed (max {r.max_failure:.0%}): {reasons}",
-                    actor,
-                )
-                return
-            audit(
-                s,
-                actor,
-                "wave_passed",
-                f"rollout/{r.id}",
-                f"{name}: {len(counted) - len(bad)}/{len(counted)} ok, {len(rows) - len(counted)} not updated",
-            )
-            if _is_shadow_wave(r):
-                # the candidate agreed in shadow: its canary devices now activate it with the next wave
-                for d in rows:
-                    if d.state == ACTIVE:
-                        d.state, d.wave = PENDING, 1
-                        s.add(d)
-                if len(sizes) == 1:
-                    sizes.append(sizes[0])
-                    r.waves_json = json.dumps(sizes)
-            if r.wave + 1 >= len(sizes):
-                r.state = COMPLETED
-                r.reason = None
-                audit(s, actor, "completed", f"rollout/{r.id}")
-            else:
-                r.wave += 1
-                r.wave_started_at = None
-                r.wave_settled_at = None
-                r.promote = False
+        """One step of a claimed rollout: start its wave, or watch it settle, bake and be judged."""
+        if r.state not in ENGINE_STATES:  # re-read after the claim
+            return
+        self.steps += 1
+        actor = f"rollout-engine:{self.name}"
+        if r.state == RolloutState.ABORTING:
+            self._abort(s, r, r.reason or "aborted", actor)
+            return
+        rows = list(
+            s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == r.id, RolloutDevice.wave == r.wave)).all()
+        )
+        if r.wave_started_at is None:
+            self._start_wave(s, r, rows, actor)
+            return
+        self._observe(s, r, rows)
+        if any(d.state == DeviceRolloutState.DEPLOYING for d in rows):
+            s.commit()
+            return
+        if r.wave_settled_at is None:
+            r.wave_settled_at = _now()
             s.add(r)
             s.commit()
+        baked = (_now() - (_aware(r.wave_settled_at) or _now())).total_seconds() >= r.bake_s or r.promote
+        if baked and self._judge(s, r, rows) is not None:  # None: waiting for telemetry on the new version
+            self._close_wave(s, r, rows, actor)
+
+    def _close_wave(self, s: Session, r: Rollout, rows: list[RolloutDevice], actor: str) -> None:
+        """The wave is judged: abort past the failure budget, else pass it and start the next or complete."""
+        counted = [d for d in rows if d.state != DeviceRolloutState.NOT_UPDATED]
+        bad = [d for d in counted if d.state in FAILED_STATES]
+        ratio = len(bad) / len(counted) if counted else 0.0
+        name = _wave_name(r.wave)
+        if counted and ratio > r.max_failure:
+            reasons = "; ".join(f"{d.device_id}: {d.reason}" for d in bad[:5])
+            why = f"{name}: {len(bad)}/{len(counted)} device(s) failed (max {r.max_failure:.0%}): {reasons}"
+            self._abort(s, r, why, actor)
+            return
+        ok = len(counted) - len(bad)
+        detail = f"{name}: {ok}/{len(counted)} ok, {len(rows) - len(counted)} not updated"
+        audit(s, actor, "wave_passed", f"rollout/{r.id}", detail)
+        sizes = json.loads(r.waves_json)
+        if _is_shadow_wave(r):
+            # the candidate agreed in shadow: its canary devices now activate it with the next wave
+            for d in rows:
+                if d.state == DeviceRolloutState.ACTIVE:
+                    d.state, d.wave = next_device_state(d.state, DeviceEvent.SHADOW_PASSED), 1
+                    s.add(d)
+            if len(sizes) == 1:
+                sizes.append(sizes[0])
+                r.waves_json = json.dumps(sizes)
+        if r.wave + 1 >= len(sizes):
+            r.state = next_rollout_state(r.state, RolloutEvent.COMPLETE)
+            r.reason = None
+            audit(s, actor, "completed", f"rollout/{r.id}")
+        else:
+            r.wave += 1
+            r.wave_started_at = None
+            r.wave_settled_at = None
+            r.promote = False
+        s.add(r)
+        s.commit()
 
     def _start_wave(self, s: Session, r: Rollout, rows: list[RolloutDevice], actor: str) -> None:
         # take every pending device of the wave in one compare-and-set: a device is deployed once
@@ -219,9 +217,9 @@ class RolloutEngine:
                 .where(
                     col(RolloutDevice.rollout_id) == r.id,
                     col(RolloutDevice.wave) == r.wave,
-                    col(RolloutDevice.state) == PENDING,
+                    col(RolloutDevice.state).in_(sources(DeviceEvent.DEPLOY)),
                 )
-                .values(state=DEPLOYING, updated_at=_now())
+                .values(state=next_device_state(DeviceRolloutState.PENDING, DeviceEvent.DEPLOY), updated_at=_now())
                 .returning(col(RolloutDevice.id))
             )
             .scalars()
@@ -243,7 +241,7 @@ class RolloutEngine:
         for d in rows:
             if d.id not in taken:
                 continue
-            d.state = DEPLOYING
+            d.state = next_device_state(d.state, DeviceEvent.DEPLOY)
             dev = devices.get(d.device_id)
             if dev is not None and d.prev_version is not None and dev.model == r.model:
                 d.baseline_json = json.dumps(agg_dict(aggs.get((d.device_id, d.prev_version))))
@@ -262,9 +260,9 @@ class RolloutEngine:
             else:
                 req = DeployRequest(model=r.model, version=r.version, slot=r.slot)
             try:
-                deploy_version(s, self.app, d.device_id, req, actor)
+                self.deployer.deploy(s, d.device_id, req, actor)
             except DeployError as exc:
-                d.state, d.reason = FAILED, str(exc)
+                d.state, d.reason = next_device_state(d.state, DeviceEvent.DEPLOY_REFUSED), str(exc)
             d.updated_at = _now()
             s.add(d)
         r.wave_started_at = _now()
@@ -274,44 +272,54 @@ class RolloutEngine:
             actor,
             "wave_started",
             f"rollout/{r.id}",
-            f"{'canary' if r.wave == 0 else f'wave {r.wave}'}: {len(rows)} device(s)",
+            f"{_wave_name(r.wave)}: {len(rows)} device(s)",
         )
         s.commit()
 
     def _observe(self, s: Session, r: Rollout, rows: list[RolloutDevice]) -> None:
+        """Move each deploying device on what it reported: committed, failed, or silent past the timeout."""
         started = _aware(r.wave_started_at) or _now()
-        waiting = [d for d in rows if d.state == DEPLOYING]
+        timed_out = (_now() - started).total_seconds() > r.offline_timeout_s
+        waiting = [d for d in rows if d.state == DeviceRolloutState.DEPLOYING]
         devices = (
             {x.id: x for x in s.exec(select(Device).where(col(Device.id).in_([d.device_id for d in waiting]))).all()}
             if waiting
             else {}
         )
         for d in waiting:
-            dev = devices.get(d.device_id)
-            if dev is None:
-                d.state, d.reason = NOT_UPDATED, "device deleted"
-            elif _is_shadow_wave(r) and d.prev_version is not None:
-                if dev.version == d.prev_version and dev.shadow_version == r.version and dev.state == "committed":
-                    d.state = ACTIVE
-                elif dev.shadow_reason:
-                    d.state, d.reason = FAILED, f"shadow: {dev.shadow_reason}"
-                elif (_now() - started).total_seconds() > r.offline_timeout_s:
-                    d.state, d.reason = NOT_UPDATED, "shadow not started in time"
-                else:
-                    continue
-            elif dev.version == r.version and dev.model == r.model and dev.state == "committed":
-                d.state = ACTIVE
-            elif dev.state == "failed" and dev.target_version == r.version:
-                d.state, d.reason = FAILED, dev.reason or "update failed"
-            elif (_now() - started).total_seconds() > r.offline_timeout_s:
-                d.state = NOT_UPDATED
-                d.reason = (
-                    "offline: not updated" if not dev.online else f"no activation within {r.offline_timeout_s:g}s"
-                )
-            else:
+            moved = self._device_event(r, d, devices.get(d.device_id), timed_out)
+            if moved is None:
                 continue
+            event, reason = moved
+            d.state = next_device_state(d.state, event)
+            if reason is not None:
+                d.reason = reason
             d.updated_at = _now()
             s.add(d)
+
+    def _device_event(
+        self, r: Rollout, d: RolloutDevice, dev: Device | None, timed_out: bool
+    ) -> tuple[DeviceEvent, str | None] | None:
+        """What a deploying device's report means for the rollout, with the reason; None: keep waiting."""
+        committed = UpdateStateName.committed
+        if dev is None:
+            return DeviceEvent.TIMED_OUT, "device deleted"
+        if _is_shadow_wave(r) and d.prev_version is not None:
+            if dev.version == d.prev_version and dev.shadow_version == r.version and dev.state == committed:
+                return DeviceEvent.COMMITTED, None
+            if dev.shadow_reason:
+                return DeviceEvent.UPDATE_FAILED, f"shadow: {dev.shadow_reason}"
+            if timed_out:
+                return DeviceEvent.TIMED_OUT, "shadow not started in time"
+            return None
+        if dev.version == r.version and dev.model == r.model and dev.state == committed:
+            return DeviceEvent.COMMITTED, None
+        if dev.state == UpdateStateName.failed and dev.target_version == r.version:
+            return DeviceEvent.UPDATE_FAILED, dev.reason or "update failed"
+        if timed_out:
+            silent = "offline: not updated" if not dev.online else f"no activation within {r.offline_timeout_s:g}s"
+            return DeviceEvent.TIMED_OUT, silent
+        return None
 
     def _judge(self, s: Session, r: Rollout, rows: list[RolloutDevice]) -> bool | None:
         gates = [parse_gate(g) for g in json.loads(r.gates_json)]
@@ -322,7 +330,7 @@ class RolloutEngine:
             gates = [g for g in gates if g.metric != "agreement"]
         settled = _aware(r.wave_settled_at) or _now()
         for d in rows:
-            if d.state != ACTIVE or not gates:
+            if d.state != DeviceRolloutState.ACTIVE or not gates:
                 continue
             if shadow_wave:
                 verdict = self._judge_shadow(s, r, d, gates, settled)
@@ -334,7 +342,8 @@ class RolloutEngine:
                 waited = (_now() - settled).total_seconds() - r.bake_s
                 if waited < r.offline_timeout_s:
                     return None
-                d.state, d.reason = GATE_FAILED, "no telemetry on the new version"
+                d.state = next_device_state(d.state, DeviceEvent.GATE_FAILED)
+                d.reason = "no telemetry on the new version"
                 s.add(d)
                 continue
             new = agg_dict(agg) or {}
@@ -342,11 +351,13 @@ class RolloutEngine:
             failed = [text for ok, text in (g.check(new, base) for g in gates) if not ok]
             d.result_json = json.dumps(new)
             if failed:
-                d.state, d.reason = GATE_FAILED, "; ".join(failed)
+                d.state, d.reason = next_device_state(d.state, DeviceEvent.GATE_FAILED), "; ".join(failed)
             s.add(d)
         return True
 
-    def _judge_shadow(self, s: Session, r: Rollout, d: RolloutDevice, gates: list, settled: datetime) -> bool | None:
+    def _judge_shadow(
+        self, s: Session, r: Rollout, d: RolloutDevice, gates: list[Gate], settled: datetime
+    ) -> bool | None:
         """Agreement of the shadow candidate over this wave: the active version's sums since the wave began."""
         agg = s.get(TelemetryAgg, (d.device_id, r.model, d.prev_version))
         base = json.loads(d.baseline_json) if d.baseline_json else {}
@@ -355,44 +366,39 @@ class RolloutEngine:
         if n < MIN_SAMPLES:
             if (_now() - settled).total_seconds() - r.bake_s < r.offline_timeout_s:
                 return None
-            d.state, d.reason = GATE_FAILED, "no shadow agreement reported"
+            d.state, d.reason = next_device_state(d.state, DeviceEvent.GATE_FAILED), "no shadow agreement reported"
             s.add(d)
             return True
         agreement = ((agg.agree_sum if agg else 0.0) - float(base.get("agree_sum") or 0.0)) / n
         failed = [text for ok, text in (g.check({"agreement": agreement}, None) for g in gates) if not ok]
         d.result_json = json.dumps({"agreement": agreement, "frames": n})
         if failed:
-            d.state, d.reason = GATE_FAILED, "; ".join(failed)
+            d.state, d.reason = next_device_state(d.state, DeviceEvent.GATE_FAILED), "; ".join(failed)
         s.add(d)
         return True
 
     def _abort(self, s: Session, r: Rollout, reason: str, actor: str) -> None:
         moved = s.exec(
-            select(RolloutDevice).where(
-                RolloutDevice.rollout_id == r.id, col(RolloutDevice.state).in_((DEPLOYING, ACTIVE, FAILED, GATE_FAILED))
-            )
+            select(RolloutDevice).where(RolloutDevice.rollout_id == r.id, col(RolloutDevice.state).in_(ROLL_BACK_FROM))
         ).all()
         for d in moved:
-            if not self._take_device(s, d, (DEPLOYING, ACTIVE, FAILED, GATE_FAILED), ROLLED_BACK):
+            if not self._take_device(s, d, DeviceEvent.ROLL_BACK):
                 continue
             if d.prev_version is None:
                 d.reason = (d.reason or "") + " (no previous version to return to)"
                 s.add(d)
                 continue
             prev = s.get(ModelVersion, d.prev_version_id)
+            back = DeployRequest(model=prev.model if prev else r.model, version=d.prev_version, slot=r.slot)
             try:
-                deploy_version(
-                    s,
-                    self.app,
-                    d.device_id,
-                    DeployRequest(model=prev.model if prev else r.model, version=d.prev_version, slot=r.slot),
-                    actor,
-                )
+                self.deployer.deploy(s, d.device_id, back, actor)
             except DeployError as exc:
                 d.reason = f"rollback failed: {exc}"
             d.updated_at = _now()
             s.add(d)
-        r.state, r.reason = ABORTED, reason
+        if r.state != RolloutState.ABORTING:  # judged by the engine itself: the same two steps at once
+            r.state = next_rollout_state(r.state, RolloutEvent.ABORT)
+        r.state, r.reason = next_rollout_state(r.state, RolloutEvent.ABORTED), reason
         s.add(r)
         audit(s, actor, "aborted", f"rollout/{r.id}", f"{reason}; {len(moved)} device(s) sent back")
         s.commit()

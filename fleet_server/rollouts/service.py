@@ -14,18 +14,22 @@ from sqlmodel import Session, col, select
 from edge_agent.capabilities import device_kind
 from edge_agent.protocol.messages import Capabilities
 from edge_agent.update.checks import TARGET_PREFERENCE
-from fleet_server.models import Artifact, Device, ModelVersion
+from fleet_server.audit import audit
+from fleet_server.devices.tables import Device
+from fleet_server.registry.tables import Artifact, ModelVersion
 from fleet_server.rollouts.gates import DEFAULT_GATES, GateError, parse_gate
 from fleet_server.rollouts.selectors import SelectorError, parse_selector
-from fleet_server.rollouts.tables import (
-    ACTIVE_STATES,
-    PAUSED,
-    PENDING,
-    RUNNING,
-    SUPERSEDED,
-    AuditLog,
-    Rollout,
-    RolloutDevice,
+from fleet_server.rollouts.states import (
+    LIVE,
+    DeviceRolloutState,
+    RolloutEvent,
+    TransitionError,
+    next_rollout_state,
+)
+from fleet_server.rollouts.tables import Rollout, RolloutDevice
+
+OPERATOR_ACTIONS = frozenset(
+    {RolloutEvent.PAUSE, RolloutEvent.RESUME, RolloutEvent.PROMOTE, RolloutEvent.ABORT, RolloutEvent.ROLLBACK}
 )
 
 
@@ -50,10 +54,6 @@ class RolloutCreate(BaseModel):
     skip_incompatible: bool = False
     shadow: bool = Field(False, description="canary runs the new version in shadow first; gate on agreement")
     shadow_share: float = Field(0.2, gt=0, le=1)
-
-
-def audit(session: Session, actor: str, action: str, target: str, detail: str | None = None) -> None:
-    session.add(AuditLog(actor=actor, action=action, target=target, detail=detail))
 
 
 def _count(spec: str, total: int) -> int:
@@ -126,7 +126,7 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
     # supersede: one active rollout per device slot
     superseded: list[str] = []
     ids = [d.id for d in devices]
-    active = session.exec(select(Rollout).where(col(Rollout.state).in_(ACTIVE_STATES), Rollout.slot == req.slot)).all()
+    active = session.exec(select(Rollout).where(col(Rollout.state).in_(LIVE), Rollout.slot == req.slot)).all()
     for old in active:
         overlap = session.exec(
             select(RolloutDevice.device_id).where(
@@ -134,7 +134,8 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
             )
         ).first()
         if overlap is not None:
-            old.state, old.reason = SUPERSEDED, f"superseded by a rollout of {req.model}:{req.version}"
+            old.state = next_rollout_state(old.state, RolloutEvent.SUPERSEDE)
+            old.reason = f"superseded by a rollout of {req.model}:{req.version}"
             old.rev += 1
             session.add(old)
             superseded.append(str(old.id))
@@ -172,7 +173,7 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
                 wave=wave,
                 prev_version_id=prev.id if prev else None,
                 prev_version=d.version if prev else None,
-                state=PENDING,
+                state=DeviceRolloutState.PENDING,
             )
         )
     audit(
@@ -188,28 +189,26 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
 
 
 def act(session: Session, rollout_id: int, action: str, actor: str) -> Rollout:
+    """An operator's action (pause, resume, promote, abort, rollback), allowed only where the table says."""
     r = session.get(Rollout, rollout_id)
     if r is None:
         raise RolloutError(f"no rollout {rollout_id}", 404)
-    if action == "pause":
-        if r.state != RUNNING:
-            raise RolloutError(f"rollout {rollout_id} is {r.state}, not running", 409)
-        r.state = PAUSED
-    elif action == "resume":
-        if r.state != PAUSED:
-            raise RolloutError(f"rollout {rollout_id} is {r.state}, not paused", 409)
-        r.state = RUNNING
-    elif action == "promote":
-        if r.state not in ACTIVE_STATES:
-            raise RolloutError(f"rollout {rollout_id} is {r.state}", 409)
-        r.promote = True
-    elif action in ("abort", "rollback"):
-        if r.state not in ACTIVE_STATES and action == "abort":
-            raise RolloutError(f"rollout {rollout_id} is {r.state}", 409)
-        r.reason = f"{action} requested by {actor}"
-        r.state = "aborting"
-    else:
+    try:
+        event = RolloutEvent(action)
+    except ValueError:
+        raise RolloutError(f"unknown action {action!r}", 400) from None
+    if event not in OPERATOR_ACTIONS:
         raise RolloutError(f"unknown action {action!r}", 400)
+    try:
+        state = next_rollout_state(r.state, event)
+    except TransitionError:
+        want = "not running" if event == RolloutEvent.PAUSE else "not paused" if event == RolloutEvent.RESUME else ""
+        raise RolloutError(f"rollout {rollout_id} is {r.state}{', ' + want if want else ''}", 409) from None
+    if event == RolloutEvent.PROMOTE:
+        r.promote = True
+    elif event in (RolloutEvent.ABORT, RolloutEvent.ROLLBACK):
+        r.reason = f"{action} requested by {actor}"
+    r.state = state
     r.rev += 1
     r.updated_at = datetime.now(timezone.utc)
     session.add(r)

@@ -1,4 +1,4 @@
-"""Rollout, per-device rollout state, aggregated telemetry and the audit log (SQLModel tables)."""
+"""Rollout, per-device rollout state and aggregated telemetry (SQLModel tables)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from datetime import datetime
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from fleet_server.models import utcnow
-
-RUNNING, PAUSED, COMPLETED, ABORTED, SUPERSEDED = "running", "paused", "completed", "aborted", "superseded"
-ACTIVE_STATES = (RUNNING, PAUSED)
+from fleet_server.db import EnumText, utcnow
+from fleet_server.rollouts.states import DeviceRolloutState, RolloutState
 
 
 class Rollout(SQLModel, table=True):
@@ -25,7 +23,7 @@ class Rollout(SQLModel, table=True):
     max_failure: float = 0.05
     gates_json: str = "[]"
     offline_timeout_s: float = 600.0
-    state: str = Field(default=RUNNING, max_length=16, index=True)
+    state: RolloutState = Field(default=RolloutState.RUNNING, sa_type=EnumText(RolloutState, 16), index=True)
     wave: int = 0
     wave_started_at: datetime | None = None
     wave_settled_at: datetime | None = None
@@ -41,18 +39,6 @@ class Rollout(SQLModel, table=True):
     lease_until: datetime | None = None  # a replica that dies mid-step loses the lease at this time
 
 
-# per-device states inside a rollout
-PENDING, DEPLOYING, ACTIVE, FAILED, NOT_UPDATED, GATE_FAILED, ROLLED_BACK = (
-    "pending",
-    "deploying",
-    "active",
-    "failed",
-    "not_updated",
-    "gate_failed",
-    "rolled_back",
-)
-
-
 class RolloutDevice(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("rollout_id", "device_id", name="uq_rollout_device"),)
     id: int | None = Field(default=None, primary_key=True)
@@ -61,7 +47,7 @@ class RolloutDevice(SQLModel, table=True):
     wave: int
     prev_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
     prev_version: int | None = None
-    state: str = Field(default=PENDING, max_length=16)
+    state: DeviceRolloutState = Field(default=DeviceRolloutState.PENDING, sa_type=EnumText(DeviceRolloutState, 16))
     reason: str | None = None
     baseline_json: str | None = None
     result_json: str | None = None
@@ -106,12 +92,3 @@ class TelemetryAgg(SQLModel, table=True):
 
 
 SUM_COLUMNS = ("n", "fps_sum", "p95_sum", "err_sum", "conf_sum", "conf_n", "det_sum", "agree_sum", "agree_n")
-
-
-class AuditLog(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, index=True)
-    actor: str = Field(max_length=64)
-    action: str = Field(max_length=64)
-    target: str = Field(max_length=128)
-    detail: str | None = None

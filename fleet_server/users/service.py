@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlmodel import Session, col, delete, select
 
+from fleet_server.audit import audit
 from fleet_server.keys import token_hash
 from fleet_server.users.passwords import check_strength, hash_password, verify_password
 from fleet_server.users.tables import ROLES, User, UserSession
@@ -121,6 +122,23 @@ def login(session: Session, name: str, password: str) -> tuple[str, UserSession,
     )
     session.add(row)
     session.exec(delete(UserSession).where(col(UserSession.expires_at) < now))  # type: ignore[call-overload]
+    return token, row, user
+
+
+def audited_login(session: Session, name: str, password: str) -> tuple[str, UserSession, User]:
+    """`login`, with both outcomes in the audit log (never the password); commits."""
+    try:
+        token, row, user = login(session, name, password)
+    except Throttled:
+        audit(session, name[:64], "login-throttled", "auth")
+        session.commit()
+        raise
+    except UserError:
+        audit(session, name[:64], "login-failed", "auth")
+        session.commit()
+        raise
+    audit(session, f"user:{user.name}", "login", "auth")
+    session.commit()
     return token, row, user
 
 

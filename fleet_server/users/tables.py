@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from fleet_server.models import utcnow
+from fleet_server.db import utcnow
 
 ROLES = ("viewer", "operator", "admin")
 ROLE_RANK = {r: i for i, r in enumerate(ROLES)}

@@ -7,6 +7,7 @@ confidence but agree on labels.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,6 @@ def build_slow_color_classifier(
 
 
 def _latency_ms(path: Path) -> float:
-    import time
 
     import onnxruntime as ort
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import yaml
 
 from model_zoo.datasets.store import IMAGE_EXTS, DatasetError, DatasetVersion, NewSample
 
@@ -134,8 +138,6 @@ def _yolo_classes(root: Path) -> list[str]:
         yml = next((p for p in (root / "data.yaml", root / "dataset.yaml") if p.is_file()), None)
         if yml is None:
             raise DatasetError(f"{root}: no classes.txt or data.yaml naming the classes")
-        import yaml
-
         d = yaml.safe_load(yml.read_text()) or {}
         raw = d.get("names")
         if isinstance(raw, dict):
@@ -189,46 +191,100 @@ def load_yolo(root: Path) -> tuple[list[str], list[NewSample]]:
     return classes, samples
 
 
-def export_coco(dv: DatasetVersion, out: Path, split: str | None = None) -> Path:
+@dataclass
+class LabelledImage:
+    """One image and its boxes (x1, y1, x2, y2 in pixels) as written to a COCO or YOLO folder."""
+
+    image_id: int
+    file_name: str
+    data: bytes
+    width: int
+    height: int
+    boxes: list[tuple[float, float, float, float]]
+    labels: list[int]  # index into the class list
+    scores: list[float] | None = None  # pre-annotations carry the model's confidence
+
+
+def write_coco(out: Path, items: Iterable[LabelledImage], classes: list[str], decimals: int | None = 2) -> Path:
+    """`out/images/<file_name>` and `out/annotations.json` (bbox = [x, y, w, h], category ids from 1).
+    `decimals=None` keeps boxes exact (labels that must come back unchanged)."""
+
+    def r(v: float) -> float:
+        return v if decimals is None else round(v, decimals)
+
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, anns = [], []
-    for i, s in enumerate(x for x in dv.samples if split is None or x.split == split):
-        name = f"{s.sha256[:16]}{s.ext}"
-        (out / "images" / name).write_bytes(dv.image_path(s).read_bytes())
-        images.append({"id": i + 1, "file_name": name, "width": s.width, "height": s.height})
-        for b, lab in zip(s.boxes, s.labels, strict=True):
+    for it in items:
+        (out / "images" / it.file_name).write_bytes(it.data)
+        images.append({"id": it.image_id, "file_name": it.file_name, "width": it.width, "height": it.height})
+        for k, (b, lab) in enumerate(zip(it.boxes, it.labels, strict=True)):
             bw, bh = b[2] - b[0], b[3] - b[1]
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i + 1,
-                    "category_id": lab + 1,
-                    "bbox": [round(b[0], 2), round(b[1], 2), round(bw, 2), round(bh, 2)],
-                    "area": round(bw * bh, 2),
-                    "iscrowd": 0,
-                }
-            )
-    cats = [{"id": i + 1, "name": c} for i, c in enumerate(dv.classes)]
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": it.image_id,
+                "category_id": lab + 1,
+                "bbox": [r(b[0]), r(b[1]), r(bw), r(bh)],
+                "area": r(bw * bh),
+                "iscrowd": 0,
+            }
+            if it.scores is not None:
+                ann["score"] = it.scores[k]
+            anns.append(ann)
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(classes)]
     path = out / "annotations.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}, indent=1))
     return path
 
 
-def export_yolo(dv: DatasetVersion, out: Path, split: str | None = None) -> Path:
+def write_yolo(out: Path, items: Iterable[LabelledImage], classes: list[str]) -> Path:
+    """`out/images/<file_name>`, `out/labels/<stem>.txt` (class cx cy w h, normalised) and `out/classes.txt`."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in dv.classes))
-    for s in dv.samples:
-        if split is not None and s.split != split:
-            continue
-        stem = s.sha256[:16]
-        (out / "images" / f"{stem}{s.ext}").write_bytes(dv.image_path(s).read_bytes())
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    for it in items:
+        (out / "images" / it.file_name).write_bytes(it.data)
+        w, h = it.width, it.height
         lines = [
-            f"{lab} {(b[0] + b[2]) / 2 / s.width:.6f} {(b[1] + b[3]) / 2 / s.height:.6f} "
-            f"{(b[2] - b[0]) / s.width:.6f} {(b[3] - b[1]) / s.height:.6f}"
-            for b, lab in zip(s.boxes, s.labels, strict=True)
+            f"{lab} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+            f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+            for b, lab in zip(it.boxes, it.labels, strict=True)
         ]
-        (out / "labels" / f"{stem}.txt").write_text("".join(f"{ln}\n" for ln in lines))
+        (out / "labels" / f"{Path(it.file_name).stem}.txt").write_text("".join(f"{ln}\n" for ln in lines))
+    return out
+
+
+def _dataset_items(dv: DatasetVersion, split: str | None) -> Iterator[LabelledImage]:
+    for i, s in enumerate(x for x in dv.samples if split is None or x.split == split):
+        yield LabelledImage(
+            i + 1, f"{s.sha256[:16]}{s.ext}", dv.image_path(s).read_bytes(), s.width, s.height, s.boxes, s.labels
+        )
+
+
+def export_coco(dv: DatasetVersion, out: Path, split: str | None = None) -> Path:
+    return write_coco(out, _dataset_items(dv, split), list(dv.classes))
+
+
+def export_yolo(dv: DatasetVersion, out: Path, split: str | None = None) -> Path:
+    write_yolo(out, _dataset_items(dv, split), list(dv.classes))
+    return Path(out)
+
+
+def coco_labels(doc: Any) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    """Labels only, no images: file_name -> [(class name, (x1, y1, x2, y2))] from a COCO document.
+    Used to take labels back for images that live elsewhere (exported hard samples)."""
+    try:
+        cats = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
+        images = {int(im["id"]): str(im["file_name"]) for im in doc["images"]}
+        anns = list(doc.get("annotations", []))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DatasetError(f"not a COCO annotations document: {exc}") from None
+    out: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = {name: [] for name in images.values()}
+    for k, a in enumerate(anns):
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+            out[images[int(a["image_id"])]].append((cats[int(a["category_id"])], (x, y, x + w, y + h)))
+        except (KeyError, ValueError, TypeError):
+            raise DatasetError(f"annotations[{k}]: needs a known image_id, category_id and bbox") from None
     return out

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model_zoo.datasets.synthetic_scenes import preset, render_scene
+
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -328,7 +330,6 @@ def synthesize(
 ) -> DatasetVersion:
     """A dataset version of `count` synthetic scenes with exact boxes (detect), or of one large shape per
     image labelled with its class (classify)."""
-    from model_zoo.datasets.synthetic_scenes import preset, render_scene
 
     overrides: dict = {"classes": classes} if classes else {}
     if task == "classify":

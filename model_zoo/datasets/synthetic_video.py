@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model_zoo.datasets.synthetic_scenes import preset, render_scene
+
 COLOURS_BGR = {"red": (40, 40, 200), "green": (40, 200, 40), "blue": (200, 40, 40)}
 
 
@@ -60,7 +62,6 @@ def write_scene_video(
 
     Returns the video path and, per scene, its boxes and class names: the ground truth of every frame.
     """
-    from model_zoo.datasets.synthetic_scenes import preset, render_scene
 
     cfg = preset(preset_name)
     w, h = size

@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlmodel import select
 
-from fleet_server.api.deps import AnyPrincipalDep, SessionDep
-from fleet_server.models import Artifact
+from fleet_server.api.deps import AnyPrincipalDep, ServicesDep, SessionDep
+from fleet_server.registry.tables import Artifact
 
 router = APIRouter(prefix="/api/v1/artifacts", tags=["artifacts"])
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -30,10 +30,10 @@ def _iter_file(path: Path, start: int, length: int, chunk: int = 1 << 16) -> Ite
 
 
 @router.get("/{sha256}")
-def download(sha256: str, request: Request, session: SessionDep, _: AnyPrincipalDep) -> Response:
+def download(sha256: str, request: Request, session: SessionDep, services: ServicesDep, _: AnyPrincipalDep) -> Response:
     if session.exec(select(Artifact.id).where(Artifact.sha256 == sha256)).first() is None:
         raise HTTPException(404, "no such artifact")
-    path = request.app.state.store.ensure(sha256)
+    path = services.store.ensure(sha256)
     if path is None:
         raise HTTPException(404, "artifact file is missing from the store")
     size = path.stat().st_size

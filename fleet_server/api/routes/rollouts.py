@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException
 from sqlmodel import col, select
 
 from fleet_server.api.deps import AdminDep, OperatorDep, SessionDep, ViewerDep
-from fleet_server.models import Device
+from fleet_server.audit import audit, entries
+from fleet_server.devices.tables import Device
 from fleet_server.rollouts.selectors import SelectorError, parse_tags
-from fleet_server.rollouts.service import RolloutCreate, RolloutError, act, audit, create_rollout, status
-from fleet_server.rollouts.tables import AuditLog, Rollout
+from fleet_server.rollouts.service import RolloutCreate, RolloutError, act, create_rollout, status
+from fleet_server.rollouts.tables import Rollout
 
 router = APIRouter(prefix="/api/v1", tags=["rollouts"])
 
@@ -60,9 +61,7 @@ def get_rollout(rollout_id: int, session: SessionDep, _: ViewerDep) -> dict:
     out = status(session, r)
     out["audit"] = [
         {"at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail}
-        for a in session.exec(
-            select(AuditLog).where(AuditLog.target == f"rollout/{rollout_id}").order_by(col(AuditLog.id))
-        ).all()
+        for a in entries(session, target=f"rollout/{rollout_id}", limit=1000, oldest_first=True)
     ]
     return out
 

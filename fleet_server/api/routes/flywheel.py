@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep
-from fleet_server.flywheel.policy import check_policies
+from edge_agent.protocol.manifest import parse_ref
+from fleet_server.api.deps import OperatorDep, ServicesDep, SessionDep, ViewerDep
+from fleet_server.audit import audit
+from fleet_server.db import utcnow
+from fleet_server.flywheel.policy import check_policies, policies_public
 from fleet_server.flywheel.tables import RetrainPolicy
+from fleet_server.jobs.results import start_rollout
 from fleet_server.jobs.tables import Job
-from fleet_server.models import utcnow
-from fleet_server.rollouts.service import audit
-from fleet_server.zoo import datasets_dir, start_rollout
 
 router = APIRouter(prefix="/api/v1/flywheel", tags=["flywheel"])
 
@@ -52,28 +53,14 @@ def set_policy(model: str, body: PolicyIn, session: SessionDep, who: OperatorDep
 
 @router.get("/policies")
 def list_policies(session: SessionDep, _: ViewerDep) -> list[dict[str, Any]]:
-    from sqlmodel import select
-
-    from fleet_server.flywheel.drift import confidence_drift
-    from fleet_server.flywheel.policy import latest_trained
-
-    out = []
-    for p in session.exec(select(RetrainPolicy)).all():
-        row = p.model_dump()
-        current = latest_trained(session, p.model) if p.drift_drop else None
-        row["drift"] = (
-            confidence_drift(session, current.model, current.version, p.drift_window_min) if current else None
-        )
-        out.append(row)
-    return out
+    return policies_public(session)
 
 
 @router.post("/check")
-def check_now(request: Request, _: OperatorDep) -> dict[str, Any]:
-    app = request.app.state
+def check_now(services: ServicesDep, _: OperatorDep) -> dict[str, Any]:
     return {
         "queued": check_policies(
-            app.engine, app.settings, datasets_dir(app.settings.data_dir), app.sample_blobs, app.store
+            services.engine, services.settings, services.datasets_dir, services.sample_blobs, services.store
         )
     }
 
@@ -86,8 +73,8 @@ def approve(job_id: int, session: SessionDep, who: OperatorDep) -> dict[str, Any
     result = json.loads(job.result_json or "{}")
     if not result.get("awaiting_approval"):
         raise HTTPException(409, f"job {job_id} has nothing awaiting approval ({job.message})")
-    name, version = result["model"].split(":")
-    rollout = start_rollout(session, json.loads(job.params_json), name, int(version), actor=who.name)
+    name, version = parse_ref(result["model"])
+    rollout = start_rollout(session, json.loads(job.params_json), name, version, actor=who.name)
     result.update(awaiting_approval=False, rollout=rollout, approved_by=who.name)
     job.result_json = json.dumps(result)
     job.message = f"approved by {who.name}; rollout {rollout}"

@@ -1,19 +1,18 @@
-"""Setting a device's desired state, and building the desired message from the database."""
+"""Setting a device's desired state: validate, record the revision, publish."""
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from edge_agent.protocol.messages import Deployment as DeploymentMsg
-from edge_agent.protocol.messages import DesiredState, ShadowSpec
-from edge_agent.protocol.signing import SignedManifest
-from fleet_server.models import Deployment, DeployRequest, Device, ModelVersion
-from fleet_server.registry import rollback_manifest
+from fleet_server.devices.tables import Deployment, DeployRequest, Device
+from fleet_server.keys import KeyRing
+from fleet_server.registry.service import rollback_manifest
+from fleet_server.registry.tables import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +23,24 @@ class DeployError(Exception):
         self.status = status
 
 
+class DesiredPublisher(Protocol):
+    def publish_desired(self, session: Session, device_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deployer:
+    """Sets desired state: a Deployment row (revision + 1), signed for a rollback, then published retained."""
+
+    keys: KeyRing
+    publisher: DesiredPublisher
+    default_health_window_s: float
+
+    def deploy(self, session: Session, device_id: str, req: DeployRequest, actor: str) -> tuple[Deployment, bool]:
+        return deploy_version(session, self, device_id, req, actor)
+
+
 def deploy_version(
-    session: Session, app: Any, device_id: str, req: DeployRequest, actor: str
+    session: Session, deployer: Deployer, device_id: str, req: DeployRequest, actor: str
 ) -> tuple[Deployment, bool]:
     device = session.get(Device, device_id)
     if device is None:
@@ -54,7 +69,7 @@ def deploy_version(
             raise DeployError(f"no model version {req.shadow_model}:{req.shadow_version} for the shadow", 404)
         if shadow_mv.task != mv.task:
             raise DeployError(f"shadow {shadow_mv.model} is a {shadow_mv.task} model; {mv.model} is {mv.task}", 422)
-    signed = rollback_manifest(mv, app.keys) if rollback else mv.signed_manifest
+    signed = rollback_manifest(mv, deployer.keys) if rollback else mv.signed_manifest
     device.desired_revision += 1
     dep = Deployment(
         device_id=device_id,
@@ -62,7 +77,7 @@ def deploy_version(
         version_id=int(mv.id or 0),
         revision=device.desired_revision,
         signed_manifest=signed,
-        health_window_s=req.health_window_s if req.health_window_s is not None else app.settings.health_window_s,
+        health_window_s=req.health_window_s if req.health_window_s is not None else deployer.default_health_window_s,
         min_fps_ratio=req.min_fps_ratio,
         shadow_version_id=shadow_mv.id if shadow_mv else None,
         shadow_share=req.shadow_share if shadow_mv else None,
@@ -81,39 +96,5 @@ def deploy_version(
         ", signed rollback" if rollback else "",
         actor,
     )
-    app.bridge.publish_desired(session, device_id)
+    deployer.publisher.publish_desired(session, device_id)
     return dep, rollback
-
-
-def desired_message(session: Session, device_id: str) -> DesiredState | None:
-    device = session.get(Device, device_id)
-    if device is None:
-        return None
-    rows = session.exec(
-        select(Deployment).where(Deployment.device_id == device_id).order_by(col(Deployment.id).desc())
-    ).all()
-    latest: dict[str, Deployment] = {}
-    for row in rows:
-        latest.setdefault(row.slot, row)
-    if not latest and device.mining_json is None:
-        return None
-    deps = []
-    for d in latest.values():
-        shadow = None
-        if d.shadow_version_id is not None:
-            smv = session.get(ModelVersion, d.shadow_version_id)
-            if smv is not None:
-                shadow = ShadowSpec(
-                    manifest=SignedManifest.model_validate_json(smv.signed_manifest), share=d.shadow_share or 0.1
-                )
-        deps.append(
-            DeploymentMsg(
-                slot=d.slot,
-                manifest=SignedManifest.model_validate_json(d.signed_manifest),
-                health_window_s=d.health_window_s,
-                min_fps_ratio=d.min_fps_ratio,
-                shadow=shadow,
-            )
-        )
-    mining = json.loads(device.mining_json) if device.mining_json else None
-    return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps, mining=mining)

@@ -12,17 +12,15 @@ from typing import Any
 from sqlmodel import Session
 
 from edge_agent.protocol.manifest import ArtifactEntry, DecoderSpec, InputSpec
+from fleet_server.audit import audit
 from fleet_server.jobs.tables import Job
 from fleet_server.keys import KeyRing
-from fleet_server.models import ModelVersion
-from fleet_server.registry import register_artifacts
+from fleet_server.registry.service import register_artifacts
+from fleet_server.registry.tables import ModelVersion
+from fleet_server.rollouts.service import RolloutCreate, create_rollout
 from fleet_server.storage import LocalStore
 
 log = logging.getLogger(__name__)
-
-
-def datasets_dir(data_dir: Path) -> Path:
-    return data_dir / "datasets"
 
 
 def store_checkpoint(data_dir: Path, src: Path, name: str, version: int) -> str:
@@ -104,7 +102,6 @@ def offer_rollout(session: Session, params: dict[str, Any], mv: ModelVersion) ->
 
 
 def start_rollout(session: Session, params: dict[str, Any], model: str, version: int, actor: str) -> int:
-    from fleet_server.rollouts.service import RolloutCreate, audit, create_rollout
 
     req = RolloutCreate(
         model=model,

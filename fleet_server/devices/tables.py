@@ -1,15 +1,14 @@
-"""Database tables (SQLModel) and the public shapes the API returns."""
+"""Devices, their telemetry history and their desired-state history (SQLModel tables and public shapes)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from edge_agent.protocol.messages import UpdateStateName
+from fleet_server.db import EnumText, utcnow
 
 
 # -- devices -------------------------------------------------------------------------------------
@@ -28,7 +27,7 @@ class Device(DeviceBase, table=True):
     # reported state, default slot
     model: str | None = Field(default=None, max_length=64)
     version: int | None = None
-    state: str | None = Field(default=None, max_length=32)
+    state: UpdateStateName | None = Field(default=None, sa_type=EnumText(UpdateStateName, 32))
     target_version: int | None = None
     reason: str | None = None
     shadow_version: int | None = None
@@ -66,7 +65,7 @@ class DevicePublic(DeviceBase):
     last_seen: datetime | None
     model: str | None
     version: int | None
-    state: str | None
+    state: UpdateStateName | None
     target_version: int | None
     reason: str | None
     fps: float | None
@@ -90,51 +89,6 @@ class DeviceEnrolled(SQLModel):
     root_public_key: str
     server_url: str
     mqtt_url: str
-
-
-# -- models, versions, artifacts -----------------------------------------------------------------
-class Model(SQLModel, table=True):
-    name: str = Field(primary_key=True, max_length=64)
-    task: str = Field(max_length=16)
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class ModelVersion(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("model", "version", name="uq_model_version"),)
-    id: int | None = Field(default=None, primary_key=True)
-    model: str = Field(foreign_key="model.name", max_length=64, index=True)
-    version: int
-    task: str = Field(max_length=16)
-    decoder: str = Field(max_length=16)
-    classes_json: str
-    input_shape: str = Field(max_length=64)
-    signed_manifest: str  # SignedManifest JSON as published
-    created_at: datetime = Field(default_factory=utcnow)
-    report_json: str | None = None  # compile report: the target table and the recommendation per device class
-    lineage_json: str | None = None  # dataset, fine-tuned-from, job
-    checkpoint: str | None = Field(default=None, max_length=255)  # training checkpoint, relative to data_dir
-
-
-class Artifact(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("version_id", "target", name="uq_artifact_target"),)
-    id: int | None = Field(default=None, primary_key=True)
-    version_id: int = Field(foreign_key="modelversion.id", index=True)
-    target: str = Field(max_length=16)
-    sha256: str = Field(max_length=64, index=True)
-    length: int
-
-
-class ModelVersionPublic(SQLModel):
-    name: str
-    version: int
-    task: str
-    decoder: str
-    classes: list[str]
-    input_shape: list[int]
-    created_at: datetime
-    artifacts: list[dict]
-    report: dict | None = None
-    lineage: dict | None = None
 
 
 # -- deployments ---------------------------------------------------------------------------------

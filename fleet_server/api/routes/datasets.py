@@ -17,29 +17,37 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse
 
-from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep, folder_as_targz, receive_upload
-from fleet_server.rollouts.service import audit
-from fleet_server.zoo import datasets_dir
+from fleet_server.api.deps import (
+    OperatorDep,
+    ServicesDep,
+    SessionDep,
+    ViewerDep,
+    folder_as_targz,
+    get_services,
+    receive_upload,
+)
+from fleet_server.audit import audit
+from fleet_server.services import Services
+from model_zoo.datasets.formats import export_coco, export_yolo, load_coco, load_yolo
+from model_zoo.datasets.store import NAME, DatasetError, DatasetStore
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 MAX_MEMBERS = 200_000
 
 
-def _store(request: Request):  # type: ignore[no-untyped-def]
-    from model_zoo.datasets.store import DatasetStore
-
-    return DatasetStore(datasets_dir(request.app.state.settings.data_dir))
+def _store(services: Services) -> DatasetStore:
+    return DatasetStore(services.datasets_dir)
 
 
 @router.get("")
-def list_datasets(request: Request, _: ViewerDep) -> list[dict[str, Any]]:
-    st = _store(request)
+def list_datasets(services: ServicesDep, _: ViewerDep) -> list[dict[str, Any]]:
+    st = _store(services)
     return [st.load(n).summary() for n in st.names()]
 
 
 @router.get("/{name}/versions")
-def list_versions(name: str, request: Request, _: ViewerDep) -> list[dict[str, Any]]:
-    st = _store(request)
+def list_versions(name: str, services: ServicesDep, _: ViewerDep) -> list[dict[str, Any]]:
+    st = _store(services)
     vs = st.versions(name)
     if not vs:
         raise HTTPException(404, f"no dataset named {name!r}")
@@ -47,11 +55,10 @@ def list_versions(name: str, request: Request, _: ViewerDep) -> list[dict[str, A
 
 
 @router.get("/{name}/versions/{version}")
-def show_version(name: str, version: int, request: Request, _: ViewerDep) -> dict[str, Any]:
-    from model_zoo.datasets.store import DatasetError
+def show_version(name: str, version: int, services: ServicesDep, _: ViewerDep) -> dict[str, Any]:
 
     try:
-        return _store(request).load(name, version).summary()
+        return _store(services).load(name, version).summary()
     except DatasetError as exc:
         raise HTTPException(404, str(exc)) from None
 
@@ -73,7 +80,6 @@ def _unpack(archive: Path, dest: Path, max_unpacked: int) -> Path:
 
 
 def _import(store, name: str, fmt: str, root: Path, val_fraction: float, note: str):  # type: ignore[no-untyped-def]
-    from model_zoo.datasets.formats import load_coco, load_yolo
 
     if fmt == "coco":
         ann = next((p for p in (root / "annotations.json", *sorted(root.glob("*.json"))) if p.is_file()), None)
@@ -97,20 +103,21 @@ async def import_dataset(
     format: str = Query(..., pattern="^(coco|yolo)$"),
     val_fraction: float = Query(0.2, gt=0, lt=1),
 ) -> dict[str, Any]:
-    from model_zoo.datasets.store import NAME, DatasetError
 
     if not NAME.match(name):
         raise HTTPException(422, "dataset name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")
-    app = request.app.state
-    limit = app.settings.max_upload_bytes
+    services = get_services(request)
+    limit = services.settings.max_upload_bytes
     tmp, _sha, length = await receive_upload(request)
-    work = Path(tempfile.mkdtemp(prefix="import-", dir=app.store.root / "tmp"))
+    work = Path(tempfile.mkdtemp(prefix="import-", dir=services.store.root / "tmp"))
     try:
         if length == 0:
             raise HTTPException(422, "empty upload: send a tar (or tar.gz) of the dataset folder as the body")
         root = await asyncio.to_thread(_unpack, tmp, work, limit * 4)
         try:
-            dv = await asyncio.to_thread(_import, _store(request), name, format, root, val_fraction, f"import {format}")
+            dv = await asyncio.to_thread(
+                _import, _store(services), name, format, root, val_fraction, f"import {format}"
+            )
         except DatasetError as exc:
             raise HTTPException(422, str(exc).replace(f"{work}/", "").replace(str(work), ".")) from None
     finally:
@@ -125,19 +132,17 @@ async def import_dataset(
 def export_dataset(
     name: str,
     version: int,
-    request: Request,
+    services: ServicesDep,
     _: ViewerDep,
     format: str = Query("coco", pattern="^(coco|yolo)$"),
     split: str | None = Query(None, pattern="^(train|val)$"),
 ) -> FileResponse:
-    from model_zoo.datasets.formats import export_coco, export_yolo
-    from model_zoo.datasets.store import DatasetError
 
     try:
-        dv = _store(request).load(name, version)
+        dv = _store(services).load(name, version)
     except DatasetError as exc:
         raise HTTPException(404, str(exc)) from None
-    work = Path(tempfile.mkdtemp(prefix="export-", dir=request.app.state.store.root / "tmp"))
+    work = Path(tempfile.mkdtemp(prefix="export-", dir=services.store.root / "tmp"))
     folder = work / f"{name}-v{version}-{format}"
     (export_coco if format == "coco" else export_yolo)(dv, folder, split)
     return folder_as_targz(folder, work)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from fleet_server.api.deps import OperatorDep, SessionDep, ViewerDep, receive_upload
-from fleet_server.models import Artifact, ModelVersion, ModelVersionPublic
-from fleet_server.registry import PushError, register_version, validate_onnx
+from fleet_server.api.deps import OperatorDep, ServicesDep, SessionDep, ViewerDep, receive_upload
+from fleet_server.registry.service import PushError, register_version, validate_onnx, version_public
+from fleet_server.registry.tables import ModelVersion, ModelVersionPublic
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
@@ -28,30 +28,12 @@ def _floats3(text: str, what: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def to_public(session, mv: ModelVersion) -> ModelVersionPublic:  # type: ignore[no-untyped-def]
-    arts = session.exec(select(Artifact).where(Artifact.version_id == mv.id)).all()
-    return ModelVersionPublic(
-        name=mv.model,
-        version=mv.version,
-        task=mv.task,
-        decoder=mv.decoder,
-        classes=json.loads(mv.classes_json),
-        input_shape=json.loads(mv.input_shape),
-        created_at=mv.created_at,
-        artifacts=[
-            {"target": a.target, "sha256": a.sha256, "length": a.length, "url": f"/api/v1/artifacts/{a.sha256}"}
-            for a in arts
-        ],
-        report=json.loads(mv.report_json) if mv.report_json else None,
-        lineage=json.loads(mv.lineage_json) if mv.lineage_json else None,
-    )
-
-
 @router.post("/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic)
 async def push(
     name: str,
     request: Request,
     session: SessionDep,
+    services: ServicesDep,
     _: OperatorDep,
     task: str = Query(..., description="classify or detect"),
     classes: str = Query(..., description="comma-separated class names in output order"),
@@ -62,8 +44,6 @@ async def push(
     mean: str = Query("0,0,0"),
     std: str = Query("1,1,1"),
 ) -> ModelVersionPublic:
-    import re
-
     if not re.match(NAME, name):
         raise HTTPException(422, "model name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")
     size = None
@@ -72,7 +52,6 @@ async def push(
         if not m:
             raise HTTPException(422, "input_size must look like 640x640")
         size = (int(m.group(2)), int(m.group(1)))
-    app = request.app.state
     tmp, sha, length = await receive_upload(request, "model")
     try:
         if length == 0:
@@ -82,10 +61,19 @@ async def push(
             tmp, task, decoder, class_list, size, resize, color, _floats3(mean, "mean"), _floats3(std, "std")
         )
         mv = register_version(
-            session, app.keys, name, task, class_list, spec, dec, sha, length, app.settings.manifest_valid_days
+            session,
+            services.keys,
+            name,
+            task,
+            class_list,
+            spec,
+            dec,
+            sha,
+            length,
+            services.settings.manifest_valid_days,
         )
         try:
-            app.store.commit(tmp, sha)
+            services.store.commit(tmp, sha)
         except Exception as exc:  # object storage down: nothing is registered, the push can be repeated
             log.warning("could not store the artifact of %s: %s", name, exc)
             raise PushError(f"artifact storage is unavailable ({type(exc).__name__}); push again later") from exc
@@ -101,13 +89,13 @@ async def push(
         tmp.unlink(missing_ok=True)
     session.refresh(mv)
     log.info("registered %s:%d (%d bytes, sha256 %s)", mv.model, mv.version, length, sha[:12])
-    return to_public(session, mv)
+    return version_public(session, mv)
 
 
 @router.get("", response_model=list[ModelVersionPublic])
 def list_versions(session: SessionDep, _: ViewerDep) -> list[ModelVersionPublic]:
     rows = session.exec(select(ModelVersion).order_by(ModelVersion.model, col(ModelVersion.version).desc())).all()
-    return [to_public(session, mv) for mv in rows]
+    return [version_public(session, mv) for mv in rows]
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionPublic)
@@ -115,4 +103,4 @@ def show(name: str, version: int, session: SessionDep, _: ViewerDep) -> ModelVer
     mv = session.exec(select(ModelVersion).where(ModelVersion.model == name, ModelVersion.version == version)).first()
     if mv is None:
         raise HTTPException(404, f"no model version {name}:{version}")
-    return to_public(session, mv)
+    return version_public(session, mv)

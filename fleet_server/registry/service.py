@@ -20,10 +20,11 @@ from edge_agent.protocol.manifest import (
     InputSpec,
     Manifest,
 )
-from edge_agent.protocol.signing import sign_manifest
+from edge_agent.protocol.signing import SignedManifest, sign_manifest
 from edge_agent.runtimes import RuntimeError_, RuntimeOptions, create_runtime
+from fleet_server.db import utcnow
 from fleet_server.keys import KeyRing
-from fleet_server.models import Artifact, Model, ModelVersion, utcnow
+from fleet_server.registry.tables import Artifact, Model, ModelVersion, ModelVersionPublic
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,27 @@ def register_artifacts(
 
 def rollback_manifest(mv: ModelVersion, keys: KeyRing, valid: timedelta = timedelta(days=7)) -> str:
     """A freshly signed copy of an older version's manifest that agents may install over a newer one."""
-    from edge_agent.protocol.signing import SignedManifest
 
     old = SignedManifest.model_validate_json(mv.signed_manifest).unverified_manifest()
     now = utcnow().replace(microsecond=0)
     m = old.model_copy(update={"rollback": True, "created_at": now, "expires_at": now + valid})
     return sign_manifest(Manifest.model_validate(m.model_dump()), keys.release, keys.cert).model_dump_json()
+
+
+def version_public(session: Session, mv: ModelVersion) -> ModelVersionPublic:
+    arts = session.exec(select(Artifact).where(Artifact.version_id == mv.id)).all()
+    return ModelVersionPublic(
+        name=mv.model,
+        version=mv.version,
+        task=mv.task,
+        decoder=mv.decoder,
+        classes=json.loads(mv.classes_json),
+        input_shape=json.loads(mv.input_shape),
+        created_at=mv.created_at,
+        artifacts=[
+            {"target": a.target, "sha256": a.sha256, "length": a.length, "url": f"/api/v1/artifacts/{a.sha256}"}
+            for a in arts
+        ],
+        report=json.loads(mv.report_json) if mv.report_json else None,
+        lineage=json.loads(mv.lineage_json) if mv.lineage_json else None,
+    )

@@ -1,0 +1,1 @@
+"""Devices: enrollment, desired state and what they report."""

@@ -1,0 +1,119 @@
+"""Enrolling devices, rotating and revoking their credentials, their mining settings, their public shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from edge_agent.flywheel.config import MiningConfig
+from edge_agent.flywheel.miners import STRATEGIES
+from edge_agent.protocol.topics import valid_device_id
+from fleet_server.audit import audit
+from fleet_server.broker import Broker
+from fleet_server.devices.tables import Device, DevicePublic
+from fleet_server.keys import new_device_token, token_hash
+
+
+class DeviceError(Exception):
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    d = session.get(Device, device_id)
+    if d is None:
+        raise DeviceError(f"no device {device_id!r}", 404)
+    return d
+
+
+def enroll(session: Session, broker: Broker, device_id: str) -> str:
+    """A new device and its token (returned once; only its hash is stored)."""
+    if not valid_device_id(device_id):
+        raise DeviceError("device_id must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+    if session.get(Device, device_id) is not None:
+        raise DeviceError(f"device {device_id!r} is already enrolled", 409)
+    token = new_device_token()
+    session.add(Device(id=device_id, token_hash=token_hash(token)))
+    session.commit()
+    broker.add_device(device_id, token)
+    return token
+
+
+def rotate_token(session: Session, broker: Broker, device_id: str, actor: str) -> str:
+    """A new token (returned once); the old one stops working at once over HTTP and for new MQTT connections.
+    Also re-admits a revoked device."""
+    d = get_device(session, device_id)
+    token = new_device_token()
+    d.token_hash = token_hash(token)
+    session.add(d)
+    audit(session, actor, "token-rotated", f"device/{device_id}")
+    session.commit()
+    broker.add_device(device_id, token)
+    return token
+
+
+def revoke(session: Session, broker: Broker, device_id: str, actor: str) -> None:
+    """Shut a device out: its token matches nothing any more and the managed broker refuses it."""
+    d = get_device(session, device_id)
+    d.token_hash = "revoked"  # not a sha256 hex digest: no token can hash to it
+    d.online = False
+    session.add(d)
+    audit(session, actor, "revoked", f"device/{device_id}")
+    session.commit()
+    broker.remove_device(device_id)
+
+
+def set_mining(session: Session, device_id: str, body: dict[str, Any], actor: str) -> Device:
+    """Validate hard-sample mining settings (the agent.yaml `mining:` schema) and make them desired."""
+    d = get_device(session, device_id)
+    try:
+        cfg = MiningConfig.model_validate(body)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise DeviceError(f"mining.{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    unknown = sorted(set(cfg.strategies) - set(STRATEGIES))
+    if unknown:
+        raise DeviceError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    d.mining_json = cfg.model_dump_json()
+    d.desired_revision += 1
+    session.add(d)
+    audit(session, actor, "device.mining", device_id, d.mining_json)
+    session.commit()
+    return d
+
+
+def device_public(d: Device) -> DevicePublic:
+    tel: dict[str, Any] = {}
+    if d.telemetry_json:
+        try:
+            tel = json.loads(d.telemetry_json)
+        except ValueError:
+            tel = {}
+    return DevicePublic(
+        id=d.id,
+        tags=json.loads(d.tags_json or "{}"),
+        online=d.online,
+        last_seen=d.last_seen,
+        model=d.model,
+        version=d.version,
+        state=d.state,
+        target_version=d.target_version,
+        reason=d.reason,
+        fps=d.fps,
+        latency_ms_p95=d.latency_ms_p95,
+        staleness_ms_p99=d.staleness_ms_p99,
+        desired_revision=d.desired_revision,
+        reported_revision=d.reported_revision,
+        last_prediction=tel.get("last_prediction", []),
+        source_ok=tel.get("source_ok"),
+        source_error=tel.get("source_error"),
+        sources=tel.get("sources", []),
+        shadow=tel.get("shadow"),
+        shadow_version=d.shadow_version,
+        shadow_reason=d.shadow_reason,
+        flywheel=tel.get("flywheel"),
+    )

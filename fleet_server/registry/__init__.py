@@ -1,0 +1,1 @@
+"""The model registry: versions, artifacts and signed manifests."""
