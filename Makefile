@@ -28,7 +28,7 @@ test: sysdeps $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check edge_agent fleet_server model_zoo tools tests
 	$(VENV)/bin/ruff format --check edge_agent fleet_server model_zoo tools tests
-	$(VENV)/bin/mypy edge_agent
+	$(VENV)/bin/mypy edge_agent model_zoo fleet_server
 
 bench: sysdeps $(STAMP)
 	$(PY) tools/bench_deploy.py

@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_console(app)
-    app.add_middleware(audit_middleware, engine_of=lambda: app.state.services.engine)  # type: ignore[arg-type]
+    app.add_middleware(audit_middleware, engine_of=lambda: app.state.services.engine)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -77,7 +78,7 @@ def upsert_sums(session: Session, pending: dict[tuple[str, str, int], dict[str, 
     insert = _UPSERT.get(dialect)
     if insert is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
         raise RuntimeError(f"telemetry aggregation needs SQLite or PostgreSQL, not {dialect}")
-    stmt = insert(table)
+    stmt: Any = insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=["device_id", "model", "version"],
         set_={**{c: table.c[c] + stmt.excluded[c] for c in SUM_COLUMNS}, "updated_at": stmt.excluded.updated_at},
@@ -169,10 +170,11 @@ class MqttBridge:
                     batch.append(self._q.get_nowait())
                 except queue.Empty:
                     break
-            decoded = []
+            decoded: list[tuple[str, str, Any]] = []
             for device_id, kind, payload in batch:
                 try:
-                    decoded.append((device_id, kind, decode_message(payload, _MODELS[kind], expect_device=device_id)))
+                    model: Any = _MODELS[kind]
+                    decoded.append((device_id, kind, decode_message(payload, model, expect_device=device_id)))
                 except MessageError as exc:
                     self.rejected += 1
                     log.warning("ignored %s from %s: %s", kind, device_id, exc)
@@ -236,7 +238,7 @@ class MqttBridge:
         if mono - self._last_prune > 600:
             self._last_prune = mono
             cutoff = now - timedelta(hours=self.retention_h)
-            session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))  # type: ignore[call-overload]
+            session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))
 
     def _apply_one(
         self, pending: dict[tuple[str, str, int], dict[str, float]], device: Device, msg: object, now: datetime
@@ -248,7 +250,7 @@ class MqttBridge:
             slot = msg.slots.get("default")
             if slot is not None:
                 device.model, device.version = slot.model, slot.version
-                device.state, device.reason = slot.state.value, slot.reason
+                device.state, device.reason = slot.state, slot.reason
                 device.target_version = slot.target_version
                 device.shadow_version, device.shadow_reason = slot.shadow_version, slot.shadow_reason
             device.reported_revision = msg.revision

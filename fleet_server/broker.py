@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.protocol.topics import TOPIC_PREFIX
@@ -185,8 +186,8 @@ class EmbeddedBroker(Broker):
         self.url = f"mqtt://{host}:{self.port}"
         self.public_url = f"mqtt://{public_host}:{self.port}"
         self._thread: threading.Thread | None = None
-        self._loop = None
-        self._broker = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: Any = None
 
     def start(self) -> None:
 

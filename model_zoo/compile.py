@@ -28,9 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.runtimes.base import TRT_CALIB_KEY
+from edge_agent.hardware import cpu_flags
+from edge_agent.preprocess import Preprocessor
+from edge_agent.protocol.manifest import InputSpec
+from edge_agent.runtimes import RuntimeOptions, create_runtime
+from edge_agent.runtimes.base import TRT_CALIB_KEY, extract_trt_calibration
 from edge_agent.update.download import sha256_file
 from model_zoo.datasets.store import DatasetVersion
+from model_zoo.evaluate import evaluate_onnx
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,6 @@ class CompileReport:
 
 
 def host_info() -> dict[str, Any]:
-    from edge_agent.capabilities import cpu_flags
 
     flags = cpu_flags()
     gpu = None
@@ -183,7 +187,7 @@ def measure_latency(path: Path, shape: tuple[int, ...], dtype: str = "float32", 
         name = sess.get_inputs()[0].name
         for _ in range(5):
             sess.run(None, {name: x})
-        times = []
+        times: list[float] = []
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end or len(times) < 20:
             t0 = time.perf_counter()
@@ -205,7 +209,6 @@ class _CalibReader:
     """Feeds quantize_static the agent's own preprocessing of dataset images (train split, never val)."""
 
     def __init__(self, dv: DatasetVersion, input_spec, count: int, seed: int = 0) -> None:
-        from edge_agent.preprocess import Preprocessor
 
         pool = dv.split("train") or []
         if not pool:
@@ -260,7 +263,7 @@ def build_int8(
     quantize_static(
         str(pre_path),
         str(out),
-        reader,  # type: ignore[arg-type]
+        reader,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         reduce_range=reduce_range,
@@ -291,7 +294,7 @@ def trt_calibration_cache(pre_path: Path, reader: _CalibReader, work: Path) -> s
         augmented_model_path=str(work / "augmented.onnx"),
         calibrate_method=CalibrationMethod.MinMax,
     )
-    calib.collect_data(reader)  # type: ignore[arg-type]
+    calib.collect_data(reader)
     data = calib.compute_data()
     lines = ["TRT-8600-EntropyCalibration2"]
     for name, rng in sorted(data.data.items()):
@@ -323,8 +326,6 @@ def engine_row(
         res.status = "not built: no TensorRT"
         return res
     # Unverified here (no GPU on the build machines this was written on): the same code path as the agent.
-    from edge_agent.runtimes import RuntimeOptions, create_runtime
-    from edge_agent.runtimes.base import extract_trt_calibration
 
     cache = extract_trt_calibration(onnx_path, work)
     opts = RuntimeOptions(
@@ -334,7 +335,7 @@ def engine_row(
     try:
         x = np.zeros(shape, np.float32)
         rt.warmup(5)
-        times = []
+        times: list[float] = []
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end or len(times) < 20:
             t0 = time.perf_counter()
@@ -363,8 +364,6 @@ def compile_checkpoint(
 ) -> CompileReport:
     import torch
 
-    from edge_agent.protocol.manifest import InputSpec
-    from model_zoo.evaluate import evaluate_onnx
     from model_zoo.models import build, export_onnx, kind
 
     unknown = [t for t in targets if t not in TARGETS]
@@ -389,7 +388,7 @@ def compile_checkpoint(
         shape=(1, 3, size, size),
         layout="NCHW",
         color="RGB",
-        resize=mk.resize,  # type: ignore[arg-type]
+        resize=mk.resize,
         mean=mk.mean,
         std=mk.std,
     )

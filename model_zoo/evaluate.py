@@ -12,9 +12,14 @@ import io
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edge_agent.decoders.base import decoder_for
+from edge_agent.preprocess import Preprocessor
+from edge_agent.protocol.manifest import DecoderSpec
+from edge_agent.runtimes import RuntimeOptions, create_runtime
 from model_zoo.datasets.store import DatasetVersion, Sample
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,9 @@ def coco_map(
     """predictions[i] = (xyxy (K,4), scores (K,), class ids (K,)) for samples[i]."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    images, anns, dets = [], [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    dets: list[dict[str, Any]] = []
     for i, (s, (boxes, scores, cls)) in enumerate(zip(samples, predictions, strict=True)):
         images.append({"id": i + 1, "width": s.width, "height": s.height, "file_name": s.sha256})
         for b, lab in zip(s.boxes, s.labels, strict=True):
@@ -43,12 +50,12 @@ def coco_map(
                 }
             )
         for b, sc, c in zip(boxes, scores, cls, strict=True):
-            b = [float(v) for v in b]
+            xyxy = [float(v) for v in b]
             dets.append(
                 {
                     "image_id": i + 1,
                     "category_id": int(c) + 1,
-                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "bbox": [xyxy[0], xyxy[1], xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]],
                     "score": float(sc),
                 }
             )
@@ -88,10 +95,6 @@ def evaluate_onnx(
     threads: int = 0,
     limit: int | None = None,
 ) -> dict[str, float]:
-    from edge_agent.decoders.base import decoder_for
-    from edge_agent.preprocess import Preprocessor
-    from edge_agent.protocol.manifest import DecoderSpec
-    from edge_agent.runtimes import RuntimeOptions, create_runtime
 
     samples = dv.split(split)[:limit] if limit else dv.split(split)
     if not samples:

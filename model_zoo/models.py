@@ -37,11 +37,13 @@ class ElDet(nn.Module):
         self.neck = nn.Sequential(_cbr(width, width), _cbr(width, width))
         self.cls = nn.Conv2d(width, num_classes, 1)
         self.box = nn.Conv2d(width, 4, 1)
+        assert self.cls.bias is not None and self.box.bias is not None  # Conv2d(bias=True)
         nn.init.constant_(self.cls.bias, -4.6)  # prior 0.01: the loss starts near its floor for background
         nn.init.constant_(self.box.bias, 1.0)
         g = size // self.stride
         ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
         centres = torch.stack([xs.flatten(), ys.flatten()]).float().add(0.5).mul(self.stride)  # (2, N)
+        self.centres: torch.Tensor
         self.register_buffer("centres", centres, persistent=False)
         self.export = False
 

@@ -199,7 +199,7 @@ def validate(model: nn.Module, ds: _Images, task: str, mk, device: torch.device,
     model.train()
     # validation images are letterboxed: score against the letterboxed boxes
     samples = [
-        Sample(s.sha256, s.ext, ds.size, ds.size, tuple(map(tuple, ds[i][1].tolist())), s.labels, s.split)  # type: ignore[arg-type]
+        Sample(s.sha256, s.ext, ds.size, ds.size, tuple(map(tuple, ds[i][1].tolist())), s.labels, s.split)
         for i, s in enumerate(ds.samples)
     ]
     if task == "detect":
@@ -297,7 +297,9 @@ def train(
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     train_ds = _Images(dv, train_s, size, dv.task, augment=True)
     val_ds = _Images(dv, val_s, size, dv.task, augment=False)
-    sampler = torch.utils.data.DistributedSampler(train_ds, world, rank, seed=seed) if world > 1 else None
+    sampler: torch.utils.data.DistributedSampler | None = (
+        torch.utils.data.DistributedSampler(train_ds, world, rank, seed=seed) if world > 1 else None
+    )
     loader = torch.utils.data.DataLoader(
         train_ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, collate_fn=_collate, drop_last=True
     )
@@ -370,7 +372,7 @@ def train(
                 "epoch": epoch + 1,
                 "epochs": epochs,
                 "loss": round(float(np.mean(losses)), 4),
-                "lr": round(sched.get_last_lr()[0], 6),
+                "lr": round(float(sched.get_last_lr()[0]), 6),
                 "seconds": round(time.monotonic() - t_epoch, 1),
                 **metrics,
             }

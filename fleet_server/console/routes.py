@@ -70,7 +70,7 @@ def logout(request: Request, session: SessionDep, csrf: str = Form("")) -> Respo
 
 def install(app: Any) -> None:
     """Mount the console, its static files and the login redirect."""
-    app.add_middleware(security_headers)  # type: ignore[arg-type]
+    app.add_middleware(security_headers)
     app.include_router(router)
     for page in (fleet, models, review):
         app.include_router(page.router)

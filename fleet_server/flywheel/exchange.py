@@ -34,7 +34,7 @@ def export_samples(rows: list[Sample], folder: Path, fmt: str, blobs: Blobs, cla
                 data=blobs.read(image_key(s.image)),
                 width=s.width,
                 height=s.height,
-                boxes=[tuple(lab["box"]) for lab in kept],  # type: ignore[misc]
+                boxes=[tuple(lab["box"]) for lab in kept],
                 labels=[index[lab["label"]] for lab in kept],
                 scores=scores,
             )

@@ -160,7 +160,7 @@ def dataset_from_samples(
         else:
             boxes = [tuple(lab["box"]) for lab in boxed]
             labs = [classes.index(lab["label"]) for lab in boxed]
-        new.append(NewSample(data, s.width, s.height, boxes, labs, source=f"sample:{s.id}"))  # type: ignore[arg-type]
+        new.append(NewSample(data, s.width, s.height, boxes, labs, source=f"sample:{s.id}"))
     if not new:
         raise DatasetError("no new labelled samples to add")
     return store.create(name, parent.task, classes, new, val_fraction, parent, note=f"{len(new)} reviewed hard samples")

@@ -118,7 +118,7 @@ def start_rollout(session: Session, params: dict[str, Any], model: str, version:
     return int(rollout.id or 0)
 
 
-def job_result_registrar(settings: Any, keys: KeyRing, store: LocalStore):  # type: ignore[no-untyped-def]
+def job_result_registrar(settings: Any, keys: KeyRing, store: LocalStore):
     """The runner's callback: register a finished job's output, return the job's result summary."""
 
     def register(session: Session, job: Job, result: dict[str, Any]) -> dict[str, Any]:

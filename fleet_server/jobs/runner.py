@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=30)
 
 
-def _load_prctl():  # type: ignore[no-untyped-def]
+def _load_prctl():
     import ctypes
 
     try:

@@ -11,17 +11,22 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edge_agent.protocol.manifest import parse_ref
+from edge_agent.protocol.manifest import InputSpec, parse_ref
+from fleet_server.jobs.runner import die_with_parent
+from model_zoo.compile import DEFAULT_TARGETS, compile_checkpoint
+from model_zoo.datasets.store import DatasetStore, synthesize
+from model_zoo.evaluate import evaluate_onnx
 
 
 def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
-def _scaled(lo: float, hi: float):  # type: ignore[no-untyped-def]
+def _scaled(lo: float, hi: float):
     def cb(ev: dict[str, Any]) -> None:
         if "progress" in ev:
             ev = {**ev, "progress": round(lo + (hi - lo) * float(ev["progress"]), 4)}
@@ -31,8 +36,6 @@ def _scaled(lo: float, hi: float):  # type: ignore[no-untyped-def]
 
 
 def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
-    from model_zoo.compile import compile_checkpoint
-    from model_zoo.datasets.store import DatasetStore
 
     store = DatasetStore(Path(p["datasets_dir"]))
     dv = store.load(p["dataset"], p.get("dataset_version"))
@@ -76,7 +79,6 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "model_zoo.train", *train_args]
     emit({"event": "step", "message": f"training {p['model']} on {dv.ref} for {p['epochs']} epochs", "progress": 0.0})
     scale = _scaled(0.0, 0.8)
-    from fleet_server.jobs.runner import die_with_parent
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     assert proc.stdout is not None and proc.stderr is not None
@@ -110,11 +112,6 @@ def evaluation_gate(
 ) -> dict[str, Any]:
     """Candidate vs current on the fixed holdout (the val split of the dataset the current version was trained
     on) and on the newly labelled hard samples that fell in the val split; rejected past the budget."""
-    from dataclasses import replace
-
-    from edge_agent.protocol.manifest import InputSpec
-    from model_zoo.datasets.store import DatasetStore
-    from model_zoo.evaluate import evaluate_onnx
 
     store = DatasetStore(Path(p["datasets_dir"]))
     holdout = store.load(*parse_ref(p["holdout_dataset"]))
@@ -152,8 +149,6 @@ def run_retrain(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
-    from model_zoo.compile import compile_checkpoint
-    from model_zoo.datasets.store import DatasetStore
 
     dv = DatasetStore(Path(p["datasets_dir"])).load(p["dataset"], p.get("dataset_version"))
     report = compile_checkpoint(
@@ -168,7 +163,6 @@ def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_synthesize(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
-    from model_zoo.datasets.store import DatasetStore, synthesize
 
     store = DatasetStore(Path(p["datasets_dir"]))
     parent = store.load(p["name"]) if p.get("extend") and store.versions(p["name"]) else None
@@ -187,7 +181,6 @@ def run_synthesize(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_targets() -> tuple[str, ...]:
-    from model_zoo.compile import DEFAULT_TARGETS
 
     return DEFAULT_TARGETS
 

@@ -79,14 +79,14 @@ def validate_onnx(
         color=color,
         resize=resize,
         mean=mean,
-        std=std,  # type: ignore[arg-type]
+        std=std,
         dtype=str(rt.input_dtype),
-    )  # type: ignore[arg-type]
+    )
     if input_size is not None and spec.hw != input_size:
         raise PushError(
             f"--input-size {input_size[1]}x{input_size[0]} differs from the model's input {spec.hw[1]}x{spec.hw[0]}"
         )
-    dec = DecoderSpec(type=decoder)  # type: ignore[arg-type]
+    dec = DecoderSpec(type=decoder)
     outputs = rt.run(np.zeros(shape, dtype=rt.input_dtype))
     h, w = spec.hw
     try:
@@ -140,14 +140,14 @@ def register_artifacts(
     manifest = Manifest(
         model=name,
         version=version,
-        task=task,  # type: ignore[arg-type]
+        task=task,
         classes=tuple(classes),
         input=spec,
         decoder=dec,
-        artifacts=artifacts,  # type: ignore[arg-type]
+        artifacts=artifacts,
         created_at=now,
         expires_at=now + timedelta(days=valid_days),
-        recommended=recommended or {},  # type: ignore[arg-type]
+        recommended=recommended or {},
         lineage={**(lineage or {})},
     )
     signed = sign_manifest(manifest, keys.release, keys.cert)

@@ -93,7 +93,7 @@ def update_user(
     if disabled is not None:
         user.disabled = disabled
     if disabled or password is not None or role is not None:  # a change of rights ends the user's sessions
-        session.exec(delete(UserSession).where(col(UserSession.user) == name))  # type: ignore[call-overload]
+        session.exec(delete(UserSession).where(col(UserSession.user) == name))
     session.add(user)
     return user
 
@@ -121,7 +121,7 @@ def login(session: Session, name: str, password: str) -> tuple[str, UserSession,
         expires_at=now + timedelta(hours=SESSION_HOURS),
     )
     session.add(row)
-    session.exec(delete(UserSession).where(col(UserSession.expires_at) < now))  # type: ignore[call-overload]
+    session.exec(delete(UserSession).where(col(UserSession.expires_at) < now))
     return token, row, user
 
 
@@ -156,7 +156,7 @@ def resolve(session: Session, token: str) -> tuple[User, UserSession] | None:
 
 
 def logout(session: Session, token: str) -> None:
-    session.exec(delete(UserSession).where(col(UserSession.token_hash) == token_hash(token)))  # type: ignore[call-overload]
+    session.exec(delete(UserSession).where(col(UserSession.token_hash) == token_hash(token)))
 
 
 def list_users(session: Session) -> list[User]:

@@ -36,7 +36,7 @@ def _array_item_lines(text: str, key: str) -> list[int]:
     if not m:
         return []
     dec = json.JSONDecoder()
-    pos, lines = m.end(), []
+    pos, lines = m.end(), list[int]()
     ws = re.compile(r"[\s,]*")
     while True:
         pos = ws.match(text, pos).end()  # type: ignore[union-attr]
@@ -167,13 +167,13 @@ def load_yolo(root: Path) -> tuple[list[str], list[NewSample]]:
     for p in images:
         w, h, blob = _image_size(p)
         boxes, labs = [], []
-        lp = labels.get(p.relative_to(img_dir).with_suffix(""))
-        if lp is not None:
-            for n, line in enumerate(lp.read_text().splitlines(), 1):
+        label_file = labels.get(p.relative_to(img_dir).with_suffix(""))
+        if label_file is not None:
+            for n, line in enumerate(label_file.read_text().splitlines(), 1):
                 if not line.strip():
                     continue
                 parts = line.split()
-                loc = f"{lp}:{n}"
+                loc = f"{label_file}:{n}"
                 try:
                     cls, cx, cy, bw, bh = int(parts[0]), *(float(v) for v in parts[1:5])
                 except (ValueError, IndexError):
@@ -214,7 +214,8 @@ def write_coco(out: Path, items: Iterable[LabelledImage], classes: list[str], de
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for it in items:
         (out / "images" / it.file_name).write_bytes(it.data)
         images.append({"id": it.image_id, "file_name": it.file_name, "width": it.width, "height": it.height})
@@ -257,9 +258,8 @@ def write_yolo(out: Path, items: Iterable[LabelledImage], classes: list[str]) ->
 
 def _dataset_items(dv: DatasetVersion, split: str | None) -> Iterator[LabelledImage]:
     for i, s in enumerate(x for x in dv.samples if split is None or x.split == split):
-        yield LabelledImage(
-            i + 1, f"{s.sha256[:16]}{s.ext}", dv.image_path(s).read_bytes(), s.width, s.height, s.boxes, s.labels
-        )
+        data = dv.image_path(s).read_bytes()
+        yield LabelledImage(i + 1, f"{s.sha256[:16]}{s.ext}", data, s.width, s.height, list(s.boxes), list(s.labels))
 
 
 def export_coco(dv: DatasetVersion, out: Path, split: str | None = None) -> Path:

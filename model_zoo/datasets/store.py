@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from model_zoo.datasets.synthetic_scenes import preset, render_scene
@@ -119,7 +120,6 @@ class DatasetVersion:
         return object_path(self.root, s.sha256, s.ext)
 
     def load_image(self, s: Sample) -> np.ndarray:
-        import cv2
 
         img = cv2.imread(str(self.image_path(s)), cv2.IMREAD_COLOR)
         if img is None:
@@ -308,7 +308,6 @@ class DatasetStore:
 
 
 def encode_image(img: np.ndarray, ext: str = ".png") -> bytes:
-    import cv2
 
     ok, buf = cv2.imencode(ext, img, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else [])
     if not ok:

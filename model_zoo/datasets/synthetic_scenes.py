@@ -209,7 +209,8 @@ def render_scene(cfg: SceneConfig, seed: int, index: int, size: tuple[int, int] 
     if cfg.noise > 0:
         img = img + rng.normal(0, cfg.noise, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8)
-    boxes, kept = [], []
+    boxes: list[tuple[float, float, float, float]] = []
+    kept: list[int] = []
     visible = np.full((h, w), -1, np.int32)
     for i, cls in enumerate(labels):
         sel = owners == i

@@ -32,7 +32,7 @@ def write_color_video(
     rng = np.random.default_rng(seed)
     w, h = size
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write MJPEG video to {path}")
     try:
@@ -66,7 +66,7 @@ def write_scene_video(
     cfg = preset(preset_name)
     w, h = size
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write MJPEG video to {path}")
     truth: list[dict] = []

@@ -79,7 +79,7 @@ def _unpack(archive: Path, dest: Path, max_unpacked: int) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest  # one top folder, or the root
 
 
-def _import(store, name: str, fmt: str, root: Path, val_fraction: float, note: str):  # type: ignore[no-untyped-def]
+def _import(store, name: str, fmt: str, root: Path, val_fraction: float, note: str):
 
     if fmt == "coco":
         ann = next((p for p in (root / "annotations.json", *sorted(root.glob("*.json"))) if p.is_file()), None)

@@ -25,7 +25,7 @@ def _floats3(text: str, what: str) -> tuple[float, float, float]:
         raise HTTPException(422, f"{what} must be three comma-separated numbers") from None
     if len(vals) != 3:
         raise HTTPException(422, f"{what} must be three comma-separated numbers")
-    return vals  # type: ignore[return-value]
+    return vals
 
 
 @router.post("/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=ModelVersionPublic)

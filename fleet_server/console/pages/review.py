@@ -32,7 +32,8 @@ def samples(request: Request, session: SessionDep, who: ConsoleUser, page: int =
     f = {k: request.query_params.get(k, "")[:64] for k in SAMPLE_FILTERS}
     if "state" not in request.query_params:
         f["state"] = "new"
-    rows, total = filtered_samples(session, **{k: v for k, v in f.items() if v}, limit=60, offset=(page - 1) * 60)
+    given: dict[str, Any] = {k: v for k, v in f.items() if v}
+    rows, total = filtered_samples(session, **given, limit=60, offset=(page - 1) * 60)
     return render(
         request,
         who,
