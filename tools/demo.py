@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 
+from edge_agent.protocol.manifest import parse_ref  # noqa: E402
 from model_zoo.datasets.synthetic_video import write_scene_video  # noqa: E402
 
 
@@ -108,7 +109,7 @@ def night_map(http: httpx.Client, ref: str, work: Path) -> dict[str, float]:
         if store.versions("night")
         else synthesize(store, "night", "night", 150, 3000, val_fraction=0.99)
     )
-    name, version = ref.split(":")
+    name, version = parse_ref(ref)
     mv = http.get(f"/api/v1/models/{name}/versions/{version}").json()
     art = next(a for a in mv["artifacts"] if a["target"] == "onnx-fp32")
     path = work / "eval" / f"{name}-{version}.onnx"
@@ -175,7 +176,7 @@ def flywheel_turn(
         ]
         http.post(f"/api/v1/samples/{s['id']}/review", json={"action": "correct", "labels": labels}).raise_for_status()
     print(run_cli(env, "samples", "list", "--device", device, "--limit", "5"))
-    name = ref.split(":")[0]
+    name, _ = parse_ref(ref)
     epochs = "2" if quick else "3"
     seen = max([j["id"] for j in http.get("/api/v1/jobs").json() if j["kind"] == "retrain"] or [0])
     run_cli(

@@ -10,6 +10,7 @@ from typing import Any
 
 from fleet_server.cli.client import CliError
 from fleet_server.cli.common import admin_client, fetch_tar, out
+from fleet_server.flywheel.tables import SAMPLE_STATES, SampleState
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -128,7 +129,7 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
         p.add_argument(f"--{f}")
     p.add_argument("--label", help="a class predicted or labelled in the sample")
     p.add_argument("--since", help="received at or after, ISO 8601 (e.g. 2026-11-23T10:00:00Z)")
-    p.add_argument("--state", choices=["new", "accepted", "corrected", "rejected"])
+    p.add_argument("--state", choices=SAMPLE_STATES)
     p.add_argument("--limit", type=int, default=50)
     admin_flags(p)
     p.set_defaults(func=cmd_list)
@@ -140,7 +141,7 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     p.set_defaults(func=cmd_review)
     p = s.add_parser("export", help="a COCO or YOLO folder of samples for CVAT / Label Studio")
     p.add_argument("--format", default="coco", choices=["coco", "yolo"])
-    p.add_argument("--state", default="new", choices=["new", "accepted", "corrected", "rejected"])
+    p.add_argument("--state", default=SampleState.NEW.value, choices=SAMPLE_STATES)
     p.add_argument("--classes", help="comma-separated category order")
     p.add_argument("--out", type=Path, required=True)
     admin_flags(p)

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from edge_agent.protocol.messages import UpdateStateName
 from fleet_server.app import create_app
 from fleet_server.cli import flywheel_cli, users_cli, zoo_cli
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
@@ -164,7 +165,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
             f"{d['version'] if d['version'] is not None else '-':>4} {d['state'] or '-':<12} {fps:>6} "
             f"{p95:>7}  {d['last_seen'] or '-'}"
         )
-        if d.get("reason") and d.get("state") == "failed":
+        if d.get("reason") and d.get("state") == UpdateStateName.failed:
             lines.append(f"{'':<20} reason: {d['reason']}")
     out(args, rows, "\n".join(lines))
     return 0

@@ -10,6 +10,13 @@ import time
 from typing import Any
 
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
+from fleet_server.rollouts.states import LIVE, DeviceRolloutState, RolloutState
+
+# devices whose part of a wave is over, one way or another
+SETTLED = tuple(
+    s.value for s in DeviceRolloutState if s not in (DeviceRolloutState.PENDING, DeviceRolloutState.DEPLOYING)
+)
+WATCHED = LIVE | {RolloutState.ABORTING}  # `rollout status --watch` follows these
 
 
 def duration(text: str) -> float:
@@ -42,8 +49,8 @@ def render(r: dict[str, Any]) -> str:
     ]
     for w in r["waves"]:
         st = w["states"]
-        done = sum(st.get(k, 0) for k in ("active", "failed", "gate_failed", "not_updated", "rolled_back"))
-        marker = ">" if w["wave"] == r["wave"] and r["state"] in ("running", "paused") else " "
+        done = sum(st.get(k, 0) for k in SETTLED)
+        marker = ">" if w["wave"] == r["wave"] and r["state"] in LIVE else " "
         detail = " ".join(f"{k}={v}" for k, v in sorted(st.items()))
         lines.append(f" {marker} {w['name']:<8} {bar(done, w['devices'])} {done}/{w['devices']}  {detail}")
     if r.get("reason"):
@@ -110,7 +117,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 0
         sys.stdout.write("\033[H\033[J" + out + "\n")
         sys.stdout.flush()
-        if r["state"] not in ("running", "paused", "aborting"):
+        if r["state"] not in WATCHED:
             return 0
         time.sleep(1)
 

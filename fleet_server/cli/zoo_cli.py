@@ -14,6 +14,7 @@ from typing import Any
 
 from fleet_server.cli.client import AdminClient, CliError, parse_ref_latest
 from fleet_server.cli.common import admin_client, fetch_tar, out
+from fleet_server.jobs.states import FINISHED, JobState
 
 
 def _dataset_line(d: dict[str, Any]) -> str:
@@ -52,7 +53,7 @@ def wait_job(client: AdminClient, job_id: int, quiet: bool = False, poll: float 
                     if ev.get("event") in ("epoch", "step", "error"):
                         print(json.dumps(ev), file=sys.stderr)
                 seen = len(j.get("log", []))
-        if j["state"] in ("succeeded", "failed", "cancelled"):
+        if j["state"] in FINISHED:
             if tty and not quiet:
                 print(file=sys.stderr)
             return j
@@ -273,7 +274,7 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
 
     j = sub.add_parser("jobs", help="training / compile / synthesis jobs").add_subparsers(dest="sub", required=True)
     p = j.add_parser("list")
-    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--state", choices=[s.value for s in JobState])
     admin_flags(p)
     p.set_defaults(func=cmd_jobs_list)
     p = j.add_parser("show")

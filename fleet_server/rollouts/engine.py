@@ -211,6 +211,7 @@ class RolloutEngine:
 
     def _start_wave(self, s: Session, r: Rollout, rows: list[RolloutDevice], actor: str) -> None:
         # take every pending device of the wave in one compare-and-set: a device is deployed once
+        deploying = next_device_state(DeviceRolloutState.PENDING, DeviceEvent.DEPLOY)
         taken = set(
             s.execute(
                 update(RolloutDevice)
@@ -219,7 +220,7 @@ class RolloutEngine:
                     col(RolloutDevice.wave) == r.wave,
                     col(RolloutDevice.state).in_(sources(DeviceEvent.DEPLOY)),
                 )
-                .values(state=next_device_state(DeviceRolloutState.PENDING, DeviceEvent.DEPLOY), updated_at=_now())
+                .values(state=deploying, updated_at=_now())
                 .returning(col(RolloutDevice.id))
             )
             .scalars()
@@ -241,7 +242,7 @@ class RolloutEngine:
         for d in rows:
             if d.id not in taken:
                 continue
-            d.state = next_device_state(d.state, DeviceEvent.DEPLOY)
+            d.state = deploying  # the bulk update above may have set it in the session already
             dev = devices.get(d.device_id)
             if dev is not None and d.prev_version is not None and dev.model == r.model:
                 d.baseline_json = json.dumps(agg_dict(aggs.get((d.device_id, d.prev_version))))
