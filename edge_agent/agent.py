@@ -215,7 +215,9 @@ class Agent:
         if msg.mining is not None:
             self._apply_mining(msg.mining)
         rec = self.machine.record
-        if rec.job is not None and rec.job.get("revision") == msg.revision:
+        # a revision already handled is skipped, unless it was refused: a forged message must not squat the
+        # revision number the server's real one will carry (revisions are not signed, manifests are)
+        if rec.job is not None and rec.job.get("revision") == msg.revision and not rec.job.get("refused"):
             self._report()
             return
         dep = next((d for d in msg.deployments if d.slot == self.SLOT), None)
@@ -249,10 +251,12 @@ class Agent:
                 __version__,
                 self.caps.runtimes,
                 self.device_kind,
+                device_id=self.cfg.device_id,
+                revision=msg.revision,
             )
         except ManifestRejected as exc:
             log.warning("refused %s:%s: %s", job.get("model"), job.get("version"), exc)
-            self.machine.refuse(job, str(exc))
+            self.machine.refuse({**job, "refused": True}, str(exc))
             return
         m, entry = ok.manifest, ok.manifest.artifacts[ok.target]  # type: ignore[index]
         cur = rec.current
@@ -331,7 +335,14 @@ class Agent:
         delay = 1.0
         while True:
             try:
-                download(url, path, job["length"], job["sha256"], token=self.cfg.token.get_secret_value())
+                download(
+                    url,
+                    path,
+                    job["length"],
+                    job["sha256"],
+                    token=self.cfg.token.get_secret_value(),
+                    token_origin=self.cfg.server_url,
+                )
                 return
             except DownloadError as exc:
                 if not exc.transient or time.monotonic() + delay > deadline or self._stop.is_set():

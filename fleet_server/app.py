@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from fleet_server.api.routes import ROUTERS
 from fleet_server.audit import audit_middleware
@@ -32,13 +32,13 @@ def create_app(settings: Settings) -> FastAPI:
     install_console(app)
     app.add_middleware(audit_middleware, engine_of=lambda: app.state.services.engine)
 
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, Any]:
+    @app.get("/healthz", tags=["health"], responses={503: {"description": "device traffic cannot flow"}})
+    def healthz() -> JSONResponse:
+        """200 while device messages flow in and desired states out; 503 (same body) when the bridge's worker
+        is down or the broker does not take the server's connection."""
         services: Services | None = getattr(app.state, "services", None)
-        bridge = services.bridge if services else None
-        counters = (
-            {"applied": bridge.applied, "rejected": bridge.rejected, "overflow": bridge.overflow} if bridge else {}
-        )
-        return {"ok": True, "mqtt_connected": bool(bridge and bridge.transport.connected), "bridge": counters}
+        bridge = services.bridge.health() if services else {"ok": False, "mqtt_connected": False}
+        body = {"ok": bridge["ok"], "mqtt_connected": bridge["mqtt_connected"], "bridge": bridge}
+        return JSONResponse(body, status_code=200 if body["ok"] else 503)
 
     return app

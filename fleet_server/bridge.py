@@ -20,7 +20,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
 from edge_agent.protocol.messages import (
-    MessageError,
     ReportedState,
     StatusMessage,
     Telemetry,
@@ -110,22 +109,58 @@ class MqttBridge:
         self._q: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self.rejected = 0
+        self._watchdog: threading.Thread | None = None
+        self.rejected = 0  # device messages refused (malformed, hostile, wrong device)
         self.overflow = 0
         self.applied = 0
+        self.errors = 0  # unexpected errors the worker survived
+        self.restarts = 0  # times the watchdog had to start a new worker
 
     def start(self) -> None:
         for kind in _MODELS:
             self.transport.subscribe(fleet_filter(kind, shared=self.shared), self._on_message, qos=1)
+        self._start_worker()
+        self._watchdog = threading.Thread(target=self._watch, name="bridge-watchdog", daemon=True)
+        self._watchdog.start()
+        self.transport.start()
+
+    def _start_worker(self) -> None:
         self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
         self._worker.start()
-        self.transport.start()
+
+    def _watch(self) -> None:
+        """The worker survives any error from what it reads; should it die anyway, start another."""
+        while not self._stop.wait(1.0):
+            if not self.worker_alive:
+                self.restarts += 1
+                log.error("bridge worker died; starting a new one (restart %d)", self.restarts)
+                self._start_worker()
 
     def stop(self) -> None:
         self._stop.set()
         self.transport.stop()
-        if self._worker:
-            self._worker.join(2)
+        for t in (self._watchdog, self._worker):
+            if t is not None:
+                t.join(2)
+
+    @property
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def health(self) -> dict[str, Any]:
+        """ok only while device messages can flow: the worker runs and the broker takes the connection."""
+        connected = bool(self.transport.connected)
+        return {
+            "ok": self.worker_alive and connected,
+            "mqtt_connected": connected,
+            "worker_alive": self.worker_alive,
+            "applied": self.applied,
+            "rejected": self.rejected,
+            "overflow": self.overflow,
+            "errors": self.errors,
+            "restarts": self.restarts,
+            "queued": self._q.qsize(),
+        }
 
     def wait_connected(self, timeout: float) -> bool:
         return self.transport.wait_connected(timeout)
@@ -158,39 +193,48 @@ class MqttBridge:
                 log.warning("bridge queue full: dropped %d device message(s) so far", self.overflow)
 
     def _work(self) -> None:
-        """Apply device messages in batches: one transaction for up to BATCH messages."""
+        """Apply device messages in batches: one transaction for up to BATCH messages. Nothing a device sends
+        ends this loop: every error is logged in one line, counted, and the next batch goes on."""
         while not self._stop.is_set():
             try:
-                first = self._q.get(timeout=0.25)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            decoded: list[tuple[str, str, Any]] = []
-            for device_id, kind, payload in batch:
-                try:
-                    model: Any = _MODELS[kind]
-                    decoded.append((device_id, kind, decode_message(payload, model, expect_device=device_id)))
-                except MessageError as exc:
-                    self.rejected += 1
-                    log.warning("ignored %s from %s: %s", kind, device_id, exc)
-            if not decoded:
-                continue
+                self._drain_once()
+            except Exception as exc:  # noqa: BLE001 - the fleet's ingestion outlives any one bad batch
+                self.errors += 1
+                log.error("bridge worker: %s: %s", type(exc).__name__, str(exc)[:200])
+
+    def _drain_once(self) -> None:
+        try:
+            first = self._q.get(timeout=0.25)
+        except queue.Empty:
+            return
+        batch = [first]
+        while len(batch) < BATCH:
             try:
-                self._apply_batch(decoded)
-                self.applied += len(decoded)
-            except Exception:
-                log.exception("could not store a batch of %d device message(s); applying one by one", len(decoded))
-                for item in decoded:
-                    try:
-                        self._apply_batch([item])
-                        self.applied += 1
-                    except Exception:
-                        log.exception("could not store %s from %s", item[1], item[0])
+                batch.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        decoded: list[tuple[str, str, Any]] = []
+        for device_id, kind, payload in batch:
+            try:
+                model: Any = _MODELS[kind]
+                decoded.append((device_id, kind, decode_message(payload, model, expect_device=device_id)))
+            except Exception as exc:  # noqa: BLE001 - MessageError, or anything else a hostile payload causes
+                self.rejected += 1
+                log.warning("ignored %s from %s: %s", kind, device_id, str(exc)[:200])
+        if not decoded:
+            return
+        try:
+            self._apply_batch(decoded)
+            self.applied += len(decoded)
+        except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+            log.error("could not store a batch of %d device message(s) (%s); applying one by one", len(decoded), exc)
+            for item in decoded:
+                try:
+                    self._apply_batch([item])
+                    self.applied += 1
+                except Exception as one:  # noqa: BLE001
+                    self.errors += 1
+                    log.error("could not store %s from %s: %s", item[1], item[0], str(one)[:200])
 
     def _apply_batch(self, items: list[tuple[str, str, object]]) -> None:
         """One transaction; devices and aggregates fetched in two queries; no flush until the commit."""

@@ -27,6 +27,7 @@ from typing import Any
 
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.protocol.topics import TOPIC_PREFIX
+from fleet_server.procs import die_with_parent, stop_stale
 
 log = logging.getLogger(__name__)
 SERVER_USER = "edgeloop-server"
@@ -123,6 +124,8 @@ class MosquittoBroker(Broker):
             [
                 f"listener {self.port} {self.host}",
                 "allow_anonymous false",
+                # the client id is the user name: no device can take over another's session by naming its id
+                "use_username_as_clientid true",
                 f"password_file {passwd}",
                 f"acl_file {self.dir / 'acl'}",
                 "persistence true",
@@ -139,8 +142,19 @@ class MosquittoBroker(Broker):
 
     def start(self) -> None:
         conf = self._write_config()
-        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not wait_port(self.host, self.port, 10.0):
+        # a Mosquitto left running by a server that was killed still holds the old accounts: replace it
+        stop_stale(self.dir / "mosquitto.pid", str(conf))
+        if wait_port(self.host, self.port, 0.1):
+            raise RuntimeError(f"cannot run mosquitto on {self.host}:{self.port}: another process holds the port")
+        self._proc = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,  # it dies with this server, never left as an orphan
+        )
+        (self.dir / "mosquitto.pid").write_text(str(self._proc.pid))
+        # the port open is not enough: another process may hold it; ours must be the one running
+        if not wait_port(self.host, self.port, 10.0) or self._proc.poll() is not None:
             err = b""
             if self._proc.poll() is not None and self._proc.stderr:
                 err = self._proc.stderr.read()

@@ -48,8 +48,30 @@ def test_accepts_newer_and_same_version_and_signed_rollback(tmp_path: Path) -> N
     trust.record("colors", 3)
     for v in (3, 4):
         assert check_manifest(signed(keys, v), keys.root_public, trust, "0.1.0", ["onnxruntime"]).target == "onnx-fp32"
-    ok = check_manifest(signed(keys, 1, rollback=True), keys.root_public, trust, "0.1.0", ["onnxruntime"])
+    bound = signed(keys, 1, rollback=True, rollback_device="cam-1", rollback_revision=7)
+    ok = check_manifest(bound, keys.root_public, trust, "0.1.0", ["onnxruntime"], device_id="cam-1", revision=7)
     assert ok.manifest.version == 1
+
+
+@pytest.mark.parametrize(
+    "device, revision, bound_to",
+    [
+        ("cam-2", 7, ("cam-1", 7)),  # another device's rollback replayed here
+        ("cam-1", 8, ("cam-1", 7)),  # this device's rollback replayed in a later desired state
+        ("cam-1", 7, (None, None)),  # a rollback bound to nothing
+    ],
+)
+def test_a_rollback_is_refused_outside_the_device_and_revision_it_was_signed_for(
+    tmp_path: Path, device: str, revision: int, bound_to: tuple[str | None, int | None]
+) -> None:
+    """Replaying a signed rollback would downgrade a device and lower its trust floor."""
+    keys = Keys()
+    trust = TrustStore(tmp_path / "trust.json")
+    trust.record("colors", 3)
+    env = signed(keys, 1, rollback=True, rollback_device=bound_to[0], rollback_revision=bound_to[1])
+    with pytest.raises(ManifestRejected, match="^rollback"):
+        check_manifest(env, keys.root_public, trust, "0.1.0", ["onnxruntime"], device_id=device, revision=revision)
+    assert trust.trusted_version("colors") == 3
 
 
 def test_trust_never_goes_down_by_record(tmp_path: Path) -> None:

@@ -156,6 +156,34 @@ def test_push_deploy_run_report_then_refuse_tampered_artifact(
             )
             assert dev["version"] == 3  # still serving the trusted model
         wait_for(lambda: (fleet.device("cam-1")["fps"] or 0) > 0, 10, "still serving frames")
+
+        # a refused forgery does not squat the revision the server's real message carries next
+        nxt = fleet.device("cam-1")["desired_revision"] + 1
+        forged = sign_manifest(v1_signed.unverified_manifest(), keys.release, keys.cert)
+        tap.publish(
+            "edgeloop/v1/devices/cam-1/desired",
+            encode_message(DesiredState(device_id="cam-1", revision=nxt, deployments=[DeploymentMsg(manifest=forged)])),
+        )
+        wait_for(lambda: (fleet.device("cam-1")["reason"] or "").startswith("signature:"), 15, "forgery refused")
+        fleet.cli("deploy", "colors:1", "--device", "cam-1", "--health-window", "0.5")  # a real, signed rollback
+        wait_for(lambda: (d := fleet.device("cam-1"))["state"] == "committed" and d["version"] == 1, 30, "rolled back")
+        assert fleet.device("cam-1")["reported_revision"] == nxt
+        # that rollback, replayed in a later desired state (or to another device), is refused
+        bound = v1_signed.unverified_manifest().model_copy(
+            update={"rollback": True, "rollback_device": "cam-1", "rollback_revision": nxt}
+        )
+        replay = DesiredState(
+            device_id="cam-1",
+            revision=nxt + 5,
+            deployments=[DeploymentMsg(manifest=sign_manifest(bound, release, cert))],
+        )
+        fleet.cli("deploy", "colors:3", "--device", "cam-1", "--health-window", "0.5")
+        wait_for(
+            lambda: (d := fleet.device("cam-1"))["state"] == "committed" and d["version"] == 3, 30, "colors:3 again"
+        )
+        tap.publish("edgeloop/v1/devices/cam-1/desired", encode_message(replay))
+        dev = wait_for(lambda: (d := fleet.device("cam-1"))["state"] == "failed" and d, 15, "replayed rollback refused")
+        assert dev["reason"].startswith("rollback:") and dev["version"] == 3
     finally:
         tap.close()
         agent.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -33,6 +34,20 @@ class InputSpec(_Strict):
     def _positive(cls, v: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         if any(d <= 0 for d in v):
             raise ValueError(f"input shape must be static and positive, got {v}")
+        return v
+
+    @field_validator("mean")
+    @classmethod
+    def _finite_mean(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError(f"mean must be three finite numbers, got {v}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(x) and x > 0 for x in v):
+            raise ValueError(f"std must be three finite numbers above 0 (the input is divided by it), got {v}")
         return v
 
     @property
@@ -78,6 +93,12 @@ class Manifest(_Strict):
     created_at: datetime
     expires_at: datetime
     rollback: bool = Field(False, description="Signed permission to install over a newer trusted version.")
+    rollback_device: str | None = Field(
+        None, max_length=64, description="A rollback is valid for this device only (replayed on another: refused)."
+    )
+    rollback_revision: int | None = Field(
+        None, ge=1, description="...and only in the desired state of this revision (replayed later: refused)."
+    )
     recommended: dict[str, Target] = Field(
         default_factory=dict, description="Device class (cpu, cuda, tensorrt) -> the target measured best for it."
     )

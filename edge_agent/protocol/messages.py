@@ -87,7 +87,12 @@ class Capabilities(BaseModel):
     providers: list[str] = Field(default_factory=list)
     cpu_flags: list[str] = Field(default_factory=list)
     gpu: str | None = None
-    tensorrt: str | None = None
+    gpu_memory_mb: int | None = Field(None, ge=0, description="The GPU's memory (a Jetson shares the system's).")
+    gpu_compute_capability: str | None = Field(None, max_length=16, description="e.g. 9.0 for Hopper.")
+    gpu_driver: str | None = Field(None, max_length=32)
+    jetson_l4t: str | None = Field(None, max_length=16, description="Jetson Linux release, e.g. 36.3.0.")
+    jetpack: str | None = Field(None, max_length=16, description="The JetPack that L4T release belongs to.")
+    tensorrt: str | None = Field(None, description="TensorRT's version, only when its library loads here.")
     arch: str = ""
     preview_url: str | None = Field(None, max_length=300, description="The agent's /preview, where advertised.")
 
@@ -183,7 +188,9 @@ def decode_message(payload: bytes, model: type[M], expect_device: str | None = N
         raise MessageError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES} byte limit")
     try:
         data: Any = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:  # hostile nesting ([[[[...) must cost the reader one log line, not its thread
+        raise MessageError("payload nests too deeply to be a message") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise MessageError(f"payload is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise MessageError(f"payload is a JSON {type(data).__name__}, expected an object")

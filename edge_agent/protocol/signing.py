@@ -96,10 +96,18 @@ class SignedManifest(BaseModel):
         return Manifest.model_validate_json(self.payload)
 
 
+# Manifest fields added after the first release, left out of the signed body while unset.
+OPTIONAL_FIELDS = ("rollback_device", "rollback_revision")
+
+
 def sign_manifest(manifest: Manifest, release: Ed25519PrivateKey, cert: ReleaseCert) -> SignedManifest:
     if cert.body().release_key != public_key_b64(release):
         raise ValueError("the certificate does not certify this release key")
-    payload = canonical_json(manifest.model_dump(mode="json"))
+    body = manifest.model_dump(mode="json")
+    for key in OPTIONAL_FIELDS:  # absent rather than null: agents that predate a field still read the rest
+        if body.get(key) is None:
+            body.pop(key, None)
+    payload = canonical_json(body)
     return SignedManifest(payload=payload.decode("utf-8"), signature=b64(release.sign(payload)), cert=cert)
 
 

@@ -1,6 +1,7 @@
 """The agent's manifest checks, in the order the design fixes:
 
-signature -> version not older than trusted (unless a signed rollback) -> not expired -> compatible.
+signature -> version not older than trusted (unless a signed rollback for this device and this desired
+revision) -> not expired -> compatible.
 Length and sha256 are checked on the downloaded bytes (`download.py`, `machine.py`).
 """
 
@@ -47,6 +48,8 @@ def check_manifest(
     runtimes: list[str],
     device_kind: str = "cpu",
     now: datetime | None = None,
+    device_id: str | None = None,
+    revision: int | None = None,
 ) -> Accepted:
     now = now or datetime.now(timezone.utc)
     try:
@@ -57,6 +60,12 @@ def check_manifest(
     if manifest.version < trusted and not manifest.rollback:
         raise ManifestRejected(
             f"version: {manifest.ref} is older than trusted version {trusted} and is not a signed rollback"
+        )
+    if manifest.version < trusted and (manifest.rollback_device, manifest.rollback_revision) != (device_id, revision):
+        # a rollback answers one desired state of one device: replayed elsewhere or later, it would downgrade
+        raise ManifestRejected(
+            f"rollback: {manifest.ref} was signed for device {manifest.rollback_device!r} at revision "
+            f"{manifest.rollback_revision}, not {device_id!r} at revision {revision}"
         )
     if manifest.expired(now):
         raise ManifestRejected(f"expired: {manifest.ref} expired at {manifest.expires_at.isoformat()}")

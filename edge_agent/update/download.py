@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -33,18 +33,31 @@ def resolve_url(server_url: str, url: str) -> str:
     return url if "://" in url else urljoin(server_url.rstrip("/") + "/", url.lstrip("/"))
 
 
+def same_origin(a: str, b: str) -> bool:
+    """Scheme, host and port equal (default ports filled in): where a device's credential may be sent."""
+
+    def origin(u: str) -> tuple[str, str, int | None]:
+        p = urlsplit(u)
+        scheme = p.scheme.lower()
+        return scheme, (p.hostname or "").lower(), p.port or {"http": 80, "https": 443}.get(scheme)
+
+    return origin(a) == origin(b)
+
+
 def download(
     url: str,
     dest: Path,
     length: int,
     etag: str,
     token: str | None = None,
+    token_origin: str | None = None,
     timeout: float = 30.0,
     client: httpx.Client | None = None,
 ) -> Path:
     """Download into `dest` (via `dest.part`), resuming a previous partial download.
 
-    Raises DownloadError if the server offers or sends more than `length` bytes, or fewer.
+    Raises DownloadError if the server offers or sends more than `length` bytes, or fewer. `token` goes only to
+    `token_origin` (the configured server): a signed manifest may name another host, which gets no credential.
     """
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +65,8 @@ def download(
     if have > length:
         part.unlink()
         have = 0
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    send_token = token is not None and token_origin is not None and same_origin(url, token_origin)
+    headers = {"Authorization": f"Bearer {token}"} if send_token else {}
     if 0 < have < length:
         headers["Range"] = f"bytes={have}-"
         headers["If-Range"] = f'"{etag}"'

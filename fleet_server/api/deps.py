@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Path as FastPath
 from fastapi.responses import FileResponse
 from sqlmodel import Session, select
 from starlette.background import BackgroundTask
@@ -20,6 +21,12 @@ from fleet_server.services import Services
 from fleet_server.storage import TooLarge
 from fleet_server.users.service import resolve
 from fleet_server.users.tables import ROLE_RANK
+
+MAX_ID = 2**31 - 1  # PostgreSQL's integer: an id or a version past it names nothing (and SQLite would 500 on it)
+Id = Annotated[int, FastPath(ge=1, le=MAX_ID, description="a row id")]
+Version = Annotated[int, FastPath(ge=1, le=MAX_ID, description="a version number")]
+Limit = Annotated[int, Query(ge=1, le=5000, description="at most this many rows")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="skip this many rows")]
 
 
 def get_services(request: Request) -> Services:

@@ -69,8 +69,10 @@ def deploy_version(
             raise DeployError(f"no model version {req.shadow_model}:{req.shadow_version} for the shadow", 404)
         if shadow_mv.task != mv.task:
             raise DeployError(f"shadow {shadow_mv.model} is a {shadow_mv.task} model; {mv.model} is {mv.task}", 422)
-    signed = rollback_manifest(mv, deployer.keys) if rollback else mv.signed_manifest
     device.desired_revision += 1
+    signed = (
+        rollback_manifest(mv, deployer.keys, device_id, device.desired_revision) if rollback else mv.signed_manifest
+    )
     dep = Deployment(
         device_id=device_id,
         slot=req.slot,

@@ -16,6 +16,8 @@ from fleet_server.broker import Broker
 from fleet_server.devices.tables import Device, DevicePublic
 from fleet_server.keys import new_device_token, token_hash
 
+RESERVED_PREFIX = "edgeloop-"
+
 
 class DeviceError(Exception):
     def __init__(self, message: str, status: int = 422) -> None:
@@ -34,6 +36,9 @@ def enroll(session: Session, broker: Broker, device_id: str) -> str:
     """A new device and its token (returned once; only its hash is stored)."""
     if not valid_device_id(device_id):
         raise DeviceError("device_id must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+    if device_id.lower().startswith(RESERVED_PREFIX):
+        # the broker account of the server itself (readwrite on every device's topics) lives in this namespace
+        raise DeviceError(f"device ids starting with {RESERVED_PREFIX!r} are reserved for the server's own accounts")
     if session.get(Device, device_id) is not None:
         raise DeviceError(f"device {device_id!r} is already enrolled", 409)
     token = new_device_token()

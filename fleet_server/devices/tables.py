@@ -110,8 +110,8 @@ class Deployment(SQLModel, table=True):
 
 
 class DeployRequest(SQLModel):
-    model: str
-    version: int
+    model: str = Field(max_length=64)
+    version: int = Field(ge=1, le=2**31 - 1)
     slot: str = "default"
     health_window_s: float | None = Field(default=None, ge=0, le=3600)
     min_fps_ratio: float = Field(default=0.5, ge=0, le=1)

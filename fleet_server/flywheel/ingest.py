@@ -44,7 +44,7 @@ class SampleMeta(BaseModel):
     strategy: str = Field(max_length=32, pattern=r"^[a-z_]+$")
     reason: str = Field("", max_length=200)
     model: str | None = Field(None, max_length=64)
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
     source: str = Field("", max_length=64)
     captured_at: float | None = None
     predictions: list[PredictionIn] = Field(default_factory=list, max_length=300)

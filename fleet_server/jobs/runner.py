@@ -27,28 +27,10 @@ from sqlmodel import Session, col, select
 
 from fleet_server.jobs.states import MAX_ATTEMPTS, JobEvent, JobState, next_job_state
 from fleet_server.jobs.tables import Job
+from fleet_server.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=30)
-
-
-def _load_prctl():
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # loaded in the parent: no dlopen after fork
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: the kernel kills this process when the thread that started it dies, so a
-    worker never outlives a crashed server (the job's lease lapses and the job resumes, once)."""
-    if _PRCTL is not None:
-        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL; elsewhere than Linux the lease still protects the job
 
 
 def _now() -> datetime:

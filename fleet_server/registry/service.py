@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 from sqlalchemy import func
 from sqlmodel import Session, select
 
@@ -73,15 +74,19 @@ def validate_onnx(
     layout = "NCHW" if shape[1] == 3 else "NHWC" if shape[3] == 3 else None
     if layout is None:
         raise PushError(f"model input {shape} has no 3-channel axis")
-    spec = InputSpec(
-        shape=shape,
-        layout=layout,
-        color=color,
-        resize=resize,
-        mean=mean,
-        std=std,
-        dtype=str(rt.input_dtype),
-    )
+    try:
+        spec = InputSpec(
+            shape=shape,
+            layout=layout,
+            color=color,
+            resize=resize,
+            mean=mean,
+            std=std,
+            dtype=str(rt.input_dtype),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise PushError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     if input_size is not None and spec.hw != input_size:
         raise PushError(
             f"--input-size {input_size[1]}x{input_size[0]} differs from the model's input {spec.hw[1]}x{spec.hw[0]}"
@@ -170,12 +175,16 @@ def register_artifacts(
     return mv
 
 
-def rollback_manifest(mv: ModelVersion, keys: KeyRing, valid: timedelta = timedelta(days=7)) -> str:
-    """A freshly signed copy of an older version's manifest that agents may install over a newer one."""
+def rollback_manifest(
+    mv: ModelVersion, keys: KeyRing, device_id: str, revision: int, valid: timedelta = timedelta(days=7)
+) -> str:
+    """A freshly signed copy of an older version's manifest that one device may install over a newer one, in
+    the desired state of one revision: replayed to another device or in a later state, agents refuse it."""
 
     old = SignedManifest.model_validate_json(mv.signed_manifest).unverified_manifest()
     now = utcnow().replace(microsecond=0)
-    m = old.model_copy(update={"rollback": True, "created_at": now, "expires_at": now + valid})
+    bound = {"rollback": True, "rollback_device": device_id, "rollback_revision": revision}
+    m = old.model_copy(update={**bound, "created_at": now, "expires_at": now + valid})
     return sign_manifest(Manifest.model_validate(m.model_dump()), keys.release, keys.cert).model_dump_json()
 
 

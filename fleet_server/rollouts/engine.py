@@ -179,6 +179,9 @@ class RolloutEngine:
         bad = [d for d in counted if d.state in FAILED_STATES]
         ratio = len(bad) / len(counted) if counted else 0.0
         name = _wave_name(r.wave)
+        if rows and not counted:  # nobody was judged: passing would vouch for a version no device has run
+            self._abort(s, r, f"{name}: no device was judged ({len(rows)} not updated)", actor)
+            return
         if counted and ratio > r.max_failure:
             reasons = "; ".join(f"{d.device_id}: {d.reason}" for d in bad[:5])
             why = f"{name}: {len(bad)}/{len(counted)} device(s) failed (max {r.max_failure:.0%}): {reasons}"

@@ -41,8 +41,8 @@ class RolloutError(Exception):
 
 
 class RolloutCreate(BaseModel):
-    model: str
-    version: int
+    model: str = Field(max_length=64)
+    version: int = Field(ge=1, le=2**31 - 1)
     selector: str
     slot: str = "default"
     canary: str = Field("1", description="devices in the canary: a count (5) or a share (2%)")
@@ -157,8 +157,9 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
     )
     session.add(r)
     session.flush()
-    # a stable, spread-out order so canaries are not always the alphabetically first devices
-    order = sorted(devices, key=lambda d: hashlib.sha256(f"{r.id}:{d.id}".encode()).hexdigest())
+    # a stable, spread-out order so canaries are not always the alphabetically first devices; online devices
+    # first, so that the canary is made of devices that can be judged
+    order = sorted(devices, key=lambda d: (not d.online, hashlib.sha256(f"{r.id}:{d.id}".encode()).hexdigest()))
     for i, d in enumerate(order):
         wave = next(k for k, n in enumerate(sizes) if i < n)
         prev = None

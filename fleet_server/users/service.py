@@ -30,24 +30,27 @@ class Throttled(UserError):
 
 
 class _Failures:
-    """Recent failed logins per user name (per replica): the sixth try within 5 minutes is refused."""
+    """Recent failed logins per user name (per replica): the sixth try within 5 minutes is refused.
+
+    An attempt is counted as a failure *before* its password is checked (`attempt`), and forgiven only when it
+    succeeds: parallel attempts cannot all slip past the count while the slow scrypt runs.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: dict[str, list[float]] = {}
 
-    def blocked_for(self, name: str) -> float:
+    def attempt(self, name: str) -> float:
+        """Count one attempt now; >0: refused, seconds until the next try is allowed."""
         now = time.monotonic()
         with self._lock:
             recent = [t for t in self._seen.get(name, []) if now - t < FAILURE_WINDOW_S]
+            if len(recent) >= MAX_FAILURES:
+                self._seen[name] = recent
+                return FAILURE_WINDOW_S - (now - recent[0])
+            recent.append(now)
             self._seen[name] = recent
-            if len(recent) < MAX_FAILURES:
-                return 0.0
-            return FAILURE_WINDOW_S - (now - recent[0])
-
-    def add(self, name: str) -> None:
-        with self._lock:
-            self._seen.setdefault(name, []).append(time.monotonic())
+            return 0.0
 
     def clear(self, name: str) -> None:
         with self._lock:
@@ -101,14 +104,13 @@ def update_user(
 def login(session: Session, name: str, password: str) -> tuple[str, UserSession, User]:
     """(token, session row, user) or UserError; the token is shown once and stored only hashed."""
     name = name.strip().lower()
-    wait = FAILURES.blocked_for(name)
+    wait = FAILURES.attempt(name)  # counted as a failure until it succeeds
     if wait > 0:
         raise Throttled(f"too many failed logins for {name}; try again in {int(wait) + 1} s")
     user = session.get(User, name)
     # verify even for an unknown name so that timing does not tell which names exist
     ok = verify_password(password, user.password_hash if user else "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AA==")
     if user is None or not ok or user.disabled:
-        FAILURES.add(name)
         raise UserError("wrong user name or password")
     FAILURES.clear(name)
     token = "edl_user_" + secrets.token_urlsafe(32)

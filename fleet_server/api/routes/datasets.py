@@ -21,6 +21,7 @@ from fleet_server.api.deps import (
     OperatorDep,
     ServicesDep,
     SessionDep,
+    Version,
     ViewerDep,
     folder_as_targz,
     get_services,
@@ -55,7 +56,7 @@ def list_versions(name: str, services: ServicesDep, _: ViewerDep) -> list[dict[s
 
 
 @router.get("/{name}/versions/{version}")
-def show_version(name: str, version: int, services: ServicesDep, _: ViewerDep) -> dict[str, Any]:
+def show_version(name: str, version: Version, services: ServicesDep, _: ViewerDep) -> dict[str, Any]:
 
     try:
         return _store(services).load(name, version).summary()
@@ -131,7 +132,7 @@ async def import_dataset(
 @router.get("/{name}/versions/{version}/export")
 def export_dataset(
     name: str,
-    version: int,
+    version: Version,
     services: ServicesDep,
     _: ViewerDep,
     format: str = Query("coco", pattern="^(coco|yolo)$"),

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from sqlmodel import select
 
-from fleet_server.api.deps import AdminDep, OperatorDep, ServicesDep, SessionDep, ViewerDep
+from fleet_server.api.deps import AdminDep, Limit, Offset, OperatorDep, ServicesDep, SessionDep, ViewerDep
 from fleet_server.devices import service
 from fleet_server.devices.deploy import DeployError
 from fleet_server.devices.service import DeviceError, device_public
@@ -65,8 +65,8 @@ def revoke(device_id: str, session: SessionDep, services: ServicesDep, who: Admi
 
 
 @router.get("", response_model=list[DevicePublic])
-def list_devices(session: SessionDep, _: ViewerDep, limit: int = 500, offset: int = 0) -> list[DevicePublic]:
-    rows = session.exec(select(Device).order_by(Device.id).offset(offset).limit(min(limit, 5000))).all()
+def list_devices(session: SessionDep, _: ViewerDep, limit: Limit = 500, offset: Offset = 0) -> list[DevicePublic]:
+    rows = session.exec(select(Device).order_by(Device.id).offset(offset).limit(limit)).all()
     return [device_public(d) for d in rows]
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.protocol.manifest import parse_ref
-from fleet_server.api.deps import OperatorDep, ServicesDep, SessionDep, ViewerDep
+from fleet_server.api.deps import Id, OperatorDep, ServicesDep, SessionDep, ViewerDep
 from fleet_server.audit import audit
 from fleet_server.db import utcnow
 from fleet_server.flywheel.policy import check_policies, policies_public
@@ -66,7 +66,7 @@ def check_now(services: ServicesDep, _: OperatorDep) -> dict[str, Any]:
 
 
 @router.post("/approve/{job_id}")
-def approve(job_id: int, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
+def approve(job_id: Id, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     job = session.get(Job, job_id)
     if job is None or job.kind != "retrain":
         raise HTTPException(404, f"no retrain job {job_id}")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from fleet_server.api.deps import OperatorDep, ServicesDep, SessionDep, ViewerDep
+from fleet_server.api.deps import Id, OperatorDep, ServicesDep, SessionDep, ViewerDep
 from fleet_server.jobs.service import (
     JobError,
     cancel,
@@ -43,7 +43,7 @@ class TrainRequest(BaseModel):
     calibration: str = Field("minmax", pattern="^(minmax|entropy|percentile)$")
     nproc: int = Field(1, ge=1, le=16, description="processes for DDP (torchrun)")
     max_minutes: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class CompileRequest(BaseModel):
@@ -56,7 +56,7 @@ class CompileRequest(BaseModel):
 class SynthRequest(BaseModel):
     preset: str = Field("easy")
     count: int = Field(500, ge=1, le=200_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     width: int = Field(256, ge=32, le=4096)
     height: int = Field(256, ge=32, le=4096)
     val_fraction: float = Field(0.2, gt=0, lt=1)
@@ -163,7 +163,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}")
 def show_job(
-    job_id: int, session: SessionDep, services: ServicesDep, _: ViewerDep, tail: int = Query(20, ge=0, le=1000)
+    job_id: Id, session: SessionDep, services: ServicesDep, _: ViewerDep, tail: int = Query(20, ge=0, le=1000)
 ) -> dict[str, Any]:
     job = session.get(Job, job_id)
     if job is None:
@@ -172,7 +172,7 @@ def show_job(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: int, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
+def cancel_job(job_id: Id, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     try:
         return job_public(cancel(session, job_id, who.name))
     except JobError as exc:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from fleet_server.api.deps import OperatorDep, ServicesDep, SessionDep, ViewerDep, receive_upload
+from fleet_server.api.deps import OperatorDep, ServicesDep, SessionDep, Version, ViewerDep, receive_upload
 from fleet_server.registry.service import PushError, register_version, validate_onnx, version_public
 from fleet_server.registry.tables import ModelVersion, ModelVersionPublic
 
@@ -99,7 +99,7 @@ def list_versions(session: SessionDep, _: ViewerDep) -> list[ModelVersionPublic]
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionPublic)
-def show(name: str, version: int, session: SessionDep, _: ViewerDep) -> ModelVersionPublic:
+def show(name: str, version: Version, session: SessionDep, _: ViewerDep) -> ModelVersionPublic:
     mv = session.exec(select(ModelVersion).where(ModelVersion.model == name, ModelVersion.version == version)).first()
     if mv is None:
         raise HTTPException(404, f"no model version {name}:{version}")

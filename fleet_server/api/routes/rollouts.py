@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from sqlmodel import col, select
 
-from fleet_server.api.deps import AdminDep, OperatorDep, SessionDep, ViewerDep
+from fleet_server.api.deps import AdminDep, Id, OperatorDep, SessionDep, ViewerDep
 from fleet_server.audit import audit, entries
 from fleet_server.devices.tables import Device
 from fleet_server.rollouts.selectors import SelectorError, parse_tags
@@ -48,13 +48,13 @@ def create(body: RolloutCreate, session: SessionDep, who: OperatorDep) -> dict:
 
 
 @router.get("/rollouts")
-def list_rollouts(session: SessionDep, _: ViewerDep, limit: int = 50) -> list[dict]:
-    rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(min(limit, 500))).all()
+def list_rollouts(session: SessionDep, _: ViewerDep, limit: int = Query(50, ge=1, le=500)) -> list[dict]:
+    rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(limit)).all()
     return [status(session, r) for r in rows]
 
 
 @router.get("/rollouts/{rollout_id}")
-def get_rollout(rollout_id: int, session: SessionDep, _: ViewerDep) -> dict:
+def get_rollout(rollout_id: Id, session: SessionDep, _: ViewerDep) -> dict:
     r = session.get(Rollout, rollout_id)
     if r is None:
         raise HTTPException(404, f"no rollout {rollout_id}")
@@ -67,7 +67,7 @@ def get_rollout(rollout_id: int, session: SessionDep, _: ViewerDep) -> dict:
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-def rollout_action(rollout_id: int, action: str, session: SessionDep, who: OperatorDep) -> dict:
+def rollout_action(rollout_id: Id, action: str, session: SessionDep, who: OperatorDep) -> dict:
     if action not in ("pause", "resume", "promote", "abort", "rollback"):
         raise HTTPException(404, f"unknown action {action!r}")
     try:

@@ -6,7 +6,7 @@ import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import col, select
 
 from fleet_server.api.deps import (
+    MAX_ID,
+    Id,
     OperatorDep,
     ServicesDep,
     SessionDep,
@@ -89,14 +91,14 @@ def list_samples(
     _: ViewerDep,
     device: str | None = None,
     model: str | None = None,
-    version: int | None = None,
+    version: int | None = Query(None, ge=1, le=MAX_ID),
     strategy: str | None = None,
     state: str | None = None,
     label: str | None = Query(None, max_length=64, description="a class predicted or labelled in the sample"),
     since: datetime | None = Query(None, description="received at or after (ISO 8601)"),
     until: datetime | None = Query(None, description="received before (ISO 8601)"),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_ID),
 ) -> dict[str, Any]:
     try:
         rows, total = filtered_samples(
@@ -115,12 +117,12 @@ def _sample(session: SessionDep, sample_id: int) -> Sample:
 
 
 @router.get("/samples/{sample_id}")
-def show_sample(sample_id: int, session: SessionDep, _: ViewerDep) -> dict[str, Any]:
+def show_sample(sample_id: Id, session: SessionDep, _: ViewerDep) -> dict[str, Any]:
     return sample_public(_sample(session, sample_id))
 
 
 @router.get("/samples/{sample_id}/image")
-def sample_image(sample_id: int, session: SessionDep, services: ServicesDep, _: ViewerDep) -> FileResponse:
+def sample_image(sample_id: Id, session: SessionDep, services: ServicesDep, _: ViewerDep) -> FileResponse:
     s = _sample(session, sample_id)
     path = services.sample_blobs.local(image_key(s.image))
     if path is None:
@@ -138,13 +140,13 @@ class ReviewIn(BaseModel):
 
 class BulkReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] = Field(min_length=1, max_length=1000)
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=1, max_length=1000)
     action: ReviewAction = Field(description="accept | reject")
     min_score: float = Field(0.25, ge=0, le=1)
 
 
 @router.post("/samples/{sample_id}/review")
-def review(sample_id: int, body: ReviewIn, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
+def review(sample_id: Id, body: ReviewIn, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
     s = _sample(session, sample_id)
     try:
         apply_review(s, body.action, body.labels, body.min_score)

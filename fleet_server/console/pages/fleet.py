@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from edge_agent.capabilities import device_kind
@@ -38,7 +38,7 @@ def fleet(
     state: str = "",
     tag: str = "",
     model: str = "",
-    page: int = 1,
+    page: int = Query(1, ge=1, le=1_000_000),
 ) -> HTMLResponse:
     f = _fleet_filter(q, state, tag, model, page)
     fp = queries.fleet_page(session, f)
@@ -54,7 +54,7 @@ def fleet_rows(
     state: str = "",
     tag: str = "",
     model: str = "",
-    page: int = 1,
+    page: int = Query(1, ge=1, le=1_000_000),
 ) -> HTMLResponse:
     """The part of the fleet page that polling replaces: counts, rows, pager."""
     f = _fleet_filter(q, state, tag, model, page)

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from edge_agent.protocol.signing import SignedManifest, verify_signed_manifest
-from fleet_server.api.deps import ServicesDep, SessionDep
+from fleet_server.api.deps import Id, ServicesDep, SessionDep, Version
 from fleet_server.audit import entries
 from fleet_server.console import queries
 from fleet_server.console.base import ConsoleUser, get_or_404, render
@@ -29,7 +29,7 @@ def models(request: Request, session: SessionDep, who: ConsoleUser) -> HTMLRespo
 
 @router.get("/models/{name}/{version}")
 def model_version(
-    request: Request, name: str, version: int, session: SessionDep, services: ServicesDep, who: ConsoleUser
+    request: Request, name: str, version: Version, session: SessionDep, services: ServicesDep, who: ConsoleUser
 ) -> HTMLResponse:
     mv = queries.model_version(session, name, version)
     if mv is None:
@@ -73,10 +73,10 @@ def _rollout_ctx(session: Session, rollout_id: int) -> dict[str, Any]:
 
 
 @router.get("/rollouts/{rollout_id}")
-def rollout(request: Request, rollout_id: int, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
+def rollout(request: Request, rollout_id: Id, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
     return render(request, who, "rollout.html", nav="rollouts", **_rollout_ctx(session, rollout_id))
 
 
 @router.get("/rollouts/{rollout_id}/live")
-def rollout_live(request: Request, rollout_id: int, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
+def rollout_live(request: Request, rollout_id: Id, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
     return render(request, who, "_rollout_live.html", **_rollout_ctx(session, rollout_id))

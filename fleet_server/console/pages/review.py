@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
-from fleet_server.api.deps import ServicesDep, SessionDep
+from fleet_server.api.deps import MAX_ID, Id, ServicesDep, SessionDep
 from fleet_server.audit import entries
 from fleet_server.console import queries
 from fleet_server.console.base import ConsoleAdmin, ConsoleUser, get_or_404, render
@@ -28,7 +28,9 @@ SAMPLE_FILTERS = ("device", "model", "strategy", "state", "label")
 
 
 @router.get("/samples")
-def samples(request: Request, session: SessionDep, who: ConsoleUser, page: int = 1) -> HTMLResponse:
+def samples(
+    request: Request, session: SessionDep, who: ConsoleUser, page: int = Query(1, ge=1, le=1_000_000)
+) -> HTMLResponse:
     f = {k: request.query_params.get(k, "")[:64] for k in SAMPLE_FILTERS}
     if "state" not in request.query_params:
         f["state"] = "new"
@@ -49,7 +51,7 @@ def samples(request: Request, session: SessionDep, who: ConsoleUser, page: int =
 
 
 @router.get("/samples/{sample_id}")
-def sample(request: Request, sample_id: int, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
+def sample(request: Request, sample_id: Id, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
     s = get_or_404(session, Sample, sample_id, f"sample {sample_id}")
     classes = queries.sample_classes(session, s)
     nxt = queries.next_new_sample(session, sample_id)
@@ -79,13 +81,13 @@ def _job_ctx(services: Services, session: Session, job_id: int) -> dict[str, Any
 
 
 @router.get("/jobs/{job_id}")
-def job(request: Request, job_id: int, session: SessionDep, services: ServicesDep, who: ConsoleUser) -> HTMLResponse:
+def job(request: Request, job_id: Id, session: SessionDep, services: ServicesDep, who: ConsoleUser) -> HTMLResponse:
     return render(request, who, "job.html", nav="jobs", **_job_ctx(services, session, job_id))
 
 
 @router.get("/jobs/{job_id}/live")
 def job_live(
-    request: Request, job_id: int, session: SessionDep, services: ServicesDep, who: ConsoleUser
+    request: Request, job_id: Id, session: SessionDep, services: ServicesDep, who: ConsoleUser
 ) -> HTMLResponse:
     return render(request, who, "_job_live.html", **_job_ctx(services, session, job_id))
 
@@ -97,7 +99,11 @@ def users(request: Request, session: SessionDep, who: ConsoleAdmin) -> HTMLRespo
 
 @router.get("/audit")
 def audit(
-    request: Request, session: SessionDep, who: ConsoleUser, actor: str = "", before_id: int | None = None
+    request: Request,
+    session: SessionDep,
+    who: ConsoleUser,
+    actor: str = "",
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
 ) -> HTMLResponse:
     rows = entries(session, actor=actor or None, before_id=before_id, limit=100)
     return render(request, who, "audit.html", rows=rows, actor=actor, nav="audit")
