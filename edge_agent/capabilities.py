@@ -5,14 +5,15 @@ from __future__ import annotations
 import platform
 
 from edge_agent import __version__
-from edge_agent.hardware import cpu_flags, gpu_name, tensorrt_version
+from edge_agent.hardware import cpu_flags, gpu_info, tensorrt_version, usable_providers
 from edge_agent.protocol.messages import Capabilities
 from edge_agent.runtimes import available_runtimes
 
 
 def device_kind(caps: Capabilities) -> str:
-    """tensorrt, cuda or cpu: which family of artifact targets this device runs best."""
-    if caps.gpu and (caps.tensorrt or "TensorrtExecutionProvider" in caps.providers):
+    """tensorrt, cuda or cpu: which family of artifact targets this device runs best. TensorRT counts only when
+    its library loaded (`caps.tensorrt`), never because onnxruntime lists its provider."""
+    if caps.gpu and caps.tensorrt:
         return "tensorrt"
     if caps.gpu and "CUDAExecutionProvider" in caps.providers:
         return "cuda"
@@ -20,20 +21,25 @@ def device_kind(caps: Capabilities) -> str:
 
 
 def detect() -> Capabilities:
-    providers: list[str] = []
+    listed: list[str] = []
     try:
         import onnxruntime as ort
 
-        providers = list(ort.get_available_providers())
+        listed = list(ort.get_available_providers())
     except ImportError:
         pass
-    trt = tensorrt_version()
+    gpu, trt = gpu_info(), tensorrt_version()
     return Capabilities(
         agent_version=__version__,
         runtimes=available_runtimes(),
-        providers=providers,
+        providers=usable_providers(listed, gpu, trt),
         cpu_flags=cpu_flags(),
-        tensorrt=trt,
-        gpu=gpu_name(),
+        tensorrt=trt if gpu is not None else None,
+        gpu=gpu.name if gpu else None,
+        gpu_memory_mb=gpu.memory_mb if gpu else None,
+        gpu_compute_capability=gpu.compute_capability if gpu else None,
+        gpu_driver=gpu.driver if gpu else None,
+        jetson_l4t=gpu.jetson_l4t if gpu else None,
+        jetpack=gpu.jetpack if gpu else None,
         arch=platform.machine(),
     )

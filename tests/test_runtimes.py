@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import capabilities
-from edge_agent.protocol.messages import Capabilities
 from edge_agent.runtimes import RuntimeError_, RuntimeOptions, create_runtime
 from edge_agent.runtimes.base import engine_cache_key
 from edge_agent.runtimes.onnxruntime_rt import OnnxRuntime
@@ -40,27 +38,6 @@ def test_tensorrt_provider_options_use_keyed_engine_and_timing_cache(tmp_path: P
     assert po["trt_timing_cache_path"] == str(tmp_path / "timing")
     assert po["trt_int8_calibration_table_name"] == str(tmp_path / "calib.cache")
     assert OnnxRuntime._provider_options("CPUExecutionProvider", opts) == {}
-
-
-@pytest.mark.parametrize(
-    "gpu, providers, trt, kind",
-    [
-        (None, ["CPUExecutionProvider"], None, "cpu"),
-        (None, ["CUDAExecutionProvider", "CPUExecutionProvider"], None, "cpu"),  # a GPU build without a GPU
-        ("NVIDIA A2", ["CUDAExecutionProvider", "CPUExecutionProvider"], None, "cuda"),
-        ("NVIDIA A2", ["TensorrtExecutionProvider", "CUDAExecutionProvider"], None, "tensorrt"),
-        ("Orin", ["CPUExecutionProvider"], "10.3.0", "tensorrt"),
-    ],
-)
-def test_device_kind(gpu: str | None, providers: list[str], trt: str | None, kind: str) -> None:
-    caps = Capabilities(agent_version="0.1.0", providers=providers, gpu=gpu, tensorrt=trt)
-    assert capabilities.device_kind(caps) == kind
-
-
-def test_this_machine_reports_cpu_capabilities() -> None:
-    caps = capabilities.detect()
-    assert "onnxruntime" in caps.runtimes and "CPUExecutionProvider" in caps.providers
-    assert caps.arch
 
 
 def test_native_tensorrt_absent_is_a_clear_error(assets: dict[str, Path]) -> None:

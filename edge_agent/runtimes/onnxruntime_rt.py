@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edge_agent.hardware import gpu_name, tensorrt_version
+from edge_agent.hardware import gpu_info, gpu_name, tensorrt_version, usable_providers
 from edge_agent.runtimes.base import Runtime, RuntimeError_, RuntimeOptions, engine_cache_key
 
 log = logging.getLogger(__name__)
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+
+
+@functools.cache
+def _preload_cuda(ort: Any) -> None:
+    """CUDA and cuDNN installed as pip packages (nvidia-*): onnxruntime's own loader finds them (1.21+)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # noqa: BLE001 - the session still tries the system's libraries
+            log.info("onnxruntime could not preload CUDA libraries: %s", exc)
 
 
 def options_cache_default() -> Path:
@@ -42,7 +55,9 @@ class OnnxRuntime(Runtime):
         so.log_severity_level = 3
         spin = "1" if options.allow_spinning else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        available = ort.get_available_providers()
+        available = usable_providers(ort.get_available_providers(), gpu_info(), tensorrt_version())
+        if "CUDAExecutionProvider" in available:
+            _preload_cuda(ort)
         wanted = options.providers or [p for p in _PREFERRED if p in available]
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         provider_options = [self._provider_options(p, options) for p in providers]
