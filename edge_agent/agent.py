@@ -105,7 +105,9 @@ class Agent:
             )
             for i, src in enumerate(config.sources)
         ]
-        self.loop = InferenceLoop(self.sources, sinks=[self._event_sink])
+        self.loop = InferenceLoop(
+            self.sources, sinks=[self._event_sink], batch=config.batch, gather_ms=config.gather_ms
+        )
         self.spool: Spool | None = None
         self.miner: MiningSink | None = None
         self.uploader: Uploader | None = None

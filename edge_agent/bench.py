@@ -190,3 +190,91 @@ def run(
         "preprocess_kernel": loop["preprocess_kernel"],
         "pid": os.getpid(),
     }
+
+
+def raw_batch_fps(bm: BenchModel, sizes: tuple[int, ...], seconds: float, options: RuntimeOptions) -> dict[int, float]:
+    """Images per second of the model alone at each batch size it can take (a ready input, no decode)."""
+    rt = create_runtime("onnxruntime", bm.path, options)
+    rt.warmup(3)
+    out: dict[int, float] = {}
+    for b in sizes:
+        if rt.max_batch is not None and b != rt.max_batch and b != 1:
+            continue  # a fixed-batch model runs only its own size
+        x = np.zeros((b, *rt.input_shape[1:]), rt.input_dtype)
+        rt.run(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            rt.run(x)
+            n += b
+        out[b] = round(n / (time.perf_counter() - t0), 1)
+    rt.close()
+    return out
+
+
+def cameras_run(
+    bm: BenchModel, source: str, cameras: int, seconds: float, options: RuntimeOptions, batch: int, fps: float
+) -> dict[str, Any]:
+    """`cameras` copies of `source`, each its own camera paced at `fps`, through one loop with `batch`:
+    frames offered and served, dropped (overwritten before inference took them), staleness, batch sizes."""
+    srcs = [
+        FrameSource(source, loop_file=True, pace_file=True, pace_fps=fps, name=f"cam{i}").start()
+        for i in range(cameras)
+    ]
+    loop = InferenceLoop(srcs, batch=batch)
+    loop.swap(bm.load(options))
+    loop.start()
+    try:
+        deadline = time.monotonic() + 20
+        while loop.stats.frames < cameras and time.monotonic() < deadline:
+            time.sleep(0.01)
+        f0, c0, d0 = loop.stats.frames, sum(s.captured for s in srcs), sum(s.dropped for s in srcs)
+        loop.batch_sizes.clear()
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        served = loop.stats.frames - f0
+        offered = sum(s.captured for s in srcs) - c0
+        dropped = sum(s.dropped for s in srcs) - d0
+        elapsed = time.perf_counter() - t0
+        snap = loop.stats.snapshot()
+        per_camera = [loop.source_stats[s.name].fps() for s in srcs]
+        hist = dict(sorted(loop.batch_sizes.items()))
+    finally:
+        loop.stop()
+        for s in srcs:
+            s.stop()
+    return {
+        "cameras": cameras,
+        "batch": batch,
+        "offered_fps": round(offered / elapsed, 1),
+        "served_fps": round(served / elapsed, 1),
+        "dropped": dropped,
+        "served_share": round(served / offered, 3) if offered else None,
+        "staleness_ms_p99": snap["staleness_ms_p99"],
+        "latency_ms_p50": snap["latency_ms_p50"],
+        "slowest_camera_fps": round(min(per_camera), 1) if per_camera else 0.0,
+        "batch_histogram": hist,
+    }
+
+
+def run_cameras(
+    model: Path,
+    source: str,
+    cameras: int,
+    batch: int,
+    seconds: float = 5.0,
+    fps: float = 30.0,
+    options: RuntimeOptions | None = None,
+) -> dict[str, Any]:
+    """The batch-1 loop and the batched loop side by side on the same cameras, in one run."""
+    bm = describe_model(model)
+    opts = options or RuntimeOptions()
+    one = cameras_run(bm, source, cameras, seconds, opts, 1, fps)
+    many = cameras_run(bm, source, cameras, seconds, opts, batch, fps)
+    return {
+        "model": str(model),
+        "source": source,
+        "cores": physical_cores(),
+        "batch_1": one,
+        f"batch_{batch}": many,
+        "served_ratio": round(many["served_fps"] / one["served_fps"], 3) if one["served_fps"] else None,
+    }

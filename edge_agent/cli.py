@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent.agent import Agent
-from edge_agent.bench import run
+from edge_agent.bench import run, run_cameras
 from edge_agent.config import AgentConfig
 from edge_agent.runtimes import RuntimeOptions
 
@@ -59,6 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     opts = RuntimeOptions(intra_threads=args.threads or 0)
     classes = args.classes.split(",") if args.classes else None
+    if args.cameras:
+        return _bench_cameras(args, opts)
     try:
         r = run(args.model, args.source, args.seconds, classes, opts, sweep=args.sweep)
     except (ValueError, RuntimeError, OSError) as exc:
@@ -82,6 +84,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"  staleness p50/p99  {r['staleness_ms_p50']:.1f} / {r['staleness_ms_p99']:.1f} ms   dropped {r['dropped']}"
         f"   decode {r['decode_fps']} fps   preprocess {r['preprocess_kernel']}"
     )
+    return 0
+
+
+def _bench_cameras(args: argparse.Namespace, opts: RuntimeOptions) -> int:
+    batch = args.batch or args.cameras
+    try:
+        r = run_cameras(args.model, args.source, args.cameras, batch, args.seconds, args.fps, opts)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"edgeloop-agent bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"model {r['model']}  {args.cameras} cameras x {args.fps:g} fps  {r['cores']} cores")
+    print(
+        f"  {'loop':<9} {'offered':>8} {'served':>8} {'dropped':>8} {'stale p99 ms':>13} {'slowest cam':>12}  batches"
+    )
+    for key in ("batch_1", f"batch_{batch}"):
+        x = r[key]
+        print(
+            f"  {key:<9} {x['offered_fps']:>8.1f} {x['served_fps']:>8.1f} {x['dropped']:>8} "
+            f"{x['staleness_ms_p99']:>13.1f} {x['slowest_camera_fps']:>12.1f}  {x['batch_histogram']}"
+        )
+    print(f"  served, batched / batch-1: {r['served_ratio']}")
     return 0
 
 
@@ -123,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sweep", action="store_true", help="try each thread / spinning setting in the real loop and keep the best"
     )
+    b.add_argument("--cameras", type=int, help="run N copies of the source as N paced cameras, batch-1 vs batched")
+    b.add_argument("--batch", type=int, help="with --cameras: most frames per inference (default: N)")
+    b.add_argument("--fps", type=float, default=30.0, help="with --cameras: each camera's frame rate (default 30)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_bench)
     return p

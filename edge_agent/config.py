@@ -58,6 +58,16 @@ class AgentConfig(BaseModel):
     telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
+    batch: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Most frames one inference takes, one per camera (a model without a dynamic batch axis "
+        "takes its own fixed batch). 1 on CPUs, where batching rarely pays; the number of cameras on a GPU.",
+    )
+    gather_ms: float = Field(
+        0.0, ge=0, le=100, description="How long a batch may wait for more cameras' frames; 0: never waits."
+    )
     endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Local HTTP endpoints.")
     mining: MiningConfig = Field(default_factory=MiningConfig, description="Hard-sample mining and upload.")
     device_kind: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(

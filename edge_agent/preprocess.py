@@ -54,7 +54,8 @@ class Preprocessor:
         # channel c of the model input, for every uint8 value (mean/std are given in the model's channel order)
         self._lut = (np.arange(256, dtype=np.float32)[None, :] * self._a[:, None] + self._b[:, None]).astype(out_dtype)
         self._hwc = np.empty((self.h, self.w, 3), dtype=np.float32)
-        self.buffer = np.empty(spec.shape, dtype=out_dtype)
+        self.buffer = np.empty((1, *spec.shape[1:]), dtype=out_dtype)
+        self._batch = np.empty((0, *spec.shape[1:]), dtype=out_dtype)
         self.kernel = self._choose(kernel)
 
     def _choose(self, kernel: str) -> str:
@@ -83,6 +84,17 @@ class Preprocessor:
         return best
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Transform]:
+        """One frame into the model's batch-1 input buffer (reused on every call)."""
+        return self.buffer, self.fill(frame, self.buffer[0])
+
+    def batch(self, n: int) -> np.ndarray:
+        """A buffer for `n` images, allocated once for the largest n asked for and reused (a view of it)."""
+        if self._batch.shape[0] < n:
+            self._batch = np.empty((n, *self.spec.shape[1:]), dtype=self.buffer.dtype)
+        return self._batch[:n]
+
+    def fill(self, frame: np.ndarray, dst: np.ndarray) -> Transform:
+        """One frame into `dst`, one image's slot of a batch (C,H,W or H,W,C); returns its transform."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 BGR frame, got shape {frame.shape} dtype {frame.dtype}")
         fh, fw = frame.shape[:2]
@@ -97,19 +109,16 @@ class Preprocessor:
             cv2.resize(frame, (nw, nh), dst=self._canvas[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR)
             tf = Transform(r, r, float(px), float(py), fw, fh)
         if self.kernel == "numba":
-            kernels.normalize_chw(self._canvas, self._lut, self.buffer[0], self.spec.color == "RGB")
-            return self.buffer, tf
+            kernels.normalize_chw(self._canvas, self._lut, dst, self.spec.color == "RGB")
+            return tf
         src: np.ndarray = self._canvas
         if self.spec.color == "RGB":
             src = cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB)
         if self.spec.dtype == "uint8":
-            target = self.buffer[0] if self.spec.layout == "NHWC" else self.buffer[0].transpose(1, 2, 0)
+            target = dst if self.spec.layout == "NHWC" else dst.transpose(1, 2, 0)
             target[...] = src
-            return self.buffer, tf
+            return tf
         np.multiply(src, self._a, out=self._hwc)
         np.add(self._hwc, self._b, out=self._hwc)
-        if self.spec.layout == "NCHW":
-            self.buffer[0] = self._hwc.transpose(2, 0, 1)
-        else:
-            self.buffer[0] = self._hwc
-        return self.buffer, tf
+        dst[...] = self._hwc.transpose(2, 0, 1) if self.spec.layout == "NCHW" else self._hwc
+        return tf

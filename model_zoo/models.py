@@ -88,7 +88,7 @@ def build(name: str, num_classes: int, size: int | None = None) -> nn.Module:
 
 
 def export_onnx(model: nn.Module, name: str, size: int, path: str, opset: int = 17) -> None:
-    """Static-shape ONNX (batch 1) with input `images`; detectors emit the YOLOv8 layout."""
+    """ONNX with input `images`, static but for a dynamic batch axis; detectors emit the YOLOv8 layout."""
     model = model.eval()
     if isinstance(model, ElDet):
         model.export = True
@@ -97,7 +97,15 @@ def export_onnx(model: nn.Module, name: str, size: int, path: str, opset: int = 
         out_name = "output0" if kind(name).task == "detect" else "logits"
         with torch.no_grad():
             torch.onnx.export(
-                model, (x,), path, dynamo=False, opset_version=opset, input_names=["images"], output_names=[out_name]
+                model,
+                (x,),
+                path,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=[out_name],
+                # any batch: the agent runs the frames of many cameras in one inference
+                dynamic_axes={"images": {0: "batch"}, out_name: {0: "batch"}},
             )
     finally:
         if isinstance(model, ElDet):

@@ -1,11 +1,12 @@
 """The inference loop: newest frame of each source -> preprocess -> infer -> decode -> sinks.
 
-One inference thread serves every source (they share one model), taking the oldest of the sources'
-newest frames, so no source starves and none builds a backlog. The serving model is one reference
-(`LoadedModel`) read once per frame, so `swap()` takes effect between two frames: no frame is dropped
-or run twice. Sinks run on their own thread behind a bounded queue, so a slow sink (network) never
-slows inference. A shadow model, when set, runs on its own thread on a share of frames and scores its
-agreement with the serving model.
+One inference thread serves every source (they share one model). Each turn it takes the newest unseen
+frame of up to `batch` sources, oldest first, into one batch (the model runs once and the results are
+split per frame; a batch-1 model takes one frame per turn), so no source starves and none builds a
+backlog. The serving model is one reference (`LoadedModel`) read once per batch, so `swap()` takes
+effect between two batches: no frame is dropped or run twice. Sinks run on their own thread behind a
+bounded queue, so a slow sink (network) never slows inference. A shadow model, when set, runs on its
+own thread on a share of frames and scores its agreement with the serving model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +53,32 @@ class LoadedModel:
     def ref(self) -> str:
         return self.manifest.ref
 
+    @property
+    def max_batch(self) -> int | None:
+        """Images one run takes: None = any number (dynamic batch axis), else the model's fixed batch."""
+        return self.runtime.max_batch
+
     def infer(self, image: np.ndarray) -> Result:
+        if self.runtime.max_batch not in (None, 1):  # a fixed batch of N: padded
+            return self.infer_batch([image])[0]
         x, tf = self.preprocess(image)
         return self.decode(self.runtime.run(x), tf)
+
+    def infer_batch(self, images: list[np.ndarray]) -> list[Result]:
+        """Many frames in one run: each is preprocessed straight into its slot of one reused batch buffer,
+        the model runs once, and the outputs are split per frame. A batch-1 model runs them one by one."""
+        cap = self.runtime.max_batch
+        if cap == 1:
+            return [self.infer(im) for im in images]
+        out: list[Result] = []
+        step = len(images) if cap is None else cap
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            buf = self.preprocess.batch(step if cap is not None else len(chunk))  # fixed N: padded to N
+            tfs = [self.preprocess.fill(im, buf[i]) for i, im in enumerate(chunk)]
+            outputs = self.runtime.run(buf)
+            out.extend(self.decode([o[i : i + 1] for o in outputs], tf) for i, tf in enumerate(tfs))
+        return out
 
 
 @dataclass
@@ -146,8 +170,13 @@ class InferenceLoop:
         sources: FrameSource | list[FrameSource],
         sinks: list[Sink] | None = None,
         sink_queue: int = 8,
+        batch: int = 1,
+        gather_ms: float = 0.0,
     ) -> None:
         self.sources = sources if isinstance(sources, list) else [sources]
+        self.batch = max(1, batch)  # most frames one run takes (the model may take fewer: its own limit wins)
+        self.gather_s = max(0.0, gather_ms) / 1000.0  # how long a batch may wait for more fresh frames
+        self.batch_sizes: Counter[int] = Counter()  # runs per batch size
         self.sinks = list(sinks or [])
         self.stats = Stats()
         self.source_stats = {s.name: Stats() for s in self.sources}
@@ -178,6 +207,13 @@ class InferenceLoop:
         old, self._model = self._model, model
         if model is not None:
             model.health.started = time.monotonic()
+            if self.batch > 1 and self.batch_limit(model) < self.batch:
+                why = (
+                    "has no dynamic batch axis" if model.max_batch == 1 else f"takes a fixed batch of {model.max_batch}"
+                )
+                log.info(
+                    "%s %s: serving %d frame(s) per run, not %d", model.ref, why, self.batch_limit(model), self.batch
+                )
         log.info("serving model %s (was %s)", model.ref if model else None, old.ref if old else None)
         return old
 
@@ -203,6 +239,37 @@ class InferenceLoop:
         return self._q.qsize()
 
     # -- inference thread --------------------------------------------------------------------
+    def batch_limit(self, model: LoadedModel) -> int:
+        cap = model.max_batch
+        return 1 if cap == 1 else min(self.batch, cap or self.batch)
+
+    def _fresh(self) -> list[tuple[FrameSource, Frame]]:
+        out = []
+        for s in self.sources:
+            f = s.peek()
+            if f is not None and f.index > self._last_index[s.name]:
+                out.append((s, f))
+        return out
+
+    def _next_frames(self, limit: int) -> list[tuple[FrameSource, Frame]]:
+        """The newest unseen frame of up to `limit` sources, oldest first (fairness: the source waiting longest
+        goes first). Never waits for a full batch unless `gather_ms` allows it, and then only that long."""
+        fresh = self._fresh()
+        if fresh and self.gather_s > 0 and len(fresh) < limit:
+            deadline = time.monotonic() + self.gather_s
+            while len(fresh) < limit and (left := deadline - time.monotonic()) > 0:
+                self._wake.wait(left)
+                self._wake.clear()
+                fresh = self._fresh()
+        fresh.sort(key=lambda sf: sf[1].t_capture)
+        picked = []
+        for src, _ in fresh[:limit]:
+            frame = src.take_newer(self._last_index[src.name])
+            if frame is not None:
+                self._last_index[src.name] = frame.index
+                picked.append((src, frame))
+        return picked
+
     def _next_frame(self) -> tuple[FrameSource, Frame] | None:
         """Of the sources with a frame not yet seen, the one whose newest frame is oldest (fairness)."""
         best: tuple[FrameSource, Frame] | None = None
@@ -222,33 +289,44 @@ class InferenceLoop:
 
     def _infer(self) -> None:
         while not self._stop.is_set():
-            if self._model is None:
+            model = self._model  # read once: a swap applies from the next batch on
+            if model is None:
                 self._stop.wait(0.05)
                 continue
             self._wake.clear()
-            picked = self._next_frame()
-            if picked is None:
+            limit = self.batch_limit(model)
+            if limit == 1:
+                one = self._next_frame()
+                picked = [one] if one is not None else []
+            else:
+                picked = self._next_frames(limit)
+            if not picked:
                 self._wake.wait(0.25)
                 continue
-            source, frame = picked
-            model = self._model  # read once: a swap applies from the next frame on
-            if model is None:
-                continue
-            t0 = time.monotonic()
-            try:
-                result = model.infer(frame.image)
-            except Exception as exc:  # a bad frame or model must not kill the loop
-                model.health.errors += 1
-                self.stats.errors += 1
-                if model.health.last_error != str(exc):
-                    log.warning("inference failed on %s: %s", model.ref, exc)
-                model.health.last_error = str(exc)
-                continue
-            t1 = time.monotonic()
+            self._serve(model, picked)
+
+    def _serve(self, model: LoadedModel, picked: list[tuple[FrameSource, Frame]]) -> None:
+        t0 = time.monotonic()
+        try:
+            if len(picked) == 1:
+                results = [model.infer(picked[0][1].image)]
+            else:
+                results = model.infer_batch([f.image for _, f in picked])
+        except Exception as exc:  # a bad frame or model must not kill the loop
+            model.health.errors += len(picked)
+            self.stats.errors += len(picked)
+            if model.health.last_error != str(exc):
+                log.warning("inference failed on %s: %s", model.ref, exc)
+            model.health.last_error = str(exc)
+            return
+        t1 = time.monotonic()
+        self.batch_sizes[len(picked)] += 1
+        lat = (t1 - t0) * 1000.0
+        for (source, frame), result in zip(picked, results, strict=True):
             model.health.frames += 1
             if result.has_nan():
                 model.health.nan_outputs += 1
-            lat, stale = (t1 - t0) * 1000.0, (t1 - frame.t_capture) * 1000.0
+            stale = (t1 - frame.t_capture) * 1000.0
             self.stats.add(lat, stale)
             self.source_stats[source.name].add(lat, stale)
             fr = FrameResult(

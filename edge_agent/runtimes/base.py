@@ -48,6 +48,12 @@ class Runtime(ABC):
     @abstractmethod
     def input_dtype(self) -> np.dtype: ...
 
+    @property
+    def max_batch(self) -> int | None:
+        """Images one run takes: None where the batch axis is dynamic (any number), else the model's fixed
+        batch (1 for most exports; a fixed N > 1 is padded to N)."""
+        return self.input_shape[0]
+
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         """Run one batch; returns the model's outputs in declaration order."""

@@ -71,12 +71,17 @@ class OnnxRuntime(Runtime):
         if len(inputs) != 1:
             raise RuntimeError_(f"model has {len(inputs)} inputs; edgeloop models take exactly one")
         inp = inputs[0]
-        if not all(isinstance(d, int) and d > 0 for d in inp.shape):
-            raise RuntimeError_(f"model input {inp.name} has a dynamic shape {inp.shape}; export it static")
+        batch, *rest = inp.shape
+        if len(inp.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in rest):
+            raise RuntimeError_(
+                f"model input {inp.name} has shape {inp.shape}; edgeloop models take (batch, 3, H, W) or "
+                "(batch, H, W, 3) with only the batch axis dynamic"
+            )
+        self._dynamic_batch = not (isinstance(batch, int) and batch > 0)
         if inp.type not in _DTYPES:
             raise RuntimeError_(f"model input type {inp.type} is not supported")
         self._input_name = inp.name
-        self._shape = tuple(int(d) for d in inp.shape)
+        self._shape = (1 if self._dynamic_batch else int(batch), *(int(d) for d in rest))
         self._dtype = np.dtype(_DTYPES[inp.type])
         self.providers = self._session.get_providers()
         log.info("onnxruntime loaded %s on %s, %d threads", model_path.name, self.providers[0], so.intra_op_num_threads)
@@ -114,6 +119,10 @@ class OnnxRuntime(Runtime):
     @property
     def input_dtype(self) -> np.dtype:
         return self._dtype
+
+    @property
+    def max_batch(self) -> int | None:
+        return None if self._dynamic_batch else self._shape[0]
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self._session.run(None, {self._input_name: x})

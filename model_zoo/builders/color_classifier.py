@@ -15,7 +15,8 @@ import numpy as np
 CLASSES = ("red", "green", "blue")
 
 
-def build_color_classifier(path: Path, size: int = 64, sharpness: float = 12.0) -> Path:
+def build_color_classifier(path: Path, size: int = 64, sharpness: float = 12.0, batch: int | str = 1) -> Path:
+    """Mean colour -> softmax over red/green/blue. `batch`: a fixed batch size, or a name for a dynamic axis."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -30,8 +31,8 @@ def build_color_classifier(path: Path, size: int = 64, sharpness: float = 12.0) 
             helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
         ],
         "color_classifier",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 3])],
         initializer=[
             numpy_helper.from_array(w, "W"),
             numpy_helper.from_array(b, "B"),

@@ -1,0 +1,33 @@
+"""`tools/gpu_check.py` is the one script a GPU host runs; a broken script wastes a scarce GPU lease.
+Here it runs its quick mode on the CPU (no GPU on this machine, which it must say) and its report must
+carry every figure the GPU run is read for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_runs_on_the_cpu_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    if report["device"] == "cpu":
+        assert r.stdout.startswith("NO GPU: running the same steps on the CPU")
+    assert set(report["raw_images_per_s"]) == {"1", "8", "32"}
+    assert report["one_camera_unpaced"]["loop_fps"] > 0
+    assert [x["cameras"] for x in report["runs"]] == [1, 2]
+    for x in report["runs"]:
+        for loop in (x["batch_1"], x["batched"]):
+            assert loop["served_fps"] > 0 and loop["offered_fps"] > 0 and loop["batch_histogram"]
+    assert report["capabilities"]["agent_version"]

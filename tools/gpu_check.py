@@ -1,0 +1,122 @@
+"""One prepared check for a GPU host: what the agent detects, the model alone at batch 1/8/32, and N paced
+cameras through today's batch-1 loop and the batched loop, side by side in one run. Prints a table and
+writes JSON (default bench-results/gpu_check.json).
+
+    python tools/gpu_check.py                 # resnet50 at 224 (torchvision), 640x480 cameras at 30 fps
+    python tools/gpu_check.py --quick         # a tiny model and 1-2 cameras: the smoke run `make test` does
+
+It needs the agent's packages (`pip install 'edgeloop[agent-gpu]'` on a GPU box) and, for resnet50, torch
+and torchvision to export the model. Without a usable GPU it runs the same steps on the CPU and says so at
+the top. The compile measurements of the compile-on-target work are not part of it yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_agent.bench import cameras_run, describe_model, raw_batch_fps, run  # noqa: E402
+from edge_agent.capabilities import detect, device_kind  # noqa: E402
+from edge_agent.runtimes import RuntimeOptions  # noqa: E402
+from model_zoo.builders.color_classifier import build_color_classifier  # noqa: E402
+from model_zoo.datasets.synthetic_video import write_color_video  # noqa: E402
+
+
+def export_torchvision(name: str, size: int, path: Path) -> Path:
+    """A torchvision classifier (random weights: speed does not depend on them) with a dynamic batch axis."""
+    import torch
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny model, 1-2 cameras, 1 s runs (a smoke run)")
+    p.add_argument("--model", default="resnet50", help="torchvision classifier to export (default resnet50)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--cameras", default="1,8,16,32,64", help="camera counts to run")
+    p.add_argument("--fps", type=float, default=30.0, help="each camera's frame rate")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "gpu_check.json")
+    a = p.parse_args(argv)
+    t_start = time.monotonic()
+    caps = detect()
+    on_gpu = caps.gpu is not None and "CUDAExecutionProvider" in caps.providers
+    print("GPU: " + f"{caps.gpu} ({device_kind(caps)})" if on_gpu else "NO GPU: running the same steps on the CPU")
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    cams = [1, 2] if a.quick else [int(n) for n in a.cameras.split(",")]
+    seconds = 1.0 if a.quick else a.seconds
+    if a.quick:
+        model_path, model_name = build_color_classifier(work / "color.onnx", batch="batch"), "color-classifier"
+        video = write_color_video(work / "cam.avi", seconds=3.0, fps=int(a.fps), size=(320, 240))
+    else:
+        model_path, model_name = export_torchvision(a.model, a.size, work / f"{a.model}.onnx"), a.model
+        video = write_color_video(work / "cam.avi", seconds=10.0, fps=int(a.fps), size=(640, 480))
+    options = RuntimeOptions()
+    bm = describe_model(model_path)
+    raw = raw_batch_fps(bm, (1, 8, 32), 1.0 if a.quick else 3.0, options)
+    # one camera on a model slower than decode: the loop should lose nothing to its own machinery
+    single = run(model_path, str(video), seconds)
+    bound = min(single["decode_fps"], single["raw_fps"]) or 1.0
+    one_camera = {k: single[k] for k in ("raw_fps", "decode_fps", "loop_fps", "staleness_ms_p99")}
+    one_camera["loop_over_bound"] = round(single["loop_fps"] / bound, 3)
+    runs: list[dict[str, Any]] = []
+    for n in cams:
+        one = cameras_run(bm, str(video), n, seconds, options, 1, a.fps)
+        many = cameras_run(bm, str(video), n, seconds, options, n, a.fps)
+        runs.append({"cameras": n, "batch_1": one, "batched": many})
+    report = {
+        "device": "gpu" if on_gpu else "cpu",
+        "capabilities": caps.model_dump(),
+        "model": model_name,
+        "raw_images_per_s": raw,
+        "one_camera_unpaced": one_camera,
+        "cameras_fps": a.fps,
+        "runs": runs,
+        "compile": "not measured here yet (compile-on-target)",
+        "seconds": round(time.monotonic() - t_start, 1),
+    }
+    print(f"model {model_name}: raw images/s by batch {raw}")
+    print(
+        f"one camera, unpaced: loop {one_camera['loop_fps']} fps, decode {one_camera['decode_fps']}, model "
+        f"{one_camera['raw_fps']}: loop / min(decode, model) = {one_camera['loop_over_bound']}"
+    )
+    print(f"{'cams':>5} | {'batch-1 served/offered':>23} {'drop':>6} {'p99 ms':>7} | {'batched served/offered':>23} "
+          f"{'drop':>6} {'p99 ms':>7}  batches")  # fmt: skip
+    for r in runs:
+        o, m = r["batch_1"], r["batched"]
+        print(
+            f"{r['cameras']:>5} | {o['served_fps']:>10.1f} / {o['offered_fps']:<10.1f} {o['dropped']:>6} "
+            f"{o['staleness_ms_p99']:>7.1f} | {m['served_fps']:>10.1f} / {m['offered_fps']:<10.1f} {m['dropped']:>6} "
+            f"{m['staleness_ms_p99']:>7.1f}  {m['batch_histogram']}"
+        )
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {a.out} in {report['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
