@@ -7,6 +7,7 @@ Resize (stretch or letterbox), colour order, scale to 0-1, mean/std, layout, dty
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ class Preprocessor:
     def __init__(self, spec: InputSpec, kernel: str = "auto") -> None:
         self.spec = spec
         self.h, self.w = spec.hw
-        self._canvas = np.full((self.h, self.w, 3), LETTERBOX_FILL, dtype=np.uint8)
+        self._scratch = threading.local()  # one canvas per thread: a batch's frames may be filled in parallel
         # (x/255 - mean)/std == x * a + b, per channel
         std = np.asarray(spec.std, dtype=np.float32)
         self._a = (1.0 / (255.0 * std)).astype(np.float32)
@@ -53,7 +54,6 @@ class Preprocessor:
         out_dtype = np.dtype(spec.dtype)
         # channel c of the model input, for every uint8 value (mean/std are given in the model's channel order)
         self._lut = (np.arange(256, dtype=np.float32)[None, :] * self._a[:, None] + self._b[:, None]).astype(out_dtype)
-        self._hwc = np.empty((self.h, self.w, 3), dtype=np.float32)
         self.buffer = np.empty((1, *spec.shape[1:]), dtype=out_dtype)
         self._batch = np.empty((0, *spec.shape[1:]), dtype=out_dtype)
         self.kernel = self._choose(kernel)
@@ -93,32 +93,49 @@ class Preprocessor:
             self._batch = np.empty((n, *self.spec.shape[1:]), dtype=self.buffer.dtype)
         return self._batch[:n]
 
+    @property
+    def _canvas(self) -> np.ndarray:
+        canvas: np.ndarray | None = getattr(self._scratch, "canvas", None)
+        if canvas is None:
+            canvas = self._scratch.canvas = np.full((self.h, self.w, 3), LETTERBOX_FILL, dtype=np.uint8)
+        return canvas
+
+    @property
+    def _hwc(self) -> np.ndarray:
+        hwc: np.ndarray | None = getattr(self._scratch, "hwc", None)
+        if hwc is None:
+            hwc = self._scratch.hwc = np.empty((self.h, self.w, 3), dtype=np.float32)
+        return hwc
+
     def fill(self, frame: np.ndarray, dst: np.ndarray) -> Transform:
-        """One frame into `dst`, one image's slot of a batch (C,H,W or H,W,C); returns its transform."""
+        """One frame into `dst`, one image's slot of a batch (C,H,W or H,W,C); returns its transform.
+        Safe to call from several threads at once for different slots."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 BGR frame, got shape {frame.shape} dtype {frame.dtype}")
         fh, fw = frame.shape[:2]
+        canvas = self._canvas
         if self.spec.resize == "stretch":
-            cv2.resize(frame, (self.w, self.h), dst=self._canvas, interpolation=cv2.INTER_LINEAR)
+            cv2.resize(frame, (self.w, self.h), dst=canvas, interpolation=cv2.INTER_LINEAR)
             tf = Transform(self.w / fw, self.h / fh, 0.0, 0.0, fw, fh)
         else:
             r = min(self.w / fw, self.h / fh)
             nw, nh = max(1, round(fw * r)), max(1, round(fh * r))
             px, py = (self.w - nw) // 2, (self.h - nh) // 2
-            self._canvas[...] = LETTERBOX_FILL
-            cv2.resize(frame, (nw, nh), dst=self._canvas[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR)
+            canvas[...] = LETTERBOX_FILL
+            cv2.resize(frame, (nw, nh), dst=canvas[py : py + nh, px : px + nw], interpolation=cv2.INTER_LINEAR)
             tf = Transform(r, r, float(px), float(py), fw, fh)
         if self.kernel == "numba":
-            kernels.normalize_chw(self._canvas, self._lut, dst, self.spec.color == "RGB")
+            kernels.normalize_chw(canvas, self._lut, dst, self.spec.color == "RGB")
             return tf
-        src: np.ndarray = self._canvas
+        src: np.ndarray = canvas
         if self.spec.color == "RGB":
-            src = cv2.cvtColor(self._canvas, cv2.COLOR_BGR2RGB)
+            src = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
         if self.spec.dtype == "uint8":
             target = dst if self.spec.layout == "NHWC" else dst.transpose(1, 2, 0)
             target[...] = src
             return tf
-        np.multiply(src, self._a, out=self._hwc)
-        np.add(self._hwc, self._b, out=self._hwc)
-        dst[...] = self._hwc.transpose(2, 0, 1) if self.spec.layout == "NCHW" else self._hwc
+        hwc = self._hwc
+        np.multiply(src, self._a, out=hwc)
+        np.add(hwc, self._b, out=hwc)
+        dst[...] = hwc.transpose(2, 0, 1) if self.spec.layout == "NCHW" else hwc
         return tf

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,23 @@ def test_each_frame_gets_its_own_result_from_one_run(models: dict[str, Path], ki
     assert model.max_batch == max_batch
     names = ["red", "blue", "green", "green", "red", "blue"]  # six: a fixed batch of 4 runs twice, padded
     batched = model.infer_batch([_image(n) for n in names])
+    with ThreadPoolExecutor(4) as pool:  # frames preprocessed in parallel land in their own slots
+        pooled = model.infer_batch([_image(n) for n in names], pool=pool)
     one_by_one = [model.infer(_image(n)) for n in names]
     classes = ["red", "green", "blue"]
     assert [classes[r.top1] for r in batched] == names == [classes[r.top1] for r in one_by_one]  # type: ignore[attr-defined]
-    for a, b in zip(batched, one_by_one, strict=True):
+    for a, p, b in zip(batched, pooled, one_by_one, strict=True):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)  # type: ignore[attr-defined]
+        np.testing.assert_allclose(p.scores, b.scores, atol=1e-5)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "limit, sizes", [(1, [1]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8]), (64, [1, 2, 4, 8, 16, 32, 64])]
+)
+def test_a_dynamic_model_runs_a_few_warmed_shapes(models: dict[str, Path], limit: int, sizes: list[int]) -> None:
+    """Each new input shape costs a GPU a slow first run; a batch is padded to one of these few, warmed ones."""
+    assert _load(models["dynamic"]).buckets(limit) == sizes
+    assert _load(models["fixed4"]).buckets(limit) == [4]
 
 
 def _run(

@@ -2,7 +2,7 @@
 
 No GPU, TensorRT or Jetson exists on the CI machine. These tests read recorded outputs instead
 (tests/data/hardware/: `nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version
---format=csv,noheader,nounits` of an H200 and of a two-T4 box, nvidia-smi without a driver, and the
+--format=csv,noheader,nounits` recorded on an H200, the same for a two-T4 box, nvidia-smi without a driver, and the
 `/etc/nv_tegra_release` and device-tree model files of a JetPack 6 Orin and a JetPack 5 Xavier NX, in the
 formats those releases write). If these fail, a CPU box that has onnxruntime-gpu installed is sent
 TensorRT artifacts and asks for TensorRT on every model load, or a Jetson is treated as a CPU box.
@@ -21,7 +21,7 @@ from edge_agent.protocol.messages import Capabilities
 
 DATA = Path(__file__).parent / "data" / "hardware"
 ORT_GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-H200 = GpuInfo("NVIDIA H200", 143771, "9.0", "570.124.06")
+H200 = GpuInfo("NVIDIA H200", 143771, "9.0", "580.159.04")  # recorded on a lent H200
 
 
 @pytest.mark.parametrize(
