@@ -19,7 +19,8 @@ from edge_agent.camera.loop import FrameResult, InferenceLoop, LoadedModel
 from edge_agent.camera.sources import FrameSource
 from edge_agent.decoders.base import decoder_for
 from edge_agent.preprocess import Preprocessor
-from edge_agent.runtimes import create_runtime
+from edge_agent.runtimes import RuntimeOptions, create_runtime
+from edge_agent.runtimes.onnxruntime_rt import OnnxRuntime
 from model_zoo.builders.color_classifier import build_color_classifier
 from tests.factories import manifest
 from tests.helpers import wait_for
@@ -163,3 +164,25 @@ def test_a_model_that_cannot_batch_is_served_one_frame_at_a_time(
     per = _run(loop, cams, 60, results)
     assert set(per) == {"cam0", "cam1", "cam2"} and set(loop.batch_sizes) == {1}
     assert Counter(r.version for r in results) == {3: len(results)}
+
+
+def test_on_a_gpu_every_batch_is_padded_to_one_warmed_shape(models: dict[str, Path]) -> None:
+    """There is no GPU here: the runtime below is the real onnxruntime session on the CPU, told it runs on a
+    GPU. What is checked is the policy the H200 measurements called for: one shape, padded, results intact."""
+
+    class GpuSession(OnnxRuntime):
+        @property
+        def on_gpu(self) -> bool:
+            return True
+
+    m = manifest(1)
+    rt = GpuSession(models["dynamic"], RuntimeOptions())
+    model = LoadedModel(m, rt, Preprocessor(m.input), decoder_for(m.decoder, len(m.classes)))
+    assert model.buckets(8) == [8]
+    shapes: list[int] = []
+    run = rt.run
+    rt.run = lambda x: shapes.append(len(x)) or run(x)  # type: ignore[method-assign]
+    names = ["red", "green", "blue"]
+    got = model.infer_batch([_image(n) for n in names], 8)
+    assert [["red", "green", "blue"][r.top1] for r in got] == names  # type: ignore[attr-defined]
+    assert shapes == [8]

@@ -54,6 +54,11 @@ class Runtime(ABC):
         batch (1 for most exports; a fixed N > 1 is padded to N)."""
         return self.input_shape[0]
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether runs go to a GPU, where each change of input shape is costly (see `LoadedModel.buckets`)."""
+        return False
+
     @abstractmethod
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         """Run one batch; returns the model's outputs in declaration order."""

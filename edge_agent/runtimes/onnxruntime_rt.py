@@ -124,6 +124,10 @@ class OnnxRuntime(Runtime):
     def max_batch(self) -> int | None:
         return None if self._dynamic_batch else self._shape[0]
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
     def run(self, x: np.ndarray) -> list[np.ndarray]:
         return self._session.run(None, {self._input_name: x})
 

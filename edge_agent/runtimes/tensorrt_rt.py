@@ -103,6 +103,10 @@ class TensorRTRuntime(Runtime):
         return bytes(blob)
 
     @property
+    def on_gpu(self) -> bool:
+        return True
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self._buffers[self._inputs[0]][1].shape)
 
