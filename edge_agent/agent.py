@@ -28,8 +28,8 @@ from edge_agent.flywheel.spool import Spool
 from edge_agent.flywheel.uploader import Uploader
 from edge_agent.preprocess import Preprocessor, Transform
 from edge_agent.protocol.manifest import Manifest
-from edge_agent.protocol.messages import Deployment as DeploymentMsg
 from edge_agent.protocol.messages import (
+    BoardTelemetry,
     DesiredState,
     DetectionEvent,
     MessageError,
@@ -44,10 +44,12 @@ from edge_agent.protocol.messages import (
     decode_message,
     encode_message,
 )
+from edge_agent.protocol.messages import Deployment as DeploymentMsg
 from edge_agent.protocol.signing import SignedManifest
 from edge_agent.protocol.topics import DeviceTopics
 from edge_agent.runtimes import RuntimeError_, create_runtime
 from edge_agent.runtimes.base import extract_trt_calibration
+from edge_agent.tegrastats import TegraStats
 from edge_agent.transport.mqtt import MqttTransport, Will
 from edge_agent.update.checks import ManifestRejected, check_manifest
 from edge_agent.update.download import DownloadError, download, resolve_url, sha256_file
@@ -125,6 +127,7 @@ class Agent:
         self._previous: LoadedModel | None = None
         self._last_event: tuple[float, tuple[str, ...]] = (0.0, ())
         self._startup_error: str | None = None
+        self.board = TegraStats()  # a Jetson's power, thermal and GPU load; idle elsewhere
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Agent:
@@ -133,6 +136,7 @@ class Agent:
         for src in self.sources:
             src.start()
         self.loop.start()
+        self.board.start()
         if self.uploader is not None:
             self.uploader.start()
         self.transport.subscribe(self.topics.desired, self._on_desired, qos=1)
@@ -162,6 +166,7 @@ class Agent:
             if self.endpoints is not None:
                 self.endpoints.stop()
             self.loop.stop()
+            self.board.stop()
             if self.uploader is not None:
                 self.uploader.stop()
             if self.spool is not None:
@@ -497,6 +502,8 @@ class Agent:
                 sources=per_source,
                 shadow=shadow,
                 flywheel=self._flywheel_counters(),
+                batch_sizes={str(k): v for k, v in sorted(self.loop.batch_sizes.items())} or None,
+                board=BoardTelemetry(**self.board.latest) if self.board.latest else None,
                 **self.loop.stats.snapshot(),
             )
             self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)

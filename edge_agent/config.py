@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from edge_agent.camera.sources import csi_pipeline
 from edge_agent.flywheel.config import MiningConfig
 from edge_agent.protocol.topics import valid_device_id
 from edge_agent.runtimes.base import RuntimeOptions
@@ -17,7 +18,8 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Name in telemetry (default camN).")
     uri: str = Field(
-        description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, or GStreamer pipeline."
+        description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, GStreamer pipeline, or a "
+        "Jetson CSI camera: csi://0?width=1280&height=720&fps=30[&flip=0]."
     )
     loop_file: bool = Field(True, description="Restart a file source at its end.")
     pace_file: bool = Field(True, description="Play a file source at its native frame rate.")
@@ -29,6 +31,13 @@ class SourceConfig(BaseModel):
         description="FFmpeg decoding threads (file, RTSP, HTTP). 1 leaves the other cores to the model; "
         "raise it for a high-resolution stream one core cannot decode in time; 0 = FFmpeg's choice.",
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _csi(cls, v: str) -> str:
+        if v.startswith("csi://"):
+            csi_pipeline(v)  # a Jetson CSI camera: refused at load when its parameters are wrong
+        return v
 
 
 class EndpointsConfig(BaseModel):
@@ -73,6 +82,14 @@ class AgentConfig(BaseModel):
     device_kind: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="Which artifact targets to prefer; auto: from the detected GPU, CUDA and TensorRT."
     )
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> AgentConfig:
+        names = [src.name or f"cam{i}" for i, src in enumerate(self.sources)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"sources: two cameras are named {', '.join(twice)}; give each its own name")
+        return self
 
     @field_validator("device_id")
     @classmethod

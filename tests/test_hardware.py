@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from edge_agent import capabilities
+from edge_agent.camera.sources import csi_pipeline
+from edge_agent.config import AgentConfig
 from edge_agent.hardware import GpuInfo, gpu_info, parse_jetson, parse_nvidia_smi, tensorrt_version, usable_providers
-from edge_agent.protocol.messages import Capabilities
+from edge_agent.protocol.messages import BoardTelemetry, Capabilities
+from edge_agent.tegrastats import parse as parse_tegrastats
 
 DATA = Path(__file__).parent / "data" / "hardware"
 ORT_GPU = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -93,3 +96,54 @@ def test_this_machine_reports_what_it_can_run() -> None:
         assert capabilities.device_kind(caps) == "cpu"
     if tensorrt_version() is None:
         assert "TensorrtExecutionProvider" not in caps.providers and caps.tensorrt is None
+
+
+@pytest.mark.parametrize(
+    "recorded, gpu, power_in, hottest, cpu",
+    [
+        ("tegrastats-orin.txt", 41.0, 7012.0, ("cpu", 45.5), 1.0),  # JetPack 6: rails in mW, GPU with frequency
+        ("tegrastats-xavier.txt", 0.0, 3875.0, ("pmic", 50.0), 7.2),  # JetPack 5: bare rails, two cores off
+    ],
+)
+def test_tegrastats_lines_become_board_telemetry(
+    recorded: str, gpu: float, power_in: float, hottest: tuple[str, float], cpu: float
+) -> None:
+    """A Jetson's power, thermal and GPU load, from tegrastats lines in the formats JetPack 5 and 6 print."""
+    reading = parse_tegrastats((DATA / recorded).read_text())
+    assert reading is not None
+    assert reading["gpu_load_pct"] == gpu and reading["power_in_mw"] == power_in
+    assert max(reading["temp_c"].items(), key=lambda kv: kv[1]) == hottest
+    assert reading["cpu_load_pct"] == cpu and reading["ram_total_mb"] > reading["ram_used_mb"] > 0
+    BoardTelemetry(**reading)  # what the agent sends validates as the protocol's message
+    assert parse_tegrastats("some other line") is None
+
+
+def test_a_csi_camera_becomes_an_argus_pipeline() -> None:
+    """Jetson CSI cameras: the pipeline string cannot run here (no Argus); its text is what matters."""
+    p = csi_pipeline("csi://1?width=1920&height=1080&fps=60&flip=2")
+    assert p.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=1920, height=1080")
+    assert (
+        "framerate=60/1" in p
+        and "nvvidconv flip-method=2" in p
+        and p.endswith("appsink drop=true max-buffers=1 sync=false")
+    )
+    assert "width=1280, height=720, framerate=30/1" in csi_pipeline("csi://0")
+    for bad, why in (("csi://x", "sensor id"), ("csi://0?zoom=2", "unknown parameter"), ("csi://0?fps=999", "fps")):
+        with pytest.raises(ValueError, match=why):
+            csi_pipeline(bad)
+
+
+def test_an_agent_config_refuses_twin_camera_names_and_bad_csi_settings() -> None:
+    base = {
+        "device_id": "cam-1",
+        "server_url": "http://s",
+        "mqtt_url": "mqtt://s",
+        "token": "t",
+        "root_public_key": "k",
+    }
+    with pytest.raises(ValueError, match="two cameras are named dock"):
+        AgentConfig(**base, sources=[{"uri": "a.mp4", "name": "dock"}, {"uri": "b.mp4", "name": "dock"}])
+    with pytest.raises(ValueError, match="fps must be"):
+        AgentConfig(**base, sources=[{"uri": "csi://0?fps=0"}])
+    ok = AgentConfig(**base, sources=[{"uri": "csi://0?fps=30"}, {"uri": "b.mp4"}])
+    assert len(ok.sources) == 2

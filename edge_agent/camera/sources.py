@@ -1,4 +1,4 @@
-"""OpenCV frame sources: file, USB/V4L2 index or path, RTSP, HTTP MJPEG, GStreamer pipeline.
+"""OpenCV frame sources: file, USB/V4L2 index or path, RTSP, HTTP MJPEG, GStreamer pipeline, Jetson CSI.
 
 One capture thread per source keeps only the newest frame: a slow model never builds a backlog, it
 skips frames (counted as `dropped`). A source that fails to open, closes, or stops sending while
@@ -26,6 +26,35 @@ class Frame:
     image: np.ndarray
     index: int  # capture sequence number, increasing
     t_capture: float  # time.monotonic() when the frame was read
+
+
+CSI_PARAMS = {"width": (64, 8192), "height": (64, 8192), "fps": (1, 240), "flip": (0, 7)}
+
+
+def csi_pipeline(spec: str) -> str:
+    """`csi://SENSOR?width=W&height=H&fps=F[&flip=M]` -> the GStreamer pipeline a Jetson's CSI camera needs:
+    nvarguscamerasrc (ISP, NVMM buffers) -> nvvidconv (to system memory) -> BGR -> appsink keeping only the
+    newest frame. Refuses unknown or out-of-range parameters with a message naming them."""
+    rest = spec[len("csi://") :]
+    sensor, _, query = rest.partition("?")
+    if not sensor.isdigit():
+        raise ValueError(f"{spec}: the sensor id after csi:// must be a number, e.g. csi://0")
+    values = {"width": 1280, "height": 720, "fps": 30, "flip": 0}
+    for part in filter(None, query.split("&")):
+        key, _, raw = part.partition("=")
+        if key not in CSI_PARAMS:
+            raise ValueError(f"{spec}: unknown parameter {key!r}; use {', '.join(CSI_PARAMS)}")
+        lo, hi = CSI_PARAMS[key]
+        if not raw.isdigit() or not lo <= int(raw) <= hi:
+            raise ValueError(f"{spec}: {key} must be a whole number from {lo} to {hi}, got {raw!r}")
+        values[key] = int(raw)
+    w, h, fps, flip = values["width"], values["height"], values["fps"], values["flip"]
+    return (
+        f"nvarguscamerasrc sensor-id={int(sensor)} ! "
+        f"video/x-raw(memory:NVMM), width={w}, height={h}, framerate={fps}/1, format=NV12 ! "
+        f"nvvidconv flip-method={flip} ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! "
+        "appsink drop=true max-buffers=1 sync=false"
+    )
 
 
 def describe_source(spec: str) -> str:
@@ -139,6 +168,11 @@ class FrameSource:
     def _open(self) -> cv2.VideoCapture:
         if self.spec.isdigit():
             cap = cv2.VideoCapture(int(self.spec))
+        elif self.spec.startswith("csi://"):
+            try:
+                cap = cv2.VideoCapture(csi_pipeline(self.spec), cv2.CAP_GSTREAMER)
+            except ValueError as exc:
+                raise OSError(str(exc)) from None
         elif "!" in self.spec:
             cap = cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
         else:

@@ -140,6 +140,19 @@ class ShadowTelemetry(BaseModel):
     errors: int = 0
 
 
+class BoardTelemetry(BaseModel):
+    """What a Jetson's tegrastats reports (other boxes send none)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ram_used_mb: int | None = None
+    ram_total_mb: int | None = None
+    cpu_load_pct: float | None = None
+    gpu_load_pct: float | None = None
+    temp_c: dict[str, float] = Field(default_factory=dict, max_length=32, description="Sensor -> degrees C.")
+    power_mw: dict[str, float] = Field(default_factory=dict, max_length=32, description="Power rail -> mW now.")
+    power_in_mw: float | None = Field(None, description="The board's total input power.")
+
+
 class Telemetry(_Msg):
     ts: float = Field(default_factory=time.time)
     slot: str = "default"
@@ -158,7 +171,11 @@ class Telemetry(_Msg):
     source_error: str | None = Field(None, max_length=500, description="Why the source is down, if it is.")
     last_prediction: list[Prediction] = Field(default_factory=list, max_length=20)
     queue_depth: int = 0
-    sources: list[SourceTelemetry] = Field(default_factory=list, max_length=16)
+    sources: list[SourceTelemetry] = Field(default_factory=list, max_length=256)
+    batch_sizes: dict[str, int] | None = Field(
+        None, max_length=300, description="Inference runs per batch size (frames per run), since the loop started."
+    )
+    board: BoardTelemetry | None = Field(None, description="Power, thermal and GPU load (Jetson, tegrastats).")
     shadow: ShadowTelemetry | None = None
     flywheel: dict[str, int] | None = Field(
         None, description="Hard-sample counters: mined, duplicates, rate_limited, spooled, pending, evicted, ..."
