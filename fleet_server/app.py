@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from fleet_server.api.deps import ERRORS
 from fleet_server.api.routes import ROUTERS
 from fleet_server.audit import audit_middleware
 from fleet_server.console.routes import install as install_console
@@ -28,7 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="edgeloop fleet server", version="0.1.0", lifespan=lifespan)
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, responses=ERRORS)
     install_console(app)
     app.add_middleware(audit_middleware, engine_of=lambda: app.state.services.engine)
 

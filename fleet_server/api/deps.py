@@ -7,11 +7,12 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi import Path as FastPath
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 from starlette.background import BackgroundTask
 
@@ -27,6 +28,33 @@ Id = Annotated[int, FastPath(ge=1, le=MAX_ID, description="a row id")]
 Version = Annotated[int, FastPath(ge=1, le=MAX_ID, description="a version number")]
 Limit = Annotated[int, Query(ge=1, le=5000, description="at most this many rows")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="skip this many rows")]
+
+
+class ErrorOut(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        description="Why, in one sentence; for a malformed request, FastAPI's list of field errors."
+    )
+
+
+# documented on every route: what the API answers when it says no
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (401, "No credential, or a wrong or expired one."),
+        (403, "The credential's role (or a device's identity) may not do this, or the CSRF token is missing."),
+        (404, "No such thing."),
+        (409, "It conflicts with the current state (already enrolled, already finished, not running)."),
+        (413, "The upload is larger than the server takes."),
+        (422, "The request cannot be done as asked: malformed, out of range, or refused by a check."),
+        (429, "Too many failed logins for this name; retry later."),
+        (503, "A part the server needs (object storage, the broker) is down; retry later."),
+    )
+}
+
+
+def binary(media_type: str, what: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 response of a download, documented as the bytes it is (not JSON)."""
+    return {200: {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}}, "description": what}}
 
 
 def get_services(request: Request) -> Services:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlmodel import select
 
-from fleet_server.api.deps import AnyPrincipalDep, ServicesDep, SessionDep
+from fleet_server.api.deps import AnyPrincipalDep, ServicesDep, SessionDep, binary
 from fleet_server.registry.tables import Artifact
 
 router = APIRouter(prefix="/api/v1/artifacts", tags=["artifacts"])
@@ -29,7 +29,11 @@ def _iter_file(path: Path, start: int, length: int, chunk: int = 1 << 16) -> Ite
             yield data
 
 
-@router.get("/{sha256}")
+@router.get(
+    "/{sha256}",
+    response_class=StreamingResponse,
+    responses={**binary("application/octet-stream", "The artifact (206 for a Range)"), 206: {}, 304: {}, 416: {}},
+)
 def download(sha256: str, request: Request, session: SessionDep, services: ServicesDep, _: AnyPrincipalDep) -> Response:
     if session.exec(select(Artifact.id).where(Artifact.sha256 == sha256)).first() is None:
         raise HTTPException(404, "no such artifact")

@@ -23,6 +23,7 @@ from fleet_server.api.deps import (
     SessionDep,
     Version,
     ViewerDep,
+    binary,
     folder_as_targz,
     get_services,
     receive_upload,
@@ -129,7 +130,9 @@ async def import_dataset(
     return dv.summary()
 
 
-@router.get("/{name}/versions/{version}/export")
+@router.get(
+    "/{name}/versions/{version}/export", response_class=FileResponse, responses=binary("application/gzip", "A .tar.gz")
+)
 def export_dataset(
     name: str,
     version: Version,

@@ -20,6 +20,7 @@ from fleet_server.api.deps import (
     ServicesDep,
     SessionDep,
     ViewerDep,
+    binary,
     folder_as_targz,
     principal,
     read_capped,
@@ -121,7 +122,7 @@ def show_sample(sample_id: Id, session: SessionDep, _: ViewerDep) -> dict[str, A
     return sample_public(_sample(session, sample_id))
 
 
-@router.get("/samples/{sample_id}/image")
+@router.get("/samples/{sample_id}/image", response_class=FileResponse, responses=binary("image/jpeg", "The image"))
 def sample_image(sample_id: Id, session: SessionDep, services: ServicesDep, _: ViewerDep) -> FileResponse:
     s = _sample(session, sample_id)
     path = services.sample_blobs.local(image_key(s.image))
@@ -202,7 +203,7 @@ def from_samples(
 
 
 # -- export for an outside labelling tool, and labels back -------------------------------------------------
-@router.get("/samples-export", response_class=FileResponse)
+@router.get("/samples-export", response_class=FileResponse, responses=binary("application/gzip", "A .tar.gz"))
 def samples_export(
     session: SessionDep,
     services: ServicesDep,
