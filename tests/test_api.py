@@ -137,8 +137,10 @@ def test_artifact_download_range_etag(
     # the agent's downloader resumes a partial file with Range and refuses over-long bodies
     dest = tmp_path / "m.onnx"
     (tmp_path / "m.onnx.part").write_bytes(data[:100])
-    download(url, dest, len(data), art["sha256"], token=device_token)
+    download(url, dest, len(data), art["sha256"], token=device_token, token_origin=server.url)
     assert dest.read_bytes() == data
     with pytest.raises(DownloadError, match="manifest says"):
-        download(url, tmp_path / "short.onnx", len(data) - 1, art["sha256"], token=device_token)
+        download(
+            url, tmp_path / "short.onnx", len(data) - 1, art["sha256"], token=device_token, token_origin=server.url
+        )
     assert not (tmp_path / "short.onnx.part").exists()
