@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from edge_agent.capabilities import device_kind
@@ -19,8 +20,14 @@ from fleet_server.devices.tables import Device
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
-def _fleet_filter(q: str, state: str, tag: str, model: str, page: int) -> queries.FleetFilter:
-    return queries.FleetFilter(q=q[:64], state=state[:16], tag=tag[:130], model=model[:80], page=max(1, page))
+def fleet_filter(
+    q: str = "", state: str = "", tag: str = "", model: str = "", page: int = Query(1, ge=1, le=1_000_000)
+) -> queries.FleetFilter:
+    """The fleet page's filters from the query string, cut to sane lengths."""
+    return queries.FleetFilter(q=q[:64], state=state[:16], tag=tag[:130], model=model[:80], page=page)
+
+
+FleetQuery = Annotated[queries.FleetFilter, Depends(fleet_filter)]
 
 
 @router.get("", include_in_schema=False)
@@ -30,34 +37,14 @@ def home() -> RedirectResponse:
 
 
 @router.get("/fleet")
-def fleet(
-    request: Request,
-    session: SessionDep,
-    who: ConsoleUser,
-    q: str = "",
-    state: str = "",
-    tag: str = "",
-    model: str = "",
-    page: int = Query(1, ge=1, le=1_000_000),
-) -> HTMLResponse:
-    f = _fleet_filter(q, state, tag, model, page)
+def fleet(request: Request, session: SessionDep, who: ConsoleUser, f: FleetQuery) -> HTMLResponse:
     fp = queries.fleet_page(session, f)
     return render(request, who, "fleet.html", f=f, fp=fp, tags=queries.tag_values(session), nav="fleet")
 
 
 @router.get("/fleet/rows")
-def fleet_rows(
-    request: Request,
-    session: SessionDep,
-    who: ConsoleUser,
-    q: str = "",
-    state: str = "",
-    tag: str = "",
-    model: str = "",
-    page: int = Query(1, ge=1, le=1_000_000),
-) -> HTMLResponse:
+def fleet_rows(request: Request, session: SessionDep, who: ConsoleUser, f: FleetQuery) -> HTMLResponse:
     """The part of the fleet page that polling replaces: counts, rows, pager."""
-    f = _fleet_filter(q, state, tag, model, page)
     return render(request, who, "_fleet_rows.html", f=f, fp=queries.fleet_page(session, f))
 
 
