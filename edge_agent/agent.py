@@ -470,6 +470,7 @@ class Agent:
 
     def _telemetry(self) -> None:
         while not self._stop.wait(self.cfg.telemetry_interval_s):
+            self.machine.save_pending()  # an update state a full disk refused, saved once there is room
             model = self.loop.model
             last = self.loop.last_result
             preds = predictions(last.result, model.manifest.classes) if (last and model) else []

@@ -3,6 +3,7 @@ the manifest's `length`, and hashes as it writes."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -102,6 +103,10 @@ def download(
         return dest
     except httpx.HTTPError as exc:  # keep the partial file: the next attempt resumes it
         raise DownloadError(f"GET {url}: {type(exc).__name__}: {exc}", transient=True) from exc
+    except OSError as exc:  # a full disk: give the space back (the serving model needs it) and retry later
+        part.unlink(missing_ok=True)
+        why = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or type(exc).__name__
+        raise DownloadError(f"cannot write {dest.name}: {why}", transient=exc.errno == errno.ENOSPC) from exc
     except DownloadError as exc:
         if not exc.transient:
             part.unlink(missing_ok=True)  # never resume from bytes the server should not have sent

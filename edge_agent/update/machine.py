@@ -89,15 +89,29 @@ class UpdateMachine:
         self._on_change = on_change
         self._lock = threading.RLock()
         self.record = Record.from_json(read_json(path, {}))
+        self.unsaved = False
 
     # -- persistence -------------------------------------------------------------------------
-    def _persist(self) -> None:
-        atomic_write_json(self._path, self.record.to_json())
+    def _persist(self) -> bool:
+        """Save the record, then report it. A failed save (a full disk) leaves the record in memory, marked
+        unsaved, and still reported: the server hears of a failure even when the disk cannot hold it."""
+        try:
+            atomic_write_json(self._path, self.record.to_json())
+            self.unsaved = False
+        except OSError as exc:
+            self.unsaved = True
+            log.error("cannot save the update state (%s): kept in memory and reported", exc.strerror or exc)
         if self._on_change is not None:
             try:
                 self._on_change(self.record)
             except Exception:  # a reporting problem must never break an update
                 log.exception("update state listener failed")
+        return not self.unsaved
+
+    def save_pending(self) -> bool:
+        """Retry saving a record a full disk refused; True when nothing is left unsaved."""
+        with self._lock:
+            return self._persist() if self.unsaved else True
 
     def _fire(self, event: Event, reason: str | None = None) -> None:
         new = next_state(self.record.state, event)
@@ -164,7 +178,11 @@ class UpdateMachine:
             method, ok_event = _STEP[state]
             n = self.record.entries.get(state.value, 0) + 1
             self.record.entries[state.value] = n
-            self._persist()
+            # a step runs only when a crash during it would resume from its saved state; a rollback runs anyway:
+            # it puts back the model that was serving
+            if not self._persist() and state is not State.ROLLING_BACK:
+                self._fire(Event.FAIL, f"cannot save the update state before {state.value}: disk full?")
+                continue
             if n > MAX_REENTRIES:
                 self._fire(Event.FAIL, f"{state.value} entered {n} times: giving up")
                 continue
