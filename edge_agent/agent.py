@@ -95,6 +95,7 @@ class Agent:
             password=token,
             will=Will(self.topics.status, offline),
             on_connect=[(self.topics.status, online, 1, True)],
+            ca_pem=config.mqtt_ca,
         )
         self.sources = [
             FrameSource(

@@ -56,6 +56,11 @@ class AgentConfig(BaseModel):
     device_id: str = Field(description="This device's id, as enrolled on the server.")
     server_url: str = Field(description="Fleet server base URL, e.g. http://fleet:8080.")
     mqtt_url: str = Field(description="Broker URL, e.g. mqtt://fleet:1883 or mqtts://fleet:8883.")
+    mqtt_ca: str | None = Field(
+        None,
+        description="PEM of the CA that signed the broker's certificate, pinned for mqtts:// (from enrollment); "
+        "unset: the system's CAs.",
+    )
     token: SecretStr = Field(description="Device credential from `edgeloop devices enroll`.")
     root_public_key: str = Field(description="The fleet's pinned root public key (base64 ed25519).")
     sources: list[SourceConfig] = Field(

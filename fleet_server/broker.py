@@ -22,12 +22,14 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.protocol.topics import TOPIC_PREFIX
 from fleet_server.procs import die_with_parent, stop_stale
+from fleet_server.tls import ensure_broker_cert
 
 log = logging.getLogger(__name__)
 SERVER_USER = "edgeloop-server"
@@ -57,11 +59,23 @@ def mosquitto_hash(password: str, iterations: int = 101) -> str:
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+@dataclass
+class BrokerTls:
+    """The TLS listener of a managed Mosquitto: its port, and the operator's certificate (else the server's CA
+    signs one)."""
+
+    port: int
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+
 class Broker:
     url: str  # how the server connects (may carry credentials)
     public_url: str  # what devices are told
     supports_shared: bool = True
     per_device_auth: bool = False
+    ca_pem: str | None = None  # the CA devices pin for the TLS listener, handed to them at enrollment
 
     def start(self) -> None: ...
 
@@ -82,10 +96,13 @@ class ExternalBroker(Broker):
 class MosquittoBroker(Broker):
     per_device_auth = True
 
-    def __init__(self, data_dir: Path, host: str, port: int, public_host: str) -> None:
+    def __init__(self, data_dir: Path, host: str, port: int, public_host: str, tls: BrokerTls | None = None) -> None:
         self.dir = data_dir / "broker"
-        self.host = host
-        self.port = port or free_port(host)
+        self.tls = tls
+        # with TLS for devices, the plain listener serves this host only (the server's own connection)
+        self.host = "127.0.0.1" if tls is not None else host
+        self.tls_host = host
+        self.port = port or free_port(self.host)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         pw_path = self.dir / "server_password"
@@ -93,12 +110,24 @@ class MosquittoBroker(Broker):
         if not pw_path.exists():
             atomic_write_bytes(pw_path, secrets.token_urlsafe(24).encode(), mode=0o600)
         self._server_password = pw_path.read_text().strip()
-        self.url = f"mqtt://{SERVER_USER}:{self._server_password}@{host}:{self.port}"
+        self.url = f"mqtt://{SERVER_USER}:{self._server_password}@{self.host}:{self.port}"
         self.public_url = f"mqtt://{public_host}:{self.port}"
+        if tls is not None:
+            self.tls_port = tls.port or free_port(host)
+            if tls.cert is None:  # the server's own CA signs a certificate for the name devices use
+                ca, tls.cert, tls.key = ensure_broker_cert(data_dir / "tls", [public_host])
+                tls.ca = tls.ca or ca
+            self.ca_pem = tls.ca.read_text() if tls.ca is not None else None
+            self.public_url = f"mqtts://{public_host}:{self.tls_port}"
 
     @staticmethod
     def available() -> bool:
         return shutil.which("mosquitto") is not None
+
+    def _tls_listener(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [f"listener {self.tls_port} {self.tls_host}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
 
     def _write_config(self) -> Path:
         passwd = self.dir / "passwd"
@@ -123,6 +152,15 @@ class MosquittoBroker(Broker):
         conf = "\n".join(
             [
                 f"listener {self.port} {self.host}",
+                *(
+                    [
+                        f"listener {self.tls_port} {self.tls_host}",
+                        f"certfile {self.tls.cert}",
+                        f"keyfile {self.tls.key}",
+                    ]
+                    if self.tls is not None
+                    else []
+                ),
                 "allow_anonymous false",
                 # the client id is the user name: no device can take over another's session by naming its id
                 "use_username_as_clientid true",
@@ -163,6 +201,11 @@ class MosquittoBroker(Broker):
                 f"mosquitto did not start on {self.host}:{self.port}: "
                 f"{err.decode(errors='replace').strip() or 'see ' + str(self.dir / 'mosquitto.log')}"
             )
+        if self.tls is not None:
+            probe = "127.0.0.1" if self.tls_host in ("0.0.0.0", "::", "") else self.tls_host
+            if not wait_port(probe, self.tls_port, 10.0):
+                self.stop()
+                raise RuntimeError(f"mosquitto did not open its TLS listener on {self.tls_host}:{self.tls_port}")
         log.info("mosquitto running on %s:%d (config %s)", self.host, self.port, conf)
 
     def stop(self) -> None:
@@ -253,11 +296,14 @@ def choose_broker(
     port: int,
     public_host: str,
     kind: str = "auto",
+    tls: BrokerTls | None = None,
 ) -> Broker:
     if mqtt_url:
         return ExternalBroker(mqtt_url, public_url, shared)
     if kind == "mosquitto" and not MosquittoBroker.available():
         raise RuntimeError("mqtt_broker=mosquitto but no mosquitto binary is on PATH (apt-get install mosquitto)")
+    if tls is not None and (kind == "embedded" or not MosquittoBroker.available()):
+        raise RuntimeError("a TLS listener for devices needs Mosquitto (apt-get install mosquitto)")
     if kind != "embedded" and MosquittoBroker.available():
-        return MosquittoBroker(data_dir, bind_host, port, public_host)
+        return MosquittoBroker(data_dir, bind_host, port, public_host, tls)
     return EmbeddedBroker(bind_host, port, public_host)

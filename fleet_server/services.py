@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from fleet_server.blobs import Blobs, open_remote
 from fleet_server.bridge import MqttBridge
-from fleet_server.broker import Broker, choose_broker
+from fleet_server.broker import Broker, BrokerTls, choose_broker
 from fleet_server.db import make_engine, migrate
 from fleet_server.devices.deploy import Deployer
 from fleet_server.flywheel.phash_index import PhashIndex
@@ -86,6 +86,9 @@ class Services:
             settings.mqtt_port,
             public_host,
             settings.mqtt_broker,
+            BrokerTls(settings.mqtt_tls_port, settings.mqtt_tls_cert, settings.mqtt_tls_key, settings.mqtt_tls_ca)
+            if settings.mqtt_tls_port is not None
+            else None,
         )
         bridge = MqttBridge(
             engine,

@@ -31,6 +31,20 @@ class Settings(BaseSettings):
         "auto", description="Without mqtt_url: run Mosquitto if installed (auto), or force one kind."
     )
     mqtt_shared: bool = Field(True, description="Consume device topics through $share subscriptions.")
+    mqtt_tls_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Managed Mosquitto: devices connect with TLS on this port (0 = a free port) and are told "
+        "mqtts://; the plain listener then serves this host only. Unset: no TLS listener.",
+    )
+    mqtt_tls_cert: Path | None = Field(
+        None, description="The TLS listener's certificate (PEM; default: one the server's own CA signs)."
+    )
+    mqtt_tls_key: Path | None = Field(None, description="Its private key (PEM), with mqtt_tls_cert.")
+    mqtt_tls_ca: Path | None = Field(
+        None, description="The CA devices pin for mqtt_tls_cert (PEM), handed to them at enrollment."
+    )
     admin_token: SecretStr | None = Field(None, description="Admin API token; generated into data_dir if unset.")
     health_window_s: float = Field(10.0, ge=0, description="Default health window for new deployments.")
     manifest_valid_days: int = Field(365, ge=1, description="Manifests expire this many days after signing.")
@@ -48,14 +62,27 @@ class Settings(BaseSettings):
         "s3://bucket/prefix?endpoint=http://minio:9000&region=us-east-1 (credentials: AWS_* environment).",
     )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
+    tls_cert: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM), or leave TLS to a proxy.")
+    tls_key: Path | None = Field(None, description="The HTTPS certificate's private key (PEM).")
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
         if self.environment == "production":
             if self.admin_token is None or len(self.admin_token.get_secret_value()) < 24:
                 raise ValueError("production needs EDGELOOP_ADMIN_TOKEN of at least 24 characters")
-            if self.mqtt_url is None:
-                raise ValueError("production needs EDGELOOP_MQTT_URL (a managed broker), not an embedded one")
+            if self.mqtt_url is None and self.mqtt_tls_port is None:
+                raise ValueError(
+                    "production needs EDGELOOP_MQTT_URL (an external broker) or EDGELOOP_MQTT_TLS_PORT (Mosquitto "
+                    "run by the server, with TLS), not an embedded broker"
+                )
+            devices_mqtt = self.mqtt_public_url or self.mqtt_url
+            if self.mqtt_tls_port is None and devices_mqtt is not None and not devices_mqtt.startswith("mqtts://"):
+                raise ValueError(f"production refuses plaintext device traffic: devices would be told {devices_mqtt!r}")
+            if not self.base_url.startswith("https://"):
+                raise ValueError(
+                    "production refuses plaintext device traffic: set EDGELOOP_PUBLIC_URL to the https:// address "
+                    "of the reverse proxy (or of the server, with EDGELOOP_TLS_CERT)"
+                )
         return self
 
     @property
@@ -67,4 +94,4 @@ class Settings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"

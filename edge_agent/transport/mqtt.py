@@ -66,6 +66,7 @@ class MqttTransport(Transport):
         clean_session: bool = False,
         keepalive: int = 30,
         on_connected: Callable[[], None] | None = None,
+        ca_pem: str | None = None,
     ) -> None:
         self.url = MqttUrl.parse(url)
         self._client = mqtt.Client(
@@ -78,7 +79,10 @@ class MqttTransport(Transport):
         if user:
             self._client.username_pw_set(user, password or self.url.password)
         if self.url.tls:
-            self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            # the broker's certificate must chain to the pinned CA (or the system's) and name this host
+            self._client.tls_set_context(
+                ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+            )
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)

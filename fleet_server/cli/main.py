@@ -52,7 +52,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     print(f"  admin token: {'given by flag/env' if given else token_path}", flush=True)
     print(f"  signing keys: {keys.key_dir} (root public key in root.pub; move root.key offline)", flush=True)
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
     return 0
 
@@ -143,6 +149,7 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
             "source: {uri: '0'}",
             "data_dir: /var/lib/edgeloop",
         ]
+        + (["mqtt_ca: |", *(f"  {line}" for line in r["mqtt_ca"].strip().splitlines())] if r.get("mqtt_ca") else [])
     )
     out(args, r, text)
     return 0

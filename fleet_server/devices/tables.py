@@ -89,6 +89,7 @@ class DeviceEnrolled(SQLModel):
     root_public_key: str
     server_url: str
     mqtt_url: str
+    mqtt_ca: str | None = None  # PEM of the CA the device pins for mqtts://, where the server's broker uses its own
 
 
 # -- deployments ---------------------------------------------------------------------------------

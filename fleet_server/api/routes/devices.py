@@ -25,6 +25,7 @@ def _credential(services: Services, device_id: str, token: str) -> DeviceEnrolle
         root_public_key=services.keys.root_public,
         server_url=services.settings.base_url,
         mqtt_url=services.mqtt_public_url,
+        mqtt_ca=services.broker.ca_pem,
     )
 
 
