@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -39,7 +40,10 @@ def create_app(settings: Settings) -> FastAPI:
         is down or the broker does not take the server's connection."""
         services: Services | None = getattr(app.state, "services", None)
         bridge = services.bridge.health() if services else {"ok": False, "mqtt_connected": False}
-        body = {"ok": bridge["ok"], "mqtt_connected": bridge["mqtt_connected"], "bridge": bridge}
+        body: dict[str, Any] = {"ok": bridge["ok"], "mqtt_connected": bridge["mqtt_connected"], "bridge": bridge}
+        if services is not None:  # a certificate close to its end: time for `edgeloop keys rotate-release`
+            left = services.keys.cert.body().expires_at - datetime.now(timezone.utc)
+            body["release_cert_days_left"] = round(left.total_seconds() / 86400, 1)
         return JSONResponse(body, status_code=200 if body["ok"] else 503)
 
     return app

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,7 +27,7 @@ from fleet_server.flywheel.phash_index import PhashIndex
 from fleet_server.flywheel.policy import check_policies
 from fleet_server.jobs.results import job_result_registrar
 from fleet_server.jobs.runner import JobRunner
-from fleet_server.keys import KeyRing, ensure_admin_token, ensure_keys
+from fleet_server.keys import WARN_DAYS, KeyRing, ensure_admin_token, ensure_keys
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore, datasets_dir
@@ -134,6 +134,9 @@ class Services:
         if self.settings.run_jobs:
             self.jobs.start()
         log.info("edgeloop server ready: api %s, mqtt %s", self.settings.base_url, self.broker.public_url)
+        expires = self.keys.cert.body().expires_at
+        if expires - datetime.now(timezone.utc) <= timedelta(days=WARN_DAYS):
+            log.warning("the release key's certificate expires %s: run `edgeloop keys rotate-release`", expires)
 
     def stop(self) -> None:
         self.rollouts.stop()

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from edge_agent.protocol.messages import UpdateStateName
 from fleet_server.app import create_app
-from fleet_server.cli import flywheel_cli, users_cli, zoo_cli
+from fleet_server.cli import flywheel_cli, keys_cli, users_cli, zoo_cli
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
 from fleet_server.cli.common import out
 from fleet_server.cli.rollouts_cli import add_parsers
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     flywheel_cli.add_parsers(sub, _admin_flags)
 
     users_cli.add_parsers(sub, _admin_flags)
+
+    keys_cli.add_parsers(sub)
 
     dp = sub.add_parser("deploy", help="set a device's desired model version")
     dp.add_argument("ref", help="NAME:VERSION")
