@@ -74,7 +74,7 @@ def cmd_to_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_set(args: argparse.Namespace) -> int:
-    body = {
+    given = {
         "dataset": args.dataset,
         "min_new_labels": args.min_labels,
         "epochs": args.epochs,
@@ -86,8 +86,9 @@ def cmd_policy_set(args: argparse.Namespace) -> int:
         "bake_s": args.bake,
         "drift_drop": args.drift_drop,
         "drift_window_min": args.drift_window,
-        "enabled": not args.disable,
+        "enabled": False if args.disable else True if args.enable else None,
     }
+    body = {k: v for k, v in given.items() if v is not None}  # only what was asked changes
     r = admin_client(args).request("PUT", f"/api/v1/flywheel/policies/{args.model}", json=body)
     out(args, r, f"policy for {args.model}: retrain on {r['dataset']} every {r['min_new_labels']} new labels, "
            f"rollout {r['rollout']}{'' if r['enabled'] else ' (disabled)'}")  # fmt: skip
@@ -159,23 +160,25 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     f = sub.add_parser("flywheel", help="retrain policies and approvals").add_subparsers(dest="sub", required=True)
     p = f.add_parser("policy", help="set the retrain policy of a model")
     p.add_argument("model")
-    p.add_argument("--dataset", required=True, help="the dataset new labels extend")
-    p.add_argument("--min-labels", type=int, default=50, help="retrain when this many reviewed samples wait")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--budget", type=float, default=1.0, help="holdout regression allowed, in metric points")
-    p.add_argument("--rollout", default="approve", choices=["auto", "approve", "none"])
-    p.add_argument("--selector", default="all")
-    p.add_argument("--canary", default="1")
-    p.add_argument("--waves", default="100%")
-    p.add_argument("--bake", type=float, default=600.0, help="seconds per wave")
+    p.add_argument("--dataset", help="the dataset new labels extend (needed for a new policy)")
+    p.add_argument("--min-labels", type=int, help="retrain when this many reviewed samples wait (new: 50)")
+    p.add_argument("--epochs", type=int, help="new: 4")
+    p.add_argument("--budget", type=float, help="holdout regression allowed, in metric points (new: 1.0)")
+    p.add_argument("--rollout", choices=["auto", "approve", "none"], help="new: approve")
+    p.add_argument("--selector", help="new: all")
+    p.add_argument("--canary", help="new: 1")
+    p.add_argument("--waves", help="new: 100%%")
+    p.add_argument("--bake", type=float, help="seconds per wave (new: 600)")
     p.add_argument(
         "--drift-drop",
         type=float,
         help="also retrain (with at least one new label) when the serving version's mean confidence over the "
         "last --drift-window minutes is this share below its mean before (0.2 = 20 %%)",
     )
-    p.add_argument("--drift-window", type=float, default=60.0, help="minutes (default 60)")
-    p.add_argument("--disable", action="store_true")
+    p.add_argument("--drift-window", type=float, help="minutes (new: 60)")
+    on = p.add_mutually_exclusive_group()
+    on.add_argument("--disable", action="store_true", help="stop this policy (its settings stay)")
+    on.add_argument("--enable", action="store_true", help="start it again")
     admin_flags(p)
     p.set_defaults(func=cmd_policy_set)
     p = f.add_parser("policies", help="list retrain policies")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     given = settings.admin_token.get_secret_value() if settings.admin_token else None
     _, token_path = ensure_admin_token(settings.data_dir, given)
     print(f"edgeloop server: API {settings.base_url}", flush=True)
+    print(f"  console: {settings.base_url}/console (users: edgeloop users add NAME --role admin)", flush=True)
     print(f"  admin token: {'given by flag/env' if given else token_path}", flush=True)
     print(f"  signing keys: {keys.key_dir} (root public key in root.pub; move root.key offline)", flush=True)
     uvicorn.run(
@@ -151,7 +153,21 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
         ]
         + (["mqtt_ca: |", *(f"  {line}" for line in r["mqtt_ca"].strip().splitlines())] if r.get("mqtt_ca") else [])
     )
+    if args.out is not None:  # the token is a secret: readable by its owner only
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.chmod(args.out, 0o600)
+        print(f"wrote {args.out} (mode 0600)")
+        return 0
     out(args, r, text)
+    return 0
+
+
+def cmd_devices_show(args: argparse.Namespace) -> int:
+    d = AdminClient(args.server_url, args.token).request("GET", f"/api/v1/devices/{args.device_id}")
+    lines = [f"{k}: {v}" for k, v in d.items() if v not in (None, [], {}) and k != "last_prediction"]
+    out(args, d, "\n".join(lines))
     return 0
 
 
@@ -253,12 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("devices", help="devices").add_subparsers(dest="sub", required=True)
     de = d.add_parser("enroll", help="create a device credential (printed once, as agent.yaml)")
     de.add_argument("device_id")
+    de.add_argument("--out", type=Path, help="write the agent.yaml here, readable by its owner only (mode 0600)")
     _admin_flags(de)
     de.set_defaults(func=cmd_devices_enroll)
     dr = d.add_parser("rotate-token", help="a new credential for a device (printed once, as agent.yaml)")
     dr.add_argument("device_id")
+    dr.add_argument("--out", type=Path, help="write the agent.yaml here, readable by its owner only (mode 0600)")
     _admin_flags(dr)
     dr.set_defaults(func=cmd_devices_enroll, rotate=True)
+    ds = d.add_parser("show", help="one device: state, version, figures, tags, sources")
+    ds.add_argument("device_id")
+    _admin_flags(ds)
+    ds.set_defaults(func=cmd_devices_show)
     dv = d.add_parser("revoke", help="shut a device out: its token stops working (rotate-token re-admits it)")
     dv.add_argument("device_id")
     _admin_flags(dv)

@@ -40,7 +40,10 @@ def enroll(session: Session, broker: Broker, device_id: str) -> str:
         # the broker account of the server itself (readwrite on every device's topics) lives in this namespace
         raise DeviceError(f"device ids starting with {RESERVED_PREFIX!r} are reserved for the server's own accounts")
     if session.get(Device, device_id) is not None:
-        raise DeviceError(f"device {device_id!r} is already enrolled", 409)
+        raise DeviceError(
+            f"device {device_id!r} is already enrolled; a new credential: edgeloop devices rotate-token {device_id}",
+            409,
+        )
     token = new_device_token()
     session.add(Device(id=device_id, token_hash=token_hash(token)))
     session.commit()

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1/flywheel", tags=["flywheel"])
 
 class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dataset: str = Field(min_length=1, max_length=64)
+    dataset: str | None = Field(None, min_length=1, max_length=64, description="needed for a new policy")
     min_new_labels: int = Field(50, ge=1, le=1_000_000)
     epochs: int = Field(4, ge=1, le=1000)
     budget_points: float = Field(1.0, ge=0, le=100)
@@ -40,9 +40,19 @@ class PolicyIn(BaseModel):
 
 @router.put("/policies/{model}")
 def set_policy(model: str, body: PolicyIn, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
-    pol = session.get(RetrainPolicy, model) or RetrainPolicy(model=model, dataset=body.dataset)
-    for k, v in body.model_dump().items():
-        setattr(pol, k, v)
+    """A new policy takes the defaults for what the body leaves out; an existing one changes only what the body
+    names (`--disable` alone disables, and keeps the rest)."""
+    pol = session.get(RetrainPolicy, model)
+    if pol is None:
+        if body.dataset is None:
+            raise HTTPException(422, f"{model} has no retrain policy yet: give the dataset its new labels extend")
+        pol = RetrainPolicy(model=model, dataset=body.dataset)
+        changes = body.model_dump()
+    else:
+        changes = body.model_dump(exclude_unset=True)
+    for k, v in changes.items():
+        if k != "dataset" or v is not None:
+            setattr(pol, k, v)
     pol.created_by, pol.updated_at = who.name, utcnow()
     session.add(pol)
     audit(session, who.name, "flywheel.policy", model, body.model_dump_json())
