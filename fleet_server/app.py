@@ -8,9 +8,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from fleet_server.api.deps import ERRORS
+from fleet_server.api.metrics import CONTENT_TYPE, Metrics
 from fleet_server.api.routes import ROUTERS
 from fleet_server.audit import audit_middleware
 from fleet_server.console.routes import install as install_console
@@ -23,17 +24,26 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings)
         app.state.services = services
+        metrics.attach(services)
         services.start()
         try:
             yield
         finally:
             services.stop()
 
+    metrics = Metrics()
     app = FastAPI(title="edgeloop fleet server", version="0.1.0", lifespan=lifespan)
     for router in ROUTERS:
         app.include_router(router, responses=ERRORS)
     install_console(app)
     app.add_middleware(audit_middleware, engine_of=lambda: app.state.services.engine)
+    app.add_middleware(metrics.middleware)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format: fleet gauges from the database (equal on every replica), this replica's
+        bridge counters and HTTP latency by route. Holds no secret."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "device traffic cannot flow"}})
     def healthz() -> JSONResponse:
