@@ -306,3 +306,44 @@ def test_a_training_job_survives_a_server_crash_and_resumes(tmp_path: Path, mosq
         assert set(epochs) == set(range(1, 13)), epochs
     finally:
         b.stop()
+
+
+def test_a_clean_server_stop_requeues_the_running_job_and_the_next_start_resumes_it(
+    tmp_path: Path, mosquitto: str
+) -> None:
+    """SIGTERM to the server's whole process group (Ctrl-C, `make` stopping, a container stop): the job is
+    not failed; it goes back to the queue and the next start resumes it from its checkpoint."""
+    import os
+    import signal
+
+    a = Server(tmp_path / "data", mosquitto)
+    a.cli("datasets", "synth", "stop", "--count", "100", "--width", "128", "--height", "128", "--wait")
+    job = _json(a, "train", "--dataset", "stop", "--name", "stop", "--epochs", "8", "--size", "128",
+                "--targets", "onnx-fp32")  # fmt: skip
+    jid = job["id"]
+    wait_for(
+        lambda: any(e.get("event") == "epoch" for e in a.http.get(f"/api/v1/jobs/{jid}").json().get("log", [])),
+        60,
+        "the first epoch",
+    )
+    port = a.port
+    os.killpg(a.proc.p.pid, signal.SIGTERM)
+    a.proc.p.wait(30)
+    a.http.close()
+    b = Server(tmp_path / "data", mosquitto, env={"EDGELOOP_RUN_JOBS": "false"}, port=port)
+    try:
+        row = b.http.get(f"/api/v1/jobs/{jid}").json()
+        assert row["state"] == "queued" and "requeued" in row["message"], row
+    finally:
+        b.stop()
+    c = Server(tmp_path / "data", mosquitto, port=port)
+    try:
+        done = wait_for(
+            lambda: (j := c.http.get(f"/api/v1/jobs/{jid}").json())["state"] in ("succeeded", "failed") and j,
+            180,
+            "the resumed job",
+        )
+        assert done["state"] == "succeeded" and done["attempts"] == 1, done
+        assert any("resuming" in e.get("message", "") for e in done["log"])
+    finally:
+        c.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -147,6 +148,9 @@ class JobRunner:
                 text=True,
                 env=env,
                 preexec_fn=die_with_parent,
+                # its own process group: a Ctrl-C or SIGTERM sent to the server's group reaches the server,
+                # which stops the worker and requeues the job, rather than killing the worker mid-epoch
+                start_new_session=True,
             )
             watcher = threading.Thread(target=self._watch, args=(job_id, proc), daemon=True)
             watcher.start()
@@ -173,8 +177,17 @@ class JobRunner:
                 return  # someone else took it over (our lease lapsed)
             if job.cancel_requested:
                 self._finish(s, job, JobEvent.CANCEL, error="cancelled by request")
-            elif self._stop.is_set() and rc != 0:
-                return  # shutting down: the lease lapses and the job resumes later
+            elif rc != 0 and (self._stop.is_set() or rc in (-signal.SIGTERM, -signal.SIGINT)):
+                # a clean stop (the server's, or a signal to the worker): not the job's fault. Back to the queue
+                # now, to resume from its last checkpoint on the next start; the claim it used is given back
+                job.state = next_job_state(job.state, JobEvent.LEASE_LAPSED)
+                job.owner, job.lease_until = None, None
+                job.attempts = max(0, job.attempts - 1)
+                job.message = "requeued: its server stopped; resumes from its last checkpoint"
+                s.add(job)
+                s.commit()
+                log.info("job %d requeued: the server is stopping", job_id)
+                return
             elif rc == 0 and (jd / "result.json").is_file():
                 try:
                     result = self.register(s, job, json.loads((jd / "result.json").read_text()))
