@@ -257,11 +257,14 @@ def test_a_killed_server_leaves_no_broker_behind_and_replaces_a_stale_one(tmp_pa
     kernel could not take it along) is replaced, so a rotated token is refused at once."""
     data = tmp_path / "server"
     first = Server(data, None, extra=["--mqtt-broker", "mosquitto"])
-    enrolled = first.enroll("cam-1")
-    pid = int((data / "broker" / "mosquitto.pid").read_text())
-    assert _alive(pid)
-    first.proc.stop(signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), 10, "the managed mosquitto to die with its server")
+    try:
+        enrolled = first.enroll("cam-1")
+        pid = int((data / "broker" / "mosquitto.pid").read_text())
+        assert _alive(pid)
+        first.proc.stop(signal.SIGKILL)
+        wait_for(lambda: not _alive(pid), 10, "the managed mosquitto to die with its server")
+    finally:
+        first.stop()
 
     # a stale broker with the old accounts, as a server on another OS would leave it
     conf = data / "broker" / "mosquitto.conf"
