@@ -109,9 +109,16 @@ class UpdateMachine:
         return not self.unsaved
 
     def save_pending(self) -> bool:
-        """Retry saving a record a full disk refused; True when nothing is left unsaved."""
-        with self._lock:
+        """Retry saving a record a full disk refused; True when nothing is left unsaved. Never waits: while an
+        update runs (it holds the lock through its health window) the update saves its own state."""
+        if not self.unsaved:
+            return True
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             return self._persist() if self.unsaved else True
+        finally:
+            self._lock.release()
 
     def _fire(self, event: Event, reason: str | None = None) -> None:
         new = next_state(self.record.state, event)
