@@ -286,3 +286,40 @@ def test_agent_mines_spools_through_a_server_outage_and_uploads_everything(
         assert all(s["predictions"] and s["predictions"][0]["label"] in ("red", "green", "blue") for s in stored)
     finally:
         agent.stop()
+
+
+def test_review_never_blocks_on_one_bad_box(fleet: Server) -> None:
+    """Device boxes poking out of the image are clipped at ingest and boxes wholly outside are dropped with a
+    note; a bulk accept reviews every sample it can and names each one it could not, with why (here one
+    stored by an older server, before clipping, with a box outside its image)."""
+    import sqlite3
+
+    import cv2
+
+    dev = fleet.enroll("box-cam")
+    ids = []
+    for seed in range(3):
+        img = (np.random.default_rng(100 + seed).random((240, 320, 3)) * 255).astype(np.uint8)
+        meta = {
+            "strategy": "confidence",
+            "predictions": [
+                {"label": "a", "score": 0.9, "box": [300, 200, 330, 250]},  # pokes out: clipped
+                {"label": "a", "score": 0.9, "box": [400, 300, 500, 400]},  # wholly outside: dropped
+            ],
+        }
+        r = _upload(fleet, "box-cam", dev["token"], cv2.imencode(".jpg", img)[1].tobytes(), meta=meta)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    s = fleet.http.get(f"/api/v1/samples/{ids[0]}").json()
+    assert s["predictions"] == [{"label": "a", "score": 0.9, "box": [300.0, 200.0, 320.0, 240.0]}]
+    assert "1 box(es) outside the image dropped" in s["reason"]
+    legacy = json.dumps([{"label": "a", "score": 0.9, "box": [300, 200, 330, 250]}])
+    with sqlite3.connect(fleet.data_dir / "edgeloop.db") as db:  # as an older server stored it
+        db.execute("UPDATE sample SET predictions_json = ? WHERE id = ?", (legacy, ids[1]))
+    r = fleet.http.post("/api/v1/samples/review", json={"ids": ids, "action": "accept"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["reviewed"] == 2 and [f["id"] for f in body["failed"]] == [ids[1]]
+    assert "outside the 320x240 image" in body["failed"][0]["reason"]
+    states = {i: fleet.http.get(f"/api/v1/samples/{i}").json()["state"] for i in ids}
+    assert states == {ids[0]: "accepted", ids[1]: "new", ids[2]: "accepted"}

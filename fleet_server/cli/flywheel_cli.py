@@ -36,7 +36,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     c = admin_client(args)
     if args.action in ("accept", "reject") and len(args.ids) > 1:
         r = c.request("POST", "/api/v1/samples/review", json={"ids": args.ids, "action": args.action})
-        out(args, r, f"{r['action']}ed {r['reviewed']} samples")
+        lines = [f"{r['action']}ed {r['reviewed']} samples"]
+        lines += [f"  sample {f['id']} not {r['action']}ed: {f['reason']}" for f in r.get("failed", [])]
+        out(args, r, "\n".join(lines))
         return 0
     body: dict[str, Any] = {"action": args.action}
     if args.action == "correct":

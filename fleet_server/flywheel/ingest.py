@@ -15,6 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
@@ -69,6 +70,28 @@ class IngestLimits:
     dedup_distance: int
 
 
+def clip_predictions(preds: list[PredictionIn], width: int, height: int) -> tuple[list[dict[str, Any]], int]:
+    """A device's boxes clipped to its image (rounding and letterboxing leave them poking out a little); a box
+    with nothing left inside is dropped. Returns the kept predictions and how many were dropped."""
+    kept, dropped = [], 0
+    for p in preds:
+        d = p.model_dump()
+        if p.box is not None:
+            x1, y1, x2, y2 = p.box
+            box = [
+                min(max(x1, 0.0), width),
+                min(max(y1, 0.0), height),
+                min(max(x2, 0.0), width),
+                min(max(y2, 0.0), height),
+            ]
+            if box[2] <= box[0] or box[3] <= box[1]:
+                dropped += 1
+                continue
+            d["box"] = box
+        kept.append(d)
+    return kept, dropped
+
+
 async def ingest(
     session: Session,
     device_id: str,
@@ -95,6 +118,8 @@ async def ingest(
         twin = session.get(Sample, near)
         if twin is not None:
             return Ingested(int(twin.id or 0), False, f"near-duplicate (Hamming {dist}) of sample {near}")
+    predictions, outside = clip_predictions(meta.predictions, img.shape[1], img.shape[0])
+    reason = meta.reason if not outside else f"{meta.reason}; {outside} box(es) outside the image dropped"[:200]
     name = f"{uuid.uuid4().hex}.jpg"
     try:
         await asyncio.to_thread(blobs.put_bytes, image_key(name), jpeg)
@@ -108,14 +133,14 @@ async def ingest(
         model=meta.model,
         version=meta.version,
         strategy=meta.strategy,
-        reason=meta.reason,
+        reason=reason,
         source=meta.source,
         captured_at=datetime.fromtimestamp(meta.captured_at, timezone.utc) if meta.captured_at else None,
         width=img.shape[1],
         height=img.shape[0],
         image=name,
         bytes=len(jpeg),
-        predictions_json=json.dumps([p.model_dump() for p in meta.predictions]),
+        predictions_json=json.dumps(predictions),
     )
     session.add(row)
     try:

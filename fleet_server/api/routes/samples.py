@@ -168,15 +168,18 @@ def review_bulk(body: BulkReviewIn, session: SessionDep, who: OperatorDep) -> di
     missing = sorted(set(body.ids) - {int(r.id or 0) for r in rows})
     if missing:
         raise HTTPException(404, f"no samples {missing[:20]}")
-    try:
-        for s in rows:
+    failed = []
+    for s in rows:  # one bad sample never blocks the others: each one it could not review is named, with why
+        try:
             apply_review(s, body.action, None, body.min_score)
-            session.add(s)
-    except ReviewError as exc:
-        raise HTTPException(422, str(exc)) from None
-    audit(session, who.name, f"sample.bulk_{body.action}", f"{len(rows)} samples", json.dumps(body.ids[:100]))
+        except ReviewError as exc:
+            failed.append({"id": s.id, "reason": str(exc)})
+            continue
+        session.add(s)
+    done = len(rows) - len(failed)
+    audit(session, who.name, f"sample.bulk_{body.action}", f"{done} samples", json.dumps(body.ids[:100]))
     session.commit()
-    return {"reviewed": len(rows), "action": body.action}
+    return {"reviewed": done, "action": body.action, "failed": failed}
 
 
 class FromSamplesIn(BaseModel):

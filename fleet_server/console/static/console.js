@@ -168,8 +168,9 @@ document.addEventListener("click", async (ev) => {
   if (b.dataset.confirm && !confirm(b.dataset.confirm)) return;
   try {
     const r = await api("POST", "/api/v1/samples/review", { ids, action: b.dataset.bulk });
-    toast(`${b.dataset.bulk}ed ${r.reviewed} sample(s)`);
-    setTimeout(() => location.reload(), 500);
+    const bad = (r.failed || []).map((f) => `#${f.id}: ${f.reason}`).join("; ");
+    toast(`${b.dataset.bulk}ed ${r.reviewed} sample(s)` + (bad ? `; not ${b.dataset.bulk}ed: ${bad}` : ""), !!bad);
+    setTimeout(() => location.reload(), bad ? 6000 : 500);
   } catch (e) { toast(e.message, true); }
 });
 
