@@ -59,16 +59,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     opts = RuntimeOptions(intra_threads=args.threads or 0)
     classes = args.classes.split(",") if args.classes else None
-    if args.cameras:
-        return _bench_cameras(args, opts)
+    batch = args.batch or args.cameras
     try:
-        r = run(args.model, args.source, args.seconds, classes, opts, sweep=args.sweep)
+        if args.cameras:
+            r = run_cameras(args.model, args.source, args.cameras, batch, args.seconds, args.fps, opts)
+        else:
+            r = run(args.model, args.source, args.seconds, classes, opts, sweep=args.sweep)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"edgeloop-agent bench: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(r, indent=2))
-        return 0
+    elif args.cameras:
+        _print_cameras(r, args.cameras, args.fps, batch)
+    else:
+        _print_loop(r)
+    return 0
+
+
+def _print_loop(r: dict) -> None:
     print(f"model {r['model']}  source {r['source']}  {r['seconds']:.0f} s  {r['cores']} cores")
     print(f"  raw model fps      {r['raw_fps']:>8.1f}   (best of {r['raw_fps_by_setting']})")
     print(f"  edgeloop loop fps  {r['loop_fps']:>8.1f}   loop_over_raw   {r['loop_over_raw']}")
@@ -84,20 +93,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"  staleness p50/p99  {r['staleness_ms_p50']:.1f} / {r['staleness_ms_p99']:.1f} ms   dropped {r['dropped']}"
         f"   decode {r['decode_fps']} fps   preprocess {r['preprocess_kernel']}"
     )
-    return 0
 
 
-def _bench_cameras(args: argparse.Namespace, opts: RuntimeOptions) -> int:
-    batch = args.batch or args.cameras
-    try:
-        r = run_cameras(args.model, args.source, args.cameras, batch, args.seconds, args.fps, opts)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"edgeloop-agent bench: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return 0
-    print(f"model {r['model']}  {args.cameras} cameras x {args.fps:g} fps  {r['cores']} cores")
+def _print_cameras(r: dict, cameras: int, fps: float, batch: int) -> None:
+    print(f"model {r['model']}  {cameras} cameras x {fps:g} fps  {r['cores']} cores")
     print(
         f"  {'loop':<9} {'offered':>8} {'served':>8} {'dropped':>8} {'stale p99 ms':>13} {'slowest cam':>12}  batches"
     )
@@ -108,7 +107,6 @@ def _bench_cameras(args: argparse.Namespace, opts: RuntimeOptions) -> int:
             f"{x['staleness_ms_p99']:>13.1f} {x['slowest_camera_fps']:>12.1f}  {x['batch_histogram']}"
         )
     print(f"  served, batched / batch-1: {r['served_ratio']}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, select
 from starlette.concurrency import run_in_threadpool
 
+from fleet_server.asgi import StatusRecorder
 from fleet_server.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,9 @@ def audit_middleware(app: Any, engine_of: Callable[[], Engine]) -> Any:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await app(scope, receive, send)
             return
-        code = {"status": 500}
-
-        async def send_wrapper(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                code["status"] = message["status"]
-            await send(message)
-
+        code = StatusRecorder(send)
         try:
-            await app(scope, receive, send_wrapper)
+            await app(scope, receive, code)
         finally:
             who = scope.get("state", {}).get("principal")
             if who is not None and who.kind != "device":
@@ -83,7 +78,7 @@ def audit_middleware(app: Any, engine_of: Callable[[], Engine]) -> Any:
                         s.add(
                             AuditLog(
                                 actor=who.actor[:64],
-                                action=f"{scope['method']} {code['status']}"[:64],
+                                action=f"{scope['method']} {code.status}"[:64],
                                 target=path[:128],
                             )
                         )

@@ -110,6 +110,7 @@ def test_login_refuses_a_wrong_password_and_sees_devices_appear_live(
         page.wait_for_selector("tr[data-device='live-00000'] a[href='/console/models/colors/1']", timeout=20_000)
         wait_for(lambda: row.locator("td").nth(4).inner_text() != "-", 20, "fps shown in the fleet table")
         assert float(row.locator("td").nth(4).inner_text()) > 0
+        assert "UpdateStateName" not in page.locator("tbody").inner_text()  # states read as names, not enums
         assert page.evaluate("window.__sameDocument") is True
         assert int(page.locator("#count-online").inner_text()) >= 3
         # filter by tag, server-side

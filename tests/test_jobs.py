@@ -258,6 +258,20 @@ def test_flywheel_turn_review_retrain_gate_and_approve(server: Server, trained: 
     assert server.http.get("/api/v1/flywheel/policies").json()[0]["enabled"] is False
 
 
+def _training_past_its_first_epoch(server: Server, name: str, epochs: int) -> int:
+    """A small training job, once it has written its first epoch (and so a checkpoint): its id."""
+    server.cli("datasets", "synth", name, "--count", "100", "--width", "128", "--height", "128", "--wait")
+    job = _json(server, "train", "--dataset", name, "--name", name, "--epochs", str(epochs), "--size", "128",
+                "--targets", "onnx-fp32")  # fmt: skip
+    jid = int(job["id"])
+    wait_for(
+        lambda: any(e.get("event") == "epoch" for e in server.http.get(f"/api/v1/jobs/{jid}").json().get("log", [])),
+        60,
+        "the first epoch",
+    )
+    return jid
+
+
 def test_a_training_job_survives_a_server_crash_and_resumes(tmp_path: Path, mosquitto: str) -> None:
     """SIGKILL the server mid-training: its worker dies with it (no orphan keeps writing), the job's lease
     lapses, and the restarted server resumes the run from its last checkpoint and registers the version."""
@@ -266,15 +280,7 @@ def test_a_training_job_survives_a_server_crash_and_resumes(tmp_path: Path, mosq
 
     env = {"EDGELOOP_JOB_LEASE_S": "3"}
     a = Server(tmp_path / "data", mosquitto, env=env)
-    a.cli("datasets", "synth", "crash", "--count", "100", "--width", "128", "--height", "128", "--wait")
-    job = _json(a, "train", "--dataset", "crash", "--name", "crash", "--epochs", "12", "--size", "128",
-                "--targets", "onnx-fp32")  # fmt: skip
-    jid = job["id"]
-    wait_for(
-        lambda: any(e.get("event") == "epoch" for e in a.http.get(f"/api/v1/jobs/{jid}").json().get("log", [])),
-        60,
-        "the first epoch",
-    )
+    jid = _training_past_its_first_epoch(a, "crash", 12)
     port = a.port
     a.proc.stop(signal.SIGKILL)
     a.http.close()
@@ -317,15 +323,7 @@ def test_a_clean_server_stop_requeues_the_running_job_and_the_next_start_resumes
     import signal
 
     a = Server(tmp_path / "data", mosquitto)
-    a.cli("datasets", "synth", "stop", "--count", "100", "--width", "128", "--height", "128", "--wait")
-    job = _json(a, "train", "--dataset", "stop", "--name", "stop", "--epochs", "8", "--size", "128",
-                "--targets", "onnx-fp32")  # fmt: skip
-    jid = job["id"]
-    wait_for(
-        lambda: any(e.get("event") == "epoch" for e in a.http.get(f"/api/v1/jobs/{jid}").json().get("log", [])),
-        60,
-        "the first epoch",
-    )
+    jid = _training_past_its_first_epoch(a, "stop", 8)
     port = a.port
     os.killpg(a.proc.p.pid, signal.SIGTERM)
     a.proc.p.wait(30)

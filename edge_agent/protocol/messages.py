@@ -32,6 +32,9 @@ class _Msg(BaseModel):
 class UpdateStateName(str, Enum):
     """Update states as reported to the server (mirrors edge_agent.update.states.State)."""
 
+    def __str__(self) -> str:  # the value, wherever it is shown (console, logs, f-strings)
+        return str(self.value)
+
     idle = "idle"
     downloading = "downloading"
     verifying = "verifying"

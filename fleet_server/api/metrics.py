@@ -20,6 +20,7 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from fleet_server.asgi import StatusRecorder
 from fleet_server.devices.tables import Device
 from fleet_server.flywheel.tables import Sample
 from fleet_server.jobs.tables import Job
@@ -134,19 +135,13 @@ class Metrics:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            start, code = time.perf_counter(), {"status": 500}
-
-            async def send_wrapper(message: dict) -> None:
-                if message["type"] == "http.response.start":
-                    code["status"] = message["status"]
-                await send(message)
-
+            start, code = time.perf_counter(), StatusRecorder(send)
             try:
-                await app(scope, receive, send_wrapper)
+                await app(scope, receive, code)
             finally:
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "unmatched"
-                self.http.labels(scope["method"], template, f"{code['status'] // 100}xx").observe(
+                self.http.labels(scope["method"], template, f"{code.status // 100}xx").observe(
                     time.perf_counter() - start
                 )
 
