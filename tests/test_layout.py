@@ -161,7 +161,13 @@ def test_inside_the_server_routes_call_services_never_the_reverse() -> None:
 
 
 def test_tables_import_only_tables_states_and_the_protocol() -> None:
-    allowed = ("fleet_server.db", "fleet_server.strenum", "fleet_server.audit", "fleet_server.asgi", "edge_agent.protocol")
+    allowed = (
+        "fleet_server.db",
+        "fleet_server.strenum",
+        "fleet_server.audit",
+        "fleet_server.asgi",
+        "edge_agent.protocol",
+    )
     bad = []
     for m in MODULES:
         if not (m.startswith("fleet_server") and m.endswith(("tables", ".states")) or m == "fleet_server.audit"):
