@@ -1,22 +1,25 @@
 """MQTT bridge: publishes retained desired state; consumes reported / status / telemetry.
 
 Device traffic is consumed through `$share/edgeloop/...` so several server replicas split it. The
-paho network thread only enqueues; one worker thread applies messages to the database.
+paho network thread only enqueues; one worker thread applies messages to the database (see MqttBridge).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, col, delete, select
 
 from edge_agent.protocol.messages import (
@@ -27,7 +30,7 @@ from edge_agent.protocol.messages import (
     encode_message,
 )
 from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_topic
-from edge_agent.transport.mqtt import MqttTransport
+from edge_agent.transport.mqtt import Ack, MqttTransport
 from fleet_server.devices.desired import desired_message
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
@@ -85,7 +88,28 @@ def upsert_sums(session: Session, pending: dict[tuple[str, str, int], dict[str, 
     session.execute(stmt, rows)  # executemany of one cached statement
 
 
+class _Item(NamedTuple):
+    seq: int  # arrival order at this replica
+    device_id: str
+    kind: str
+    payload: bytes
+    ack: Ack
+
+
+def _retryable(exc: BaseException) -> bool:
+    """The database is away or busy (locked, restarting, connection lost): try the same messages again later."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    )
+
+
 class MqttBridge:
+    """Two paths in. State messages (`reported`, `status`) are never dropped: they wait in an unbounded queue
+    (the broker's in-flight window bounds it) and are acknowledged to the broker only after their transaction
+    commits, so a replica that dies mid-batch gets them again. Telemetry is QoS 0 and may be shed when its
+    bounded queue is full: the oldest point goes, counted per device, and the newest wins. The worker takes
+    state messages first, so a telemetry flood delays them by at most one telemetry batch."""
+
     def __init__(
         self,
         engine: Engine,
@@ -94,31 +118,43 @@ class MqttBridge:
         queue_size: int = 10000,
         history_s: float = 30.0,
         retention_h: float = 24.0,
+        client_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.history_s, self.retention_h = history_s, retention_h
         self._last_point: dict[str, float] = {}  # device -> monotonic time of its last history point
         self._last_prune = 0.0
         self.shared = shared
+        self.persistent = client_id is not None
         self.transport = MqttTransport(
             url,
-            client_id=f"edgeloop-server-{uuid.uuid4().hex[:8]}",
-            clean_session=True,
+            client_id=client_id or f"edgeloop-server-{uuid.uuid4().hex[:8]}",
+            clean_session=not self.persistent,  # a stable id keeps the session: unacked messages come back
             on_connected=self.republish_all,
+            manual_ack=True,
         )
-        self._q: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=queue_size)
+        self._state: queue.Queue[_Item] = queue.Queue()
+        self._telemetry: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
+        self._retry: list[_Item] = []  # a state batch the database could not take yet, first in line
+        self._wake = threading.Event()
+        self._seq = itertools.count()
+        self._unacked = 0  # state messages received and not yet acknowledged
+        self._count_lock = threading.Lock()
+        self._status_seq: dict[str, int] = {}  # device -> arrival order of its last applied status
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self.rejected = 0  # device messages refused (malformed, hostile, wrong device)
-        self.overflow = 0
+        self.shed: Counter[str] = Counter()  # telemetry points shed under overload, per device
+        self.shed_count = 0
         self.applied = 0
         self.errors = 0  # unexpected errors the worker survived
+        self.db_retries = 0  # state batches tried again because the database was away
         self.restarts = 0  # times the watchdog had to start a new worker
 
     def start(self) -> None:
         for kind in _MODELS:
-            self.transport.subscribe(fleet_filter(kind, shared=self.shared), self._on_message, qos=1)
+            self.transport.subscribe_acked(fleet_filter(kind, shared=self.shared), self._on_message, qos=1)
         self._start_worker()
         self._watchdog = threading.Thread(target=self._watch, name="bridge-watchdog", daemon=True)
         self._watchdog.start()
@@ -138,10 +174,11 @@ class MqttBridge:
 
     def stop(self) -> None:
         self._stop.set()
-        self.transport.stop()
+        self._wake.set()
         for t in (self._watchdog, self._worker):
             if t is not None:
-                t.join(2)
+                t.join(5)
+        self.transport.stop()  # after the worker: what it stored is acknowledged first
 
     @property
     def worker_alive(self) -> bool:
@@ -154,12 +191,16 @@ class MqttBridge:
             "ok": self.worker_alive and connected,
             "mqtt_connected": connected,
             "worker_alive": self.worker_alive,
+            "persistent_session": self.persistent,
             "applied": self.applied,
             "rejected": self.rejected,
-            "overflow": self.overflow,
+            "telemetry_shed": self.shed_count,
             "errors": self.errors,
+            "db_retries": self.db_retries,
             "restarts": self.restarts,
-            "queued": self._q.qsize(),
+            "queued_state": self._state.qsize() + len(self._retry),
+            "unacked_state": self._unacked,
+            "queued_telemetry": self._telemetry.qsize(),
         }
 
     def wait_connected(self, timeout: float) -> bool:
@@ -180,78 +221,131 @@ class MqttBridge:
                 self.publish_desired(session, device_id)
         log.info("re-published desired state for %d device(s)", len(ids))
 
-    # -- device traffic ----------------------------------------------------------------------
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    # -- device traffic (paho's network thread: enqueue only) ---------------------------------
+    def _on_message(self, topic: str, payload: bytes, ack: Ack) -> None:
         parsed = parse_device_topic(topic)
         if parsed is None:
+            ack()
             return
-        try:
-            self._q.put_nowait((parsed[0], parsed[1], payload))
-        except queue.Full:
-            self.overflow += 1
-            if self.overflow % 1000 == 1:
-                log.warning("bridge queue full: dropped %d device message(s) so far", self.overflow)
+        if parsed[1] != "telemetry":
+            with self._count_lock:
+                self._unacked += 1
+            self._state.put(_Item(next(self._seq), parsed[0], parsed[1], payload, self._counted(ack)))
+            self._wake.set()
+            return
+        ack()  # telemetry is QoS 0: nothing to acknowledge, nothing re-delivered
+        item = _Item(next(self._seq), parsed[0], parsed[1], payload, ack)
+        while True:
+            try:
+                self._telemetry.put_nowait(item)
+                break
+            except queue.Full:
+                try:  # the oldest point goes: the newest wins
+                    old = self._telemetry.get_nowait()
+                except queue.Empty:
+                    continue
+                self.shed[old.device_id] += 1
+                self.shed_count += 1
+                if self.shed_count % 1000 == 1:
+                    log.warning("bridge overloaded: shed %d telemetry point(s) so far", self.shed_count)
+        self._wake.set()
 
+    def _counted(self, ack: Ack) -> Ack:
+        def done() -> None:
+            with self._count_lock:
+                self._unacked -= 1
+            ack()
+
+        return done
+
+    # -- the worker ---------------------------------------------------------------------------
     def _work(self) -> None:
-        """Apply device messages in batches: one transaction for up to BATCH messages. Nothing a device sends
-        ends this loop: every error is logged in one line, counted, and the next batch goes on."""
+        """State messages first, then one telemetry batch, each in one transaction of up to BATCH messages.
+        Nothing a device sends ends this loop: every error is logged in one line, counted, and it goes on."""
         while not self._stop.is_set():
             try:
-                self._drain_once()
+                if not self._drain_once():
+                    self._wake.wait(0.25)
             except Exception as exc:  # noqa: BLE001 - the fleet's ingestion outlives any one bad batch
                 self.errors += 1
                 log.error("bridge worker: %s: %s", type(exc).__name__, str(exc)[:200])
 
-    def _drain_once(self) -> None:
-        try:
-            first = self._q.get(timeout=0.25)
-        except queue.Empty:
-            return
-        batch = [first]
+    def _take(self, q: queue.Queue[_Item], batch: list[_Item]) -> list[_Item]:
         while len(batch) < BATCH:
             try:
-                batch.append(self._q.get_nowait())
+                batch.append(q.get_nowait())
             except queue.Empty:
                 break
-        decoded: list[tuple[str, str, Any]] = []
-        for device_id, kind, payload in batch:
+        return batch
+
+    def _drain_once(self) -> bool:
+        """One state batch if any waits, else one telemetry batch; False when there was nothing to do."""
+        self._wake.clear()
+        retry, self._retry = self._retry, []
+        state = self._take(self._state, retry)
+        if state:
+            self._store(state, state=True)
+            return True
+        telemetry = self._take(self._telemetry, [])
+        if telemetry:
+            self._store(telemetry, state=False)
+            return True
+        return False
+
+    def _store(self, batch: list[_Item], state: bool) -> None:
+        decoded: list[tuple[_Item, Any]] = []
+        for item in batch:
             try:
-                model: Any = _MODELS[kind]
-                decoded.append((device_id, kind, decode_message(payload, model, expect_device=device_id)))
+                model: Any = _MODELS[item.kind]
+                decoded.append((item, decode_message(item.payload, model, expect_device=item.device_id)))
             except Exception as exc:  # noqa: BLE001 - MessageError, or anything else a hostile payload causes
                 self.rejected += 1
-                log.warning("ignored %s from %s: %s", kind, device_id, str(exc)[:200])
+                item.ack()
+                log.warning("ignored %s from %s: %s", item.kind, item.device_id, str(exc)[:200])
         if not decoded:
             return
         try:
             self._apply_batch(decoded)
             self.applied += len(decoded)
-        except Exception as exc:  # noqa: BLE001 - one bad row must not cost the others
+        except Exception as exc:  # noqa: BLE001 - sorted out below
+            if state and _retryable(exc):  # nothing acknowledged: try again, first in line
+                self.db_retries += 1
+                if self.db_retries % 20 == 1:
+                    log.error("database unavailable (%s); %d state message(s) wait", str(exc)[:200], len(decoded))
+                self._retry = [item for item, _ in decoded] + self._retry
+                self._stop.wait(min(2.0, 0.1 * len(self._retry) ** 0.5))
+                return
             log.error("could not store a batch of %d device message(s) (%s); applying one by one", len(decoded), exc)
-            for item in decoded:
+            for one in decoded:
                 try:
-                    self._apply_batch([item])
+                    self._apply_batch([one])
                     self.applied += 1
-                except Exception as one:  # noqa: BLE001
+                except Exception as err:  # noqa: BLE001 - one poison message must not hold the others
                     self.errors += 1
-                    log.error("could not store %s from %s: %s", item[1], item[0], str(one)[:200])
+                    log.error("could not store %s from %s: %s", one[0].kind, one[0].device_id, str(err)[:200])
+                one[0].ack()
+            return
+        for item, _ in decoded:
+            item.ack()
 
-    def _apply_batch(self, items: list[tuple[str, str, object]]) -> None:
+    def _apply_batch(self, items: list[tuple[_Item, Any]]) -> None:
         """One transaction; devices and aggregates fetched in two queries; no flush until the commit."""
-        ids = sorted({device_id for device_id, _, _ in items})
+        ids = sorted({item.device_id for item, _ in items})
         with Session(self.engine) as session, session.no_autoflush:
             devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
             pending: dict[tuple[str, str, int], dict[str, float]] = {}
             last_telemetry: dict[str, Telemetry] = {}
             now = datetime.now(timezone.utc)
-            for device_id, kind, msg in items:
-                device = devices.get(device_id)
+            for item, msg in items:
+                device = devices.get(item.device_id)
                 if device is None:
-                    log.warning("ignored %s from unenrolled device %s", kind, device_id)
+                    log.warning("ignored %s from unenrolled device %s", item.kind, item.device_id)
                     continue
-                self._apply_one(pending, device, msg, now)
+                if isinstance(msg, StatusMessage):
+                    self._status_seq[item.device_id] = item.seq
+                self._apply_one(pending, device, msg, now, online=item.seq >= self._status_seq.get(item.device_id, -1))
                 if isinstance(msg, Telemetry):
-                    last_telemetry[device_id] = msg
+                    last_telemetry[item.device_id] = msg
             for device_id, msg in last_telemetry.items():
                 devices[device_id].telemetry_json = json.dumps(msg.model_dump(mode="json", by_alias=True))
                 self._history(session, device_id, msg, now)
@@ -285,8 +379,15 @@ class MqttBridge:
             session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))
 
     def _apply_one(
-        self, pending: dict[tuple[str, str, int], dict[str, float]], device: Device, msg: object, now: datetime
+        self,
+        pending: dict[tuple[str, str, int], dict[str, float]],
+        device: Device,
+        msg: object,
+        now: datetime,
+        online: bool = True,
     ) -> None:
+        """`online`: False for telemetry that arrived before the device's last status (an `offline` status,
+        applied first because state messages go first, must not be undone by an older point)."""
         device.last_seen = now
         if isinstance(msg, StatusMessage):
             device.online = msg.status == "online"
@@ -301,7 +402,8 @@ class MqttBridge:
             if msg.capabilities is not None:
                 device.capabilities_json = msg.capabilities.model_dump_json()
         elif isinstance(msg, Telemetry):
-            device.online = True
+            if online:
+                device.online = True
             device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
             device.staleness_ms_p99 = msg.staleness_ms_p99
             if msg.model and msg.version is not None and msg.frames > 0:

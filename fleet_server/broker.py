@@ -76,6 +76,7 @@ class Broker:
     supports_shared: bool = True
     per_device_auth: bool = False
     ca_pem: str | None = None  # the CA devices pin for the TLS listener, handed to them at enrollment
+    session_client_id: str | None = None  # a stable id for the server's persistent session, where one is safe
 
     def start(self) -> None: ...
 
@@ -95,6 +96,7 @@ class ExternalBroker(Broker):
 
 class MosquittoBroker(Broker):
     per_device_auth = True
+    session_client_id = SERVER_USER  # the broker takes the user name as the client id anyway
 
     def __init__(self, data_dir: Path, host: str, port: int, public_host: str, tls: BrokerTls | None = None) -> None:
         self.dir = data_dir / "broker"
@@ -170,6 +172,10 @@ class MosquittoBroker(Broker):
                 f"persistence_location {self.dir / 'data'}/",
                 f"log_dest file {self.dir / 'mosquitto.log'}",
                 "max_packet_size 1048576",
+                # the server acknowledges state messages after storing them: room for a batch in flight, and a
+                # deep queue for its session while it restarts
+                "max_inflight_messages 1000",
+                "max_queued_messages 200000",
                 f"user {getpass.getuser()}",
                 "",
             ]

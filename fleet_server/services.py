@@ -94,6 +94,8 @@ class Services:
             engine,
             broker.url,
             shared=broker.supports_shared,
+            queue_size=settings.bridge_queue,
+            client_id=settings.mqtt_client_id or broker.session_client_id,
             history_s=settings.telemetry_history_s,
             retention_h=settings.telemetry_retention_h,
         )

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
         "auto", description="Without mqtt_url: run Mosquitto if installed (auto), or force one kind."
     )
     mqtt_shared: bool = Field(True, description="Consume device topics through $share subscriptions.")
+    mqtt_client_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="External broker: this replica's own, stable MQTT client id (one per replica, e.g. the pod "
+        "name). With it the broker keeps the server's session, so device state messages not yet stored when the "
+        "server stops or dies are delivered again. Unset: a new id and a clean session each start. The broker "
+        "the server runs itself always keeps the session.",
+    )
+    bridge_queue: int = Field(
+        10000, ge=10, description="Telemetry points waiting for the database before the oldest are shed."
+    )
     mqtt_tls_port: int | None = Field(
         None,
         ge=0,

@@ -145,7 +145,7 @@ def ingest_run(servers: list[Server], mqtt_port: int, n: int, seconds: float) ->
     a1, r1, t1 = applied(), raw.n, time.monotonic()
     sim.stop()
     raw.close()
-    overflow = sum(httpx.get(s.url + "/healthz").json()["bridge"].get("overflow", 0) for s in servers)
+    overflow = sum(httpx.get(s.url + "/healthz").json()["bridge"].get("telemetry_shed", 0) for s in servers)
     server_rate, raw_rate = (a1 - a0) / (t1 - t0), (r1 - r0) / (t1 - t0)
     return {
         "replicas": len(servers),
@@ -153,7 +153,7 @@ def ingest_run(servers: list[Server], mqtt_port: int, n: int, seconds: float) ->
         "server_msgs_per_s": round(server_rate, 1),
         "raw_broker_msgs_per_s": round(raw_rate, 1),
         "server_over_raw": round(server_rate / raw_rate, 3),
-        "dropped_on_overflow": overflow,
+        "telemetry_shed": overflow,
     }
 
 
@@ -204,11 +204,11 @@ def main() -> int:
             f"{r['state']:<22}{r['devices']:>8}{r['create_to_all_active_s']:>16}{r['server_cpu_s']:>8}"
             f"{r['server_peak_rss_mib']:>10}{r['enroll_s']:>10}"
         )
-    print(f"\n{'telemetry ingest':<22}{'devices':>8}{'server msg/s':>14}{'raw msg/s':>11}{'ratio':>8}{'dropped':>9}")
+    print(f"\n{'telemetry ingest':<22}{'devices':>8}{'server msg/s':>14}{'raw msg/s':>11}{'ratio':>8}{'shed':>9}")
     for r in out["ingest"]:
         print(
             f"{str(r['replicas']) + ' replica(s)':<22}{r['devices']:>8}{r['server_msgs_per_s']:>14}"
-            f"{r['raw_broker_msgs_per_s']:>11}{r['server_over_raw']:>8}{r['dropped_on_overflow']:>9}"
+            f"{r['raw_broker_msgs_per_s']:>11}{r['server_over_raw']:>8}{r['telemetry_shed']:>9}"
         )
     out["machine"] = {"python": platform.python_version(), "platform": platform.platform()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

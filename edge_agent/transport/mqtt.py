@@ -18,6 +18,8 @@ import paho.mqtt.client as mqtt
 from edge_agent.transport.base import Handler, Transport
 
 log = logging.getLogger(__name__)
+Ack = Callable[[], None]
+AckedHandler = Callable[[str, bytes, Ack], None]
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,21 @@ class MqttTransport(Transport):
         keepalive: int = 30,
         on_connected: Callable[[], None] | None = None,
         ca_pem: str | None = None,
+        manual_ack: bool = False,
     ) -> None:
+        """`manual_ack`: a QoS 1 message is acknowledged to the broker only when its handler says so (handlers
+        given to `subscribe_acked`) or returns (plain handlers). With a persistent session (`clean_session`
+        False) the broker re-delivers what was never acknowledged after a reconnect or a crash."""
         self.url = MqttUrl.parse(url)
         self._client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,
             protocol=mqtt.MQTTv311,
+            manual_ack=manual_ack,
         )
+        self._manual_ack = manual_ack
+        self._epoch = 0  # connections so far: an ack is only valid on the connection that received the message
         user = username or self.url.username
         if user:
             self._client.username_pw_set(user, password or self.url.password)
@@ -88,7 +97,7 @@ class MqttTransport(Transport):
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_queued_messages_set(1000)
         self._keepalive = keepalive
-        self._subs: dict[str, tuple[Handler, int]] = {}
+        self._subs: dict[str, tuple[Handler | AckedHandler, int, bool]] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._birth = list(on_connect or [])
@@ -123,10 +132,33 @@ class MqttTransport(Transport):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        self._add_sub(topic_filter, handler, qos, False)
+
+    def subscribe_acked(self, topic_filter: str, handler: AckedHandler, qos: int = 1) -> None:
+        """The handler gets an `ack` to call once the message is safely handled (stored, say); until then the
+        broker counts it in flight. Needs `manual_ack`."""
+        if not self._manual_ack:
+            raise ValueError("subscribe_acked needs a transport made with manual_ack=True")
+        self._add_sub(topic_filter, handler, qos, True)
+
+    def _add_sub(self, topic_filter: str, handler: Handler | AckedHandler, qos: int, acked: bool) -> None:
         with self._lock:
-            self._subs[topic_filter] = (handler, qos)
+            self._subs[topic_filter] = (handler, qos, acked)
         if self.connected:
             self._client.subscribe(topic_filter, qos)
+
+    def _acker(self, mid: int, qos: int) -> Ack:
+        epoch = self._epoch
+        done = threading.Event()
+
+        def ack() -> None:
+            # once, and only on the connection that delivered it: after a reconnect the broker sends it again
+            if qos == 0 or done.is_set() or epoch != self._epoch:
+                return
+            done.set()
+            self._client.ack(mid, qos)
+
+        return ack
 
     # -- paho callbacks (network thread) -----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -136,7 +168,8 @@ class MqttTransport(Transport):
         log.info("MQTT connected to %s (session present: %s)", self.url.safe(), flags.session_present)
         with self._lock:
             subs = list(self._subs.items())
-        for topic_filter, (_, qos) in subs:
+        self._epoch += 1
+        for topic_filter, (_, qos, _acked) in subs:
             client.subscribe(topic_filter, qos)
         for topic, payload, qos, retain in self._birth:
             client.publish(topic, payload, qos=qos, retain=retain)
@@ -152,12 +185,21 @@ class MqttTransport(Transport):
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
             subs = list(self._subs.items())
-        for topic_filter, (handler, _) in subs:
+        ack = self._acker(msg.mid, msg.qos) if self._manual_ack else None
+        handed = False
+        for topic_filter, (handler, _, acked) in subs:
             if mqtt.topic_matches_sub(_strip_share(topic_filter), msg.topic):
                 try:
-                    handler(msg.topic, msg.payload)
+                    if acked and ack is not None:
+                        handed = True
+                        handler(msg.topic, msg.payload, ack)  # type: ignore[call-arg]
+                    else:
+                        handler(msg.topic, msg.payload)  # type: ignore[call-arg]
                 except Exception:
                     log.exception("handler for %s failed", msg.topic)
+                    handed = False  # it cannot be handled: do not leave it in flight forever
+        if ack is not None and not handed:
+            ack()  # nobody took it over: acknowledge as paho would
 
 
 def _strip_share(topic_filter: str) -> str:

@@ -66,7 +66,8 @@ class FleetCollector(Collector):
         for key, help_ in (
             ("applied", "Device messages stored."),
             ("rejected", "Device messages refused (malformed, hostile, wrong device)."),
-            ("overflow", "Device messages dropped because the bridge queue was full."),
+            ("telemetry_shed", "Telemetry points shed because the bridge was overloaded (state messages never are)."),
+            ("db_retries", "State batches tried again because the database was unavailable."),
             ("errors", "Unexpected errors the bridge worker survived."),
             ("restarts", "Times the watchdog restarted the bridge worker."),
         ):
@@ -74,7 +75,8 @@ class FleetCollector(Collector):
             c.add_metric([], float(bridge[key]))
             yield c
         for key, help_, value in (
-            ("edgeloop_bridge_queue_depth", "Device messages waiting for the bridge worker.", bridge["queued"]),
+            ("edgeloop_bridge_state_queue_depth", "State messages waiting to be stored.", bridge["queued_state"]),
+            ("edgeloop_bridge_queue_depth", "Telemetry points waiting to be stored.", bridge["queued_telemetry"]),
             ("edgeloop_bridge_up", "1 while device messages can flow (worker alive, broker connected).", bridge["ok"]),
             (
                 "edgeloop_release_cert_days_left",

@@ -37,6 +37,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             "mqtt_port": args.mqtt_port,
             "public_url": args.public_url,
             "mqtt_broker": args.mqtt_broker,
+            "mqtt_client_id": args.mqtt_client_id,
         }.items()
         if v is not None
     }
@@ -239,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-broker",
         choices=["auto", "mosquitto", "embedded"],
         help="without --mqtt-url: which broker to run (auto: Mosquitto if installed)",
+    )
+    s.add_argument(
+        "--mqtt-client-id",
+        help="with --mqtt-url: this replica's stable MQTT client id; the broker then keeps its session and "
+        "re-delivers device state messages it had not stored (env EDGELOOP_MQTT_CLIENT_ID)",
     )
     s.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default SQLite)")
     s.add_argument("--admin-token", help="admin token (default: generated into DATA_DIR/admin_token)")

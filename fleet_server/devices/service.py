@@ -94,7 +94,7 @@ def set_mining(session: Session, device_id: str, body: dict[str, Any], actor: st
     return d
 
 
-def device_public(d: Device) -> DevicePublic:
+def device_public(d: Device, shed: int = 0) -> DevicePublic:
     tel: dict[str, Any] = {}
     if d.telemetry_json:
         try:
@@ -124,4 +124,5 @@ def device_public(d: Device) -> DevicePublic:
         shadow_version=d.shadow_version,
         shadow_reason=d.shadow_reason,
         flywheel=tel.get("flywheel"),
+        telemetry_shed=shed,
     )

@@ -81,6 +81,7 @@ class DevicePublic(DeviceBase):
     shadow_version: int | None = None
     shadow_reason: str | None = None
     flywheel: dict | None = None
+    telemetry_shed: int = 0  # telemetry points the answering replica shed under overload (state is never shed)
 
 
 class DeviceEnrolled(SQLModel):

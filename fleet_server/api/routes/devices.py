@@ -66,15 +66,17 @@ def revoke(device_id: str, session: SessionDep, services: ServicesDep, who: Admi
 
 
 @router.get("", response_model=list[DevicePublic])
-def list_devices(session: SessionDep, _: ViewerDep, limit: Limit = 500, offset: Offset = 0) -> list[DevicePublic]:
+def list_devices(
+    session: SessionDep, services: ServicesDep, _: ViewerDep, limit: Limit = 500, offset: Offset = 0
+) -> list[DevicePublic]:
     rows = session.exec(select(Device).order_by(Device.id).offset(offset).limit(limit)).all()
-    return [device_public(d) for d in rows]
+    return [device_public(d, services.bridge.shed.get(d.id, 0)) for d in rows]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep, _: ViewerDep) -> DevicePublic:
+def get_device(device_id: str, session: SessionDep, services: ServicesDep, _: ViewerDep) -> DevicePublic:
     try:
-        return device_public(service.get_device(session, device_id))
+        return device_public(service.get_device(session, device_id), services.bridge.shed.get(device_id, 0))
     except DeviceError as exc:
         raise _fail(exc) from None
 

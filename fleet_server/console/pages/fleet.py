@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from edge_agent.capabilities import device_kind
 from edge_agent.protocol.messages import Capabilities
-from fleet_server.api.deps import SessionDep
+from fleet_server.api.deps import ServicesDep, SessionDep
 from fleet_server.audit import entries
 from fleet_server.console import queries
 from fleet_server.console.base import ConsoleUser, get_or_404, render
@@ -49,7 +49,9 @@ def fleet_rows(request: Request, session: SessionDep, who: ConsoleUser, f: Fleet
 
 
 @router.get("/devices/{device_id}")
-def device(request: Request, device_id: str, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
+def device(
+    request: Request, device_id: str, session: SessionDep, services: ServicesDep, who: ConsoleUser
+) -> HTMLResponse:
     d = get_or_404(session, Device, device_id, f"device {device_id!r}")
     caps = json.loads(d.capabilities_json) if d.capabilities_json else {}
     kind = device_kind(Capabilities.model_validate(caps)) if caps else "-"
@@ -57,7 +59,7 @@ def device(request: Request, device_id: str, session: SessionDep, who: ConsoleUs
         request,
         who,
         "device.html",
-        d=device_public(d),
+        d=device_public(d, services.bridge.shed.get(device_id, 0)),
         caps=caps,
         kind=kind,
         revoked=d.token_hash == "revoked",
@@ -69,9 +71,11 @@ def device(request: Request, device_id: str, session: SessionDep, who: ConsoleUs
 
 
 @router.get("/devices/{device_id}/live")
-def device_live(request: Request, device_id: str, session: SessionDep, who: ConsoleUser) -> HTMLResponse:
+def device_live(
+    request: Request, device_id: str, session: SessionDep, services: ServicesDep, who: ConsoleUser
+) -> HTMLResponse:
     d = get_or_404(session, Device, device_id, f"device {device_id!r}")
-    return render(request, who, "_device_live.html", d=device_public(d))
+    return render(request, who, "_device_live.html", d=device_public(d, services.bridge.shed.get(device_id, 0)))
 
 
 @router.get("/devices/{device_id}/series")
