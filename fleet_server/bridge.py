@@ -213,6 +213,10 @@ class MqttBridge:
             return
         self.transport.publish(DeviceTopics(device_id).desired, encode_message(msg), qos=1, retain=True)
 
+    def clear_desired(self, device_id: str) -> None:
+        """An empty retained message removes the device's retained desired state from the broker."""
+        self.transport.publish(DeviceTopics(device_id).desired, b"", qos=1, retain=True)
+
     def republish_all(self) -> None:
         """On (re)connect: the database is the source of truth for every retained desired state."""
         with Session(self.engine) as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -101,6 +102,23 @@ def test_managed_mosquitto_keeps_devices_to_their_own_topics(tmp_path: Path, ass
         gone, got = _connect(url, "cam-b", new["token"])
         assert got["connect"] is not None and got["connect"].is_failure
         gone.loop_stop()
+
+        # delete forgets a device with a deployment and telemetry: its credential, and its retained desired state
+        assert "deleted cam-a" in fleet.cli("devices", "delete", "cam-a").stdout
+        assert fleet.http.get("/api/v1/devices/cam-a").status_code == 404
+        old_a, got = _connect(url, "cam-a", a["token"])
+        assert got["connect"] is not None and got["connect"].is_failure
+        old_a.loop_stop()
+        again = fleet.enroll("cam-a")  # the id is free again, with nothing of the old device's
+        fresh, got = _connect(url, "cam-a", again["token"])
+        fresh.subscribe("edgeloop/v1/devices/cam-a/desired", 1)
+        time.sleep(1.0)
+        assert "edgeloop/v1/devices/cam-a/desired" not in got["messages"]
+        fresh.loop_stop()
+        fresh.disconnect()
+        assert fleet.device("cam-a")["version"] is None
+        actions = [e["action"] for e in fleet.http.get("/api/v1/audit").json()]
+        assert "device.deleted" in actions
     finally:
         fleet.stop()
 

@@ -178,6 +178,12 @@ def cmd_devices_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_delete(args: argparse.Namespace) -> int:
+    r = AdminClient(args.server_url, args.token).request("DELETE", f"/api/v1/devices/{args.device_id}")
+    out(args, r, f"deleted {args.device_id}: its credential, deployments and telemetry are gone; samples stay")
+    return 0
+
+
 def cmd_devices_list(args: argparse.Namespace) -> int:
     rows = AdminClient(args.server_url, args.token).request("GET", "/api/v1/devices")
     lines = [f"{'DEVICE':<20} {'ONLINE':<7} {'MODEL':<16} {'VER':>4} {'STATE':<12} {'FPS':>6} {'P95 MS':>7}  LAST SEEN"]
@@ -291,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("device_id")
     _admin_flags(dv)
     dv.set_defaults(func=cmd_devices_revoke)
+    dd = d.add_parser("delete", help="forget a device (credential, deployments, telemetry); its samples stay")
+    dd.add_argument("device_id")
+    _admin_flags(dd)
+    dd.set_defaults(func=cmd_devices_delete)
     dl = d.add_parser("list", help="devices with state, version, fps, last seen")
     _admin_flags(dl)
     dl.set_defaults(func=cmd_devices_list)

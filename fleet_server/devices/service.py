@@ -6,15 +6,17 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
-from sqlmodel import Session
+from sqlmodel import Session, col, delete, select
 
 from edge_agent.flywheel.config import MiningConfig
 from edge_agent.flywheel.miners import STRATEGIES
 from edge_agent.protocol.topics import valid_device_id
 from fleet_server.audit import audit
 from fleet_server.broker import Broker
-from fleet_server.devices.tables import Device, DevicePublic
+from fleet_server.devices.tables import Deployment, Device, DevicePublic, TelemetryPoint
 from fleet_server.keys import new_device_token, token_hash
+from fleet_server.rollouts.states import LIVE
+from fleet_server.rollouts.tables import Rollout, RolloutDevice, TelemetryAgg
 
 RESERVED_PREFIX = "edgeloop-"
 
@@ -71,6 +73,26 @@ def revoke(session: Session, broker: Broker, device_id: str, actor: str) -> None
     d.online = False
     session.add(d)
     audit(session, actor, "revoked", f"device/{device_id}")
+    session.commit()
+    broker.remove_device(device_id)
+
+
+def delete_device(session: Session, broker: Broker, device_id: str, actor: str) -> None:
+    """Forget a device: its credential, desired state, deployments, telemetry and its rows in finished
+    rollouts. Its hard samples and their labels stay (they belong to datasets). Refused while a live rollout
+    holds it."""
+    d = get_device(session, device_id)
+    live = session.exec(
+        select(Rollout.id)
+        .join(RolloutDevice, col(RolloutDevice.rollout_id) == col(Rollout.id))
+        .where(RolloutDevice.device_id == device_id, col(Rollout.state).in_(list(LIVE)))
+    ).first()
+    if live is not None:
+        raise DeviceError(f"device {device_id} is in live rollout {live}: abort it or let it finish first", 409)
+    for table in (RolloutDevice, Deployment, TelemetryPoint, TelemetryAgg):
+        session.exec(delete(table).where(col(table.device_id) == device_id))
+    session.delete(d)
+    audit(session, actor, "device.deleted", f"device/{device_id}")
     session.commit()
     broker.remove_device(device_id)
 

@@ -65,6 +65,18 @@ def revoke(device_id: str, session: SessionDep, services: ServicesDep, who: Admi
     return {"device_id": device_id, "revoked": True}
 
 
+@router.delete("/{device_id}")
+def delete_device(device_id: str, session: SessionDep, services: ServicesDep, who: AdminDep) -> dict[str, Any]:
+    """Forget a device (its credential, desired state, deployments, telemetry, finished-rollout rows); its
+    hard samples stay. 409 while a live rollout holds it. The agent, if still running, is shut out."""
+    try:
+        service.delete_device(session, services.broker, device_id, who.actor)
+    except DeviceError as exc:
+        raise _fail(exc) from None
+    services.bridge.clear_desired(device_id)
+    return {"device_id": device_id, "deleted": True}
+
+
 @router.get("", response_model=list[DevicePublic])
 def list_devices(
     session: SessionDep, services: ServicesDep, _: ViewerDep, limit: Limit = 500, offset: Offset = 0
