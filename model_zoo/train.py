@@ -207,6 +207,39 @@ def validate(model: nn.Module, ds: _Images, task: str, mk, device: torch.device,
     return top1(samples, preds)
 
 
+def _step_event(
+    epoch: int,
+    epochs: int,
+    step: int,
+    steps: int,
+    done: int,
+    elapsed: float,
+    loss: float,
+    history: list[dict],
+    metric: str,
+) -> dict:
+    """Progress inside an epoch: the step, an ETA from this run's pace (validation not counted), the last metric."""
+    left = (epochs - epoch) * steps - step
+    eta = elapsed / max(1, done) * max(0, left)
+    last = f" · {metric} {history[-1][metric]:.3f}" if history and metric in history[-1] else ""
+    return {
+        "event": "step",
+        "epoch": epoch + 1,
+        "epochs": epochs,
+        "step": step,
+        "steps": steps,
+        "eta_s": round(eta),
+        "loss": round(loss, 4),
+        "progress": round((epoch + step / max(1, steps)) / max(1, epochs), 4),
+        "message": f"epoch {epoch + 1}/{epochs} · step {step}/{steps} · loss {loss:.3f}{last} · ETA {_span(eta)}",
+    }
+
+
+def _span(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
 def _emit(progress: Progress | None, json_mode: bool, event: dict) -> None:
     if progress:
         progress(event)
@@ -334,6 +367,7 @@ def train(
             disable=not sys.stderr.isatty(),
         )
     stopped_early = False
+    last_report, done_steps = time.monotonic(), 0
     for epoch in range(start_epoch, epochs):
         if epoch >= plan["epochs"]:
             break
@@ -360,6 +394,24 @@ def train(
             scaler.update()
             sched.step()
             losses.append(loss.item())
+            done_steps += 1
+            if main and time.monotonic() - last_report >= 3.0:  # inside a long epoch: where it is, and the ETA
+                last_report = time.monotonic()
+                _emit(
+                    progress,
+                    json_mode,
+                    _step_event(
+                        epoch,
+                        plan["epochs"],
+                        len(losses),
+                        len(loader),
+                        done_steps,
+                        last_report - t_start,
+                        losses[-1],
+                        history,
+                        metric_name,
+                    ),
+                )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
@@ -398,7 +450,7 @@ def train(
                 best = metrics[metric_name]
                 torch.save(ck, out_dir / ".best.pt.tmp")
                 os.replace(out_dir / ".best.pt.tmp", out_dir / "best.pt")
-            _emit(progress, json_mode, {**rec, "progress": round((epoch + 1) / epochs, 4)})
+            _emit(progress, json_mode, {**rec, "progress": round((epoch + 1) / plan["epochs"], 4)})
             if bar is not None:
                 bar.write(json.dumps(rec))
         if max_minutes is not None:

@@ -38,21 +38,58 @@ def _job_line(j: dict[str, Any]) -> str:
     return f"job {j['id']:<5} {j['kind']:<10} {j['state']:<10} {j['progress'] * 100:5.1f}%  {j['message']}"
 
 
-def wait_job(client: AdminClient, job_id: int, quiet: bool = False, poll: float = 1.0) -> dict[str, Any]:
-    """Follow a job until it ends; a one-line progress display on a terminal, new log lines otherwise."""
-    seen = 0
-    tty = sys.stderr.isatty()
+def event_line(ev: dict[str, Any]) -> str | None:
+    """One job event as a line for people: epochs with their metrics, steps, errors; None for the rest."""
+    kind = ev.get("event")
+    if kind == "epoch":
+        metrics = "  ".join(
+            f"{k.replace('_', '-')} {ev[k]:.3f}" for k in ("mAP50", "mAP50_95", "top1") if isinstance(ev.get(k), float)
+        )
+        return f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  {metrics}  ({ev.get('seconds', 0):.0f} s)"
+    if kind in ("step", "error") and ev.get("message"):
+        return ("error: " if kind == "error" else "") + str(ev["message"])
+    return None
+
+
+def _after(log_: list[dict[str, Any]], last: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The events after `last` in a log tail (the tail is a sliding window, so an index would drift)."""
+    if last is None:
+        return log_
+    for i in range(len(log_) - 1, -1, -1):
+        if log_[i] == last:
+            return log_[i + 1 :]
+    return log_
+
+
+def wait_job(
+    client: AdminClient, job_id: int, quiet: bool = False, poll: float = 1.0, raw: bool = False
+) -> dict[str, Any]:
+    """Follow a job until it ends. On a terminal: one progress bar line (epoch, step, ETA, last metric). Else
+    one line per epoch and per step (steps at most every 15 s); `raw`: the worker's JSON events as they are."""
+    last_ev: dict[str, Any] | None = None
+    last_step = 0.0
+    tty = sys.stderr.isatty() and not raw
     while True:
         j = client.request("GET", f"/api/v1/jobs/{job_id}", params={"tail": 1000})
+        log_ = j.get("log", [])
         if not quiet:
             if tty:
                 bar = "#" * int(j["progress"] * 30)
-                print(f"\r[{bar:<30}] {j['progress'] * 100:5.1f}% {j['message'][:80]:<80}", end="", file=sys.stderr)
+                print(f"\r[{bar:<30}] {j['progress'] * 100:5.1f}% {j['message'][:90]:<90}", end="", file=sys.stderr)
             else:
-                for ev in j.get("log", [])[seen:]:
-                    if ev.get("event") in ("epoch", "step", "error"):
-                        print(json.dumps(ev), file=sys.stderr)
-                seen = len(j.get("log", []))
+                for ev in _after(log_, last_ev):
+                    if raw:
+                        if ev.get("event") in ("epoch", "step", "error"):
+                            print(json.dumps(ev), file=sys.stderr)
+                        continue
+                    if ev.get("event") == "step" and "eta_s" in ev:
+                        if time.monotonic() - last_step < 15:
+                            continue
+                        last_step = time.monotonic()
+                    line = event_line(ev)
+                    if line:
+                        print(f"  {line}", file=sys.stderr, flush=True)
+        last_ev = log_[-1] if log_ else last_ev
         if j["state"] in FINISHED:
             if tty and not quiet:
                 print(file=sys.stderr)
@@ -64,7 +101,7 @@ def _finish(args: argparse.Namespace, client: AdminClient, job: dict[str, Any], 
     if not args.wait:
         out(args, job, _job_line(job) + f"\nfollow it: edgeloop jobs watch {job['id']}")
         return 0
-    j = wait_job(client, job["id"], quiet=getattr(args, "json", False))
+    j = wait_job(client, job["id"], raw=getattr(args, "json", False))
     if j["state"] != "succeeded":
         out(args, j, _job_line(j) + (f"\n{j['error']}" if j.get("error") else ""))
         return 1
@@ -143,7 +180,8 @@ def _version_done(j: dict[str, Any]) -> str:
     lines = [f"registered {r['model']}"]
     if r.get("training"):
         t = r["training"]
-        lines.append(f"trained {t['epochs_run']} epochs in {t['seconds']} s; best {t['best']}")
+        best = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in dict(t["best"]).items())
+        lines.append(f"trained {t['epochs_run']} epochs in {t['seconds']} s; best {best}")
     lines.append("recommended: " + ", ".join(f"{k}={v}" for k, v in r["recommended"].items()))
     lines.append(f"the target table: edgeloop models show {r['model']}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from fleet_server.jobs.tables import Job
 from fleet_server.registry.tables import Artifact, ModelVersion
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
+from model_zoo.compile import TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def check_policies(
                 "batch": 16,
                 "lr": 1e-3,
                 "size": report["input_size"],
-                "targets": None,
+                # the targets its lineage was compiled for (all, where the report does not say)
+                "targets": [r["target"] for r in report.get("results", []) if r.get("target") in TARGETS] or None,
                 "calibration": "minmax",
                 "nproc": 1,
                 "budget_points": pol.budget_points,
