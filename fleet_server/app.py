@@ -45,6 +45,16 @@ def create_app(settings: Settings) -> FastAPI:
         bridge counters and HTTP latency by route. Holds no secret."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "a dependency is unreachable"}})
+    def readyz() -> JSONResponse:
+        """200 when this replica can serve: its database answers, the broker takes its connection and object
+        storage (where configured) is reachable; 503 with each check's reason otherwise. For load balancers
+        and Kubernetes readiness probes (liveness: /healthz)."""
+        services: Services | None = getattr(app.state, "services", None)
+        checks = services.readiness() if services else {"server": "starting"}
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)
+
     @app.get("/healthz", tags=["health"], responses={503: {"description": "device traffic cannot flow"}})
     def healthz() -> JSONResponse:
         """200 while device messages flow in and desired states out; 503 (same body) when the bridge's worker

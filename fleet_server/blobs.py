@@ -12,11 +12,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
@@ -24,6 +27,7 @@ class StorageError(RuntimeError):
 
 
 class Remote(Protocol):
+    def check(self) -> None: ...
     def put_file(self, key: str, path: Path) -> None: ...
     def fetch(self, key: str, dest: Path) -> bool: ...
     def delete(self, key: str) -> None: ...
@@ -115,6 +119,18 @@ class Blobs:
     def __init__(self, root: Path, remote: Remote | None = None, prefix: str = "") -> None:
         self.root, self.remote, self.prefix = root, remote, prefix
         self.root.mkdir(parents=True, exist_ok=True)
+        self.errors: Counter[str] = Counter()  # failed writes, reads and deletes by operation (for /metrics)
+
+    def _counted(self, op: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (OSError, StorageError):
+            self.errors[op] += 1
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore's errors are not OSError; counted, then raised
+            if type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
+                self.errors[op] += 1
+            raise
 
     def path(self, key: str) -> Path:
         parts = key.split("/")
@@ -124,6 +140,9 @@ class Blobs:
 
     def put_file(self, key: str, src: Path, move: bool = False) -> Path:
         """Atomically place `src` at `key` (fsynced), then upload it; the upload fails loudly, not silently."""
+        return self._counted("write", lambda: self._put_file(key, src, move))
+
+    def _put_file(self, key: str, src: Path, move: bool) -> Path:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
@@ -150,7 +169,8 @@ class Blobs:
         p = self.path(key)
         if p.exists():
             return p
-        if self.remote is not None and self.remote.fetch(f"{self.prefix}{key}", p):
+        remote = self.remote
+        if remote is not None and self._counted("read", lambda: remote.fetch(f"{self.prefix}{key}", p)):
             return p
         return None
 
@@ -161,6 +181,9 @@ class Blobs:
         return p.read_bytes()
 
     def delete(self, key: str) -> None:
+        self._counted("delete", lambda: self._delete(key))
+
+    def _delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
         if self.remote is not None:
             self.remote.delete(f"{self.prefix}{key}")

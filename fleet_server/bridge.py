@@ -94,6 +94,7 @@ class _Item(NamedTuple):
     kind: str
     payload: bytes
     ack: Ack
+    at: float  # monotonic time it arrived
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -184,6 +185,17 @@ class MqttBridge:
     def worker_alive(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 
+    def lag_s(self) -> float:
+        """Age of the oldest message still waiting to be stored (0 when none waits)."""
+        now, oldest = time.monotonic(), None
+        for q in (self._retry, self._state.queue, self._telemetry.queue):
+            try:
+                at = q[0].at
+            except IndexError:
+                continue
+            oldest = at if oldest is None else min(oldest, at)
+        return 0.0 if oldest is None else round(now - oldest, 3)
+
     def health(self) -> dict[str, Any]:
         """ok only while device messages can flow: the worker runs and the broker takes the connection."""
         connected = bool(self.transport.connected)
@@ -201,6 +213,7 @@ class MqttBridge:
             "queued_state": self._state.qsize() + len(self._retry),
             "unacked_state": self._unacked,
             "queued_telemetry": self._telemetry.qsize(),
+            "lag_s": self.lag_s(),
         }
 
     def wait_connected(self, timeout: float) -> bool:
@@ -234,11 +247,11 @@ class MqttBridge:
         if parsed[1] != "telemetry":
             with self._count_lock:
                 self._unacked += 1
-            self._state.put(_Item(next(self._seq), parsed[0], parsed[1], payload, self._counted(ack)))
+            self._state.put(_Item(next(self._seq), parsed[0], parsed[1], payload, self._counted(ack), time.monotonic()))
             self._wake.set()
             return
         ack()  # telemetry is QoS 0: nothing to acknowledge, nothing re-delivered
-        item = _Item(next(self._seq), parsed[0], parsed[1], payload, ack)
+        item = _Item(next(self._seq), parsed[0], parsed[1], payload, ack, time.monotonic())
         while True:
             try:
                 self._telemetry.put_nowait(item)

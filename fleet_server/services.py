@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from fleet_server.blobs import Blobs, open_remote
@@ -139,6 +140,27 @@ class Services:
         expires = self.keys.cert.body().expires_at
         if expires - datetime.now(timezone.utc) <= timedelta(days=WARN_DAYS):
             log.warning("the release key's certificate expires %s: run `edgeloop keys rotate-release`", expires)
+
+    def readiness(self) -> dict[str, str]:
+        """What this replica depends on, each "ok" or why not: the database, the broker, object storage."""
+        checks: dict[str, str] = {}
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is reported
+            checks["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        checks["broker"] = "ok" if self.bridge.transport.connected else "not connected"
+        remote = self.store.blobs.remote
+        if remote is None:
+            checks["storage"] = "ok"
+        else:
+            try:
+                remote.check()
+                checks["storage"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                checks["storage"] = str(exc)[:200]
+        return checks
 
     def stop(self) -> None:
         self.rollouts.stop()

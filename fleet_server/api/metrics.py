@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
@@ -22,9 +22,11 @@ from sqlmodel import Session, col, select
 
 from fleet_server.asgi import StatusRecorder
 from fleet_server.devices.tables import Device
-from fleet_server.flywheel.tables import Sample
+from fleet_server.flywheel.drift import confidence_drift
+from fleet_server.flywheel.policy import latest_trained
+from fleet_server.flywheel.tables import RetrainPolicy, Sample
 from fleet_server.jobs.tables import Job
-from fleet_server.rollouts.states import ENGINE_STATES, LIVE
+from fleet_server.rollouts.states import ENGINE_STATES, LIVE, RolloutState
 from fleet_server.rollouts.tables import Rollout, RolloutDevice
 from fleet_server.services import Services
 
@@ -48,6 +50,9 @@ class FleetCollector(Collector):
                 col(RolloutDevice.rollout_id).in_(live),
             )
             yield _grouped(session, "edgeloop_jobs", "Jobs by kind and state.", {"kind": Job.kind, "state": Job.state})
+            yield from _rollout_waves(session)
+            yield _job_durations(session)
+            yield from _drift(session)
             yield _grouped(session, "edgeloop_samples", "Hard samples by review state.", {"state": Sample.state})
             yield _grouped(
                 session,
@@ -74,10 +79,20 @@ class FleetCollector(Collector):
             c = CounterMetricFamily(f"edgeloop_bridge_{key}", help_)
             c.add_metric([], float(bridge[key]))
             yield c
+        storage = CounterMetricFamily(
+            "edgeloop_storage_errors",
+            "Failed artifact and sample file operations (disk or object storage).",
+            labels=["op"],
+        )
+        errors = s.store.blobs.errors + s.sample_blobs.errors
+        for op in ("write", "read", "delete"):
+            storage.add_metric([op], float(errors.get(op, 0)))
+        yield storage
         for key, help_, value in (
             ("edgeloop_bridge_state_queue_depth", "State messages waiting to be stored.", bridge["queued_state"]),
             ("edgeloop_bridge_queue_depth", "Telemetry points waiting to be stored.", bridge["queued_telemetry"]),
             ("edgeloop_bridge_up", "1 while device messages can flow (worker alive, broker connected).", bridge["ok"]),
+            ("edgeloop_bridge_lag_seconds", "Age of the oldest device message waiting to be stored.", bridge["lag_s"]),
             (
                 "edgeloop_release_cert_days_left",
                 "Days until the release key's certificate ends (rotate before 0).",
@@ -87,6 +102,71 @@ class FleetCollector(Collector):
             g = GaugeMetricFamily(key, help_)
             g.add_metric([], float(value))
             yield g
+
+
+def _rollout_waves(session: Session) -> Iterator[GaugeMetricFamily]:
+    """For running rollouts: how long the current wave has run, and how long it may (bake + offline timeout)."""
+    age = GaugeMetricFamily(
+        "edgeloop_rollout_wave_age_seconds",
+        "Seconds the current wave of a running rollout has run.",
+        labels=["rollout", "model"],
+    )
+    budget = GaugeMetricFamily(
+        "edgeloop_rollout_wave_budget_seconds",
+        "Seconds a wave should need at most: its bake time plus the offline timeout.",
+        labels=["rollout", "model"],
+    )
+    now = datetime.now(timezone.utc)
+    running = session.exec(select(Rollout).where(Rollout.state == RolloutState.RUNNING)).all()
+    for r in running:
+        started = r.wave_started_at or r.created_at
+        started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+        labels = [str(r.id), r.model]
+        age.add_metric(labels, (now - started).total_seconds())
+        budget.add_metric(labels, r.bake_s + r.offline_timeout_s)
+    yield age
+    yield budget
+
+
+def _job_durations(session: Session) -> SummaryMetricFamily:
+    """Run time of finished jobs by kind (sum and count: rate them for a mean)."""
+    fam = SummaryMetricFamily("edgeloop_job_duration_seconds", "Run time of finished jobs by kind.", labels=["kind"])
+    rows = session.exec(
+        select(Job.kind, Job.started_at, Job.finished_at).where(
+            col(Job.started_at).is_not(None), col(Job.finished_at).is_not(None)
+        )
+    ).all()
+    sums: dict[str, list[float]] = {}
+    for kind, started, finished in rows:
+        acc = sums.setdefault(str(kind), [0, 0.0])
+        acc[0] += 1
+        acc[1] += max(0.0, (finished - started).total_seconds())
+    for kind, (n, total) in sorted(sums.items()):
+        fam.add_metric([kind], count_value=int(n), sum_value=total)
+    return fam
+
+
+def _drift(session: Session) -> Iterator[GaugeMetricFamily]:
+    """Per retrain policy that watches drift: the serving version's confidence, recent over baseline, and the
+    drop that fires it."""
+    ratio = GaugeMetricFamily(
+        "edgeloop_drift_confidence_ratio",
+        "Mean prediction confidence over the drift window, relative to before it (1 = no drift).",
+        labels=["model", "version"],
+    )
+    threshold = GaugeMetricFamily(
+        "edgeloop_drift_threshold_ratio", "The ratio below which the retrain policy fires.", labels=["model"]
+    )
+    for pol in session.exec(select(RetrainPolicy).where(col(RetrainPolicy.drift_drop).is_not(None))).all():
+        threshold.add_metric([pol.model], 1.0 - float(pol.drift_drop or 0.0))
+        current = latest_trained(session, pol.model)
+        if current is None:
+            continue
+        reading = confidence_drift(session, current.model, current.version, pol.drift_window_min)
+        if reading is not None:
+            ratio.add_metric([pol.model, str(current.version)], float(reading["ratio"]))
+    yield ratio
+    yield threshold
 
 
 def _label(v: Any) -> str:
