@@ -158,3 +158,39 @@ def test_readyz_names_the_dependency_that_is_gone(tmp_path: Path) -> None:
         assert s.proc.alive()  # liveness is another question: the process keeps running and reconnecting
     finally:
         s.stop()
+
+
+@pytest.mark.e2e
+def test_every_dashboard_query_parses_and_names_only_exported_metrics(tmp_path: Path) -> None:
+    """Grafana cannot run here: promtool parses each panel's query, and each metric it names must be one the
+    server exports (read from a live server's /metrics) or the agent exports (its /metrics code)."""
+    import json
+    import re
+
+    import yaml
+
+    dash = json.loads((ROOT / "deploy" / "grafana" / "edgeloop.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 20 and len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    rules = {
+        "groups": [{"name": "dashboard", "rules": [{"record": f"panel:{i}", "expr": e} for i, e in enumerate(exprs)]}]
+    }
+    (tmp_path / "panels.yml").write_text(yaml.safe_dump(rules))
+    check = subprocess.run(
+        [_tool("promtool"), "check", "rules", str(tmp_path / "panels.yml")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    s = Server(tmp_path / "server", None, extra=["--mqtt-broker", "embedded"])
+    try:
+        text = httpx.get(s.url + "/metrics").text
+    finally:
+        s.stop()
+    families = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+    agent = (ROOT / "edge_agent" / "endpoints.py").read_text()
+    families |= set(re.findall(r"# TYPE (edgeloop_[a-z0-9_]+)", agent))
+    families |= {"up"}
+    exported = families | {f + suffix for f in families for suffix in ("_total", "_bucket", "_sum", "_count")}
+    named = {m for e in exprs for m in re.findall(r"\b(edgeloop_[a-z0-9_]+|up)\b", e)}
+    assert named <= exported, sorted(named - exported)
+    assert {"edgeloop_inference_fps", "edgeloop_devices_serving", "edgeloop_rollout_devices"} <= named
