@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import getpass
 import hashlib
 import logging
@@ -22,12 +23,15 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.protocol.topics import TOPIC_PREFIX
+from edge_agent.transport.mqtt import MqttUrl
 from fleet_server.procs import die_with_parent, stop_stale
 from fleet_server.tls import ensure_broker_cert
 
@@ -70,6 +74,55 @@ class BrokerTls:
     ca: Path | None = None
 
 
+class MosquittoAuth:
+    """Mosquitto's password file and ACL in one folder: the server's account (all of `edgeloop/#`) and one
+    account per device (its own topics only). Every change is a read-modify-write under a file lock, so
+    replicas sharing the folder (an external Mosquitto's auth volume) never lose each other's changes."""
+
+    def __init__(self, folder: Path, server_user: str, server_password: str, mode: int = 0o600) -> None:
+        self.dir, self.server_user, self.mode = folder, server_user, mode
+        self._server_password = server_password
+        self._lock = threading.Lock()
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock, open(self.dir / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _edit(self, drop: str | None, add: str | None) -> None:
+        passwd = self.dir / "passwd"
+        text = passwd.read_text() if passwd.exists() else ""
+        keep = [ln for ln in text.splitlines() if ln and not (drop and ln.startswith(drop + ":"))]
+        atomic_write_bytes(passwd, ("\n".join([*keep, *([add] if add else [])]) + "\n").encode(), mode=self.mode)
+
+    def write_base(self) -> None:
+        """The server's own account and the ACL (devices' lines stay as they are)."""
+        with self._locked():
+            self._edit(self.server_user, f"{self.server_user}:{mosquitto_hash(self._server_password)}")
+            acl = "\n".join(
+                [
+                    f"user {self.server_user}",
+                    "topic readwrite edgeloop/#",
+                    "",
+                    "# every other user is a device: its own topics only",
+                    f"pattern read {TOPIC_PREFIX}/%u/desired",
+                    *(f"pattern write {TOPIC_PREFIX}/%u/{k}" for k in ("reported", "status", "telemetry", "events")),
+                    "",
+                ]
+            )
+            atomic_write_bytes(self.dir / "acl", acl.encode(), mode=self.mode)
+
+    def set_device(self, device_id: str, token: str | None) -> None:
+        """A device's credential (a new token replaces the old one), or none (`token` None: shut out)."""
+        with self._locked():
+            self._edit(device_id, f"{device_id}:{mosquitto_hash(token)}" if token is not None else None)
+
+
 class Broker:
     url: str  # how the server connects (may carry credentials)
     public_url: str  # what devices are told
@@ -88,10 +141,37 @@ class Broker:
 
 
 class ExternalBroker(Broker):
-    def __init__(self, url: str, public_url: str | None, shared: bool) -> None:
+    """A broker someone else runs. With `auth_dir` (a folder that Mosquitto reads its password file and ACL
+    from, and reloads when they change), the server writes the per-device accounts there, as it does for the
+    Mosquitto it runs; without it, per-device credentials are the broker operator's job."""
+
+    def __init__(self, url: str, public_url: str | None, shared: bool, auth_dir: Path | None = None) -> None:
         self.url = url
         self.public_url = public_url or _strip_credentials(url)
         self.supports_shared = shared
+        self.auth: MosquittoAuth | None = None
+        if auth_dir is not None:
+            parsed = MqttUrl.parse(url)
+            if not parsed.username or not parsed.password:
+                raise RuntimeError(
+                    "mqtt_auth_dir needs the server's own credentials in mqtt_url (mqtt://user:pass@host)"
+                )
+            # group-readable: the broker's process reads it, under the group the two share
+            self.auth = MosquittoAuth(auth_dir, parsed.username, parsed.password, mode=0o640)
+            self.per_device_auth = True
+
+    def start(self) -> None:
+        if self.auth is not None:
+            self.auth.write_base()
+            log.info("writing the broker's accounts and ACL into %s", self.auth.dir)
+
+    def add_device(self, device_id: str, token: str) -> None:
+        if self.auth is not None:
+            self.auth.set_device(device_id, token)
+
+    def remove_device(self, device_id: str) -> None:
+        if self.auth is not None:
+            self.auth.set_device(device_id, None)
 
 
 class MosquittoBroker(Broker):
@@ -112,6 +192,7 @@ class MosquittoBroker(Broker):
         if not pw_path.exists():
             atomic_write_bytes(pw_path, secrets.token_urlsafe(24).encode(), mode=0o600)
         self._server_password = pw_path.read_text().strip()
+        self.auth = MosquittoAuth(self.dir, SERVER_USER, self._server_password)
         self.url = f"mqtt://{SERVER_USER}:{self._server_password}@{self.host}:{self.port}"
         self.public_url = f"mqtt://{public_host}:{self.port}"
         if tls is not None:
@@ -132,24 +213,7 @@ class MosquittoBroker(Broker):
         return [f"listener {self.tls_port} {self.tls_host}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
 
     def _write_config(self) -> Path:
-        passwd = self.dir / "passwd"
-        if not passwd.exists():
-            atomic_write_bytes(passwd, b"", mode=0o600)
-        lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(SERVER_USER + ":")]
-        lines.insert(0, f"{SERVER_USER}:{mosquitto_hash(self._server_password)}")
-        atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
-        acl = "\n".join(
-            [
-                f"user {SERVER_USER}",
-                "topic readwrite edgeloop/#",
-                "",
-                "# every other user is a device: its own topics only",
-                f"pattern read {TOPIC_PREFIX}/%u/desired",
-                *(f"pattern write {TOPIC_PREFIX}/%u/{k}" for k in ("reported", "status", "telemetry", "events")),
-                "",
-            ]
-        )
-        atomic_write_bytes(self.dir / "acl", acl.encode(), mode=0o600)
+        self.auth.write_base()
         (self.dir / "data").mkdir(exist_ok=True)
         conf = "\n".join(
             [
@@ -166,7 +230,7 @@ class MosquittoBroker(Broker):
                 "allow_anonymous false",
                 # the client id is the user name: no device can take over another's session by naming its id
                 "use_username_as_clientid true",
-                f"password_file {passwd}",
+                f"password_file {self.dir / 'passwd'}",
                 f"acl_file {self.dir / 'acl'}",
                 "persistence true",
                 f"persistence_location {self.dir / 'data'}/",
@@ -224,19 +288,15 @@ class MosquittoBroker(Broker):
         self._proc = None
 
     def add_device(self, device_id: str, token: str) -> None:
-        with self._lock:
-            passwd = self.dir / "passwd"
-            lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(device_id + ":")]
-            lines.append(f"{device_id}:{mosquitto_hash(token)}")
-            atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
-            if self._proc and self._proc.poll() is None:
-                os.kill(self._proc.pid, signal.SIGHUP)
+        self.auth.set_device(device_id, token)
+        self._reload()
 
     def remove_device(self, device_id: str) -> None:
+        self.auth.set_device(device_id, None)
+        self._reload()
+
+    def _reload(self) -> None:
         with self._lock:
-            passwd = self.dir / "passwd"
-            lines = [ln for ln in passwd.read_text().splitlines() if ln and not ln.startswith(device_id + ":")]
-            atomic_write_bytes(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
             if self._proc and self._proc.poll() is None:
                 os.kill(self._proc.pid, signal.SIGHUP)
 
@@ -303,9 +363,12 @@ def choose_broker(
     public_host: str,
     kind: str = "auto",
     tls: BrokerTls | None = None,
+    auth_dir: Path | None = None,
 ) -> Broker:
     if mqtt_url:
-        return ExternalBroker(mqtt_url, public_url, shared)
+        return ExternalBroker(mqtt_url, public_url, shared, auth_dir)
+    if auth_dir is not None:
+        raise RuntimeError("mqtt_auth_dir is for an external broker (mqtt_url); the server's own keeps its files")
     if kind == "mosquitto" and not MosquittoBroker.available():
         raise RuntimeError("mqtt_broker=mosquitto but no mosquitto binary is on PATH (apt-get install mosquitto)")
     if tls is not None and (kind == "embedded" or not MosquittoBroker.available()):

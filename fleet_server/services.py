@@ -90,6 +90,7 @@ class Services:
             BrokerTls(settings.mqtt_tls_port, settings.mqtt_tls_cert, settings.mqtt_tls_key, settings.mqtt_tls_ca)
             if settings.mqtt_tls_port is not None
             else None,
+            settings.mqtt_auth_dir,
         )
         bridge = MqttBridge(
             engine,

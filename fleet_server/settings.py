@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         "auto", description="Without mqtt_url: run Mosquitto if installed (auto), or force one kind."
     )
     mqtt_shared: bool = Field(True, description="Consume device topics through $share subscriptions.")
+    mqtt_auth_dir: Path | None = Field(
+        None,
+        description="External Mosquitto: a folder it reads `password_file passwd` and `acl_file acl` from (and "
+        "reloads when they change, see deploy/mosquitto). The server writes one account per device there, limited "
+        "to its own topics, as it does for the Mosquitto it runs. Needs the server's credentials in mqtt_url.",
+    )
     mqtt_client_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",

@@ -4,6 +4,7 @@ another's state, or a newcomer without Mosquitto gets no fleet."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import threading
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.helpers import Server, start_agent, wait_for
+from tests.helpers import Proc, Server, free_port, start_agent, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +38,14 @@ def _connect(url: str, user: str, password: str) -> tuple[mqtt.Client, dict]:
     c.loop_start()
     ev.wait(5)
     return c, got
+
+
+def _admitted(url: str, user: str, password: str) -> bool | None:
+    """True/False: the broker took/refused the credential; None: no answer yet. The probe is closed after."""
+    c, got = _connect(url, user, password)
+    c.loop_stop()
+    c.disconnect()
+    return None if got["connect"] is None else not got["connect"].is_failure
 
 
 def _deploy_and_wait(fleet: Server, assets: dict[str, Path], tmp_path: Path, device: str) -> dict:
@@ -130,3 +141,46 @@ def test_embedded_broker_carries_the_loop(tmp_path: Path, assets: dict[str, Path
         assert "embedded MQTT broker" in fleet.proc.log()
     finally:
         fleet.stop()
+
+
+def test_an_external_mosquitto_takes_its_accounts_from_the_server(tmp_path: Path, assets: dict[str, Path]) -> None:
+    """deploy/mosquitto as compose and Kubernetes run it: the server writes passwd and acl into a shared
+    folder, run-mosquitto.sh waits for them and reloads Mosquitto when they change."""
+    auth, port = tmp_path / "auth", free_port()
+    auth.mkdir()
+    conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    conf = conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("/mosquitto/auth", str(auth))
+    conf = conf.replace("/mosquitto/data/", f"{tmp_path}/data/").replace("log_dest stdout", "")
+    conf += f"user {getpass.getuser()}\n"  # as root it would drop to `mosquitto`, outside this folder's group
+    (tmp_path / "data").mkdir()
+    (tmp_path / "mosquitto.conf").write_text(conf)
+    broker = Proc(
+        ["sh", str(ROOT / "deploy" / "mosquitto" / "run-mosquitto.sh"), str(tmp_path / "mosquitto.conf")],
+        tmp_path / "mosquitto.log",
+        env={"AUTH_DIR": str(auth), "RELOAD_INTERVAL": "0.2"},
+    )
+    url = f"mqtt://127.0.0.1:{port}"
+    fleet = Server(
+        tmp_path / "server", f"mqtt://edgeloop-server:s3rver-Pa55@127.0.0.1:{port}",
+        env={"EDGELOOP_MQTT_AUTH_DIR": str(auth), "EDGELOOP_MQTT_PUBLIC_URL": url},
+    )  # fmt: skip
+    try:
+        assert (
+            oct((auth / "passwd").stat().st_mode & 0o777) == "0o640"
+            and "s3rver-Pa55" not in (auth / "passwd").read_text()
+        )
+        a = _deploy_and_wait(fleet, assets, tmp_path, "ext-a")  # a real agent gets in with its credential
+        b = fleet.enroll("ext-b")
+        wait_for(lambda: _admitted(url, "ext-b", b["token"]), 10, "ext-b admitted")
+        c, got = _connect(url, "ext-b", b["token"])
+        c.subscribe([("edgeloop/v1/devices/ext-a/desired", 1), ("edgeloop/v1/devices/ext-b/desired", 1)])
+        fleet.cli("deploy", "colors:1", "--device", "ext-b")
+        wait_for(lambda: "edgeloop/v1/devices/ext-b/desired" in got["messages"], 10, "ext-b's own desired state")
+        assert "edgeloop/v1/devices/ext-a/desired" not in got["messages"]  # never another device's
+        c.loop_stop()
+        c.disconnect()
+        fleet.cli("devices", "revoke", "ext-a")
+        wait_for(lambda: _admitted(url, "ext-a", a["token"]) is False, 10, "revoked ext-a refused")
+    finally:
+        fleet.stop()
+        broker.stop()
