@@ -92,6 +92,8 @@ class Services:
             else None,
             settings.mqtt_auth_dir,
         )
+        if broker.ca_pem is None and settings.mqtt_tls_ca is not None:  # an external broker's TLS listener
+            broker.ca_pem = settings.mqtt_tls_ca.read_text()
         bridge = MqttBridge(
             engine,
             broker.url,

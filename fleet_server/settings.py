@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     )
     mqtt_tls_key: Path | None = Field(None, description="Its private key (PEM), with mqtt_tls_cert.")
     mqtt_tls_ca: Path | None = Field(
-        None, description="The CA devices pin for mqtt_tls_cert (PEM), handed to them at enrollment."
+        None,
+        description="The CA devices pin for mqtt_tls_cert, or for an external broker's TLS listener (PEM), handed "
+        "to them at enrollment.",
     )
     admin_token: SecretStr | None = Field(None, description="Admin API token; generated into data_dir if unset.")
     health_window_s: float = Field(10.0, ge=0, description="Default health window for new deployments.")
