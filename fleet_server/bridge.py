@@ -31,6 +31,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_topic
 from edge_agent.transport.mqtt import Ack, MqttTransport
+from fleet_server.devices import problems
 from fleet_server.devices.desired import desired_message
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
@@ -423,5 +424,6 @@ class MqttBridge:
                 device.online = True
             device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
             device.staleness_ms_p99 = msg.staleness_ms_p99
+            problems.from_telemetry(device, msg)
             if msg.model and msg.version is not None and msg.frames > 0:
                 fold(pending, device.id, msg)

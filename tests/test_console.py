@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,52 @@ def test_login_refuses_a_wrong_password_and_sees_devices_appear_live(
         assert tablet.evaluate("document.documentElement.scrollWidth") <= 800
         tablet.screenshot(path=str(shots / "fleet-tablet.png"), full_page=True)
     finally:
+        sim.stop()
+
+
+def test_the_fleet_page_flags_a_device_whose_camera_is_down(
+    console: Server, mosquitto: str, browser: Any, shots: Path
+) -> None:
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.protocol.messages import SourceTelemetry, Telemetry, encode_message
+
+    sim = _sim(console, mosquitto, 2, "camdown", {"site": "camdown"})
+    host, port = mosquitto.split("://")[1].rsplit(":", 1)
+    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="camdown-probe")
+    try:
+        for d in sim.devices:
+            console.http.put(f"/api/v1/devices/{d}/deployment", json={"model": "colors", "version": 1})
+        wait_for(lambda: all((console.device(d)["fps"] or 0) > 0 for d in sim.devices), 20, "telemetry flowing")
+        sim.pause_telemetry()
+        time.sleep(0.5)
+        c.connect(host, int(port))
+        c.loop_start()
+        down = SourceTelemetry(name="door", ok=False, error="rtsp://10.0.0.7/door: connection timed out")
+        msg = Telemetry(device_id="camdown-00000", model="colors", version=1, frames=0, fps=0.0, source_ok=False,
+                        source_error=down.error, sources=[down])  # fmt: skip
+        c.publish("edgeloop/v1/devices/camdown-00000/telemetry", encode_message(msg), qos=1).wait_for_publish(5)
+        wait_for(lambda: console.device("camdown-00000")["problem"], 10, "the problem stored")
+        assert (
+            "door down" in console.device("camdown-00000")["problem"]
+            and console.device("camdown-00001")["problem"] is None
+        )
+
+        page = _page(browser)
+        _login(page, console, "olga")
+        page.goto(f"{console.url}/console/fleet?tag=site%3Dcamdown")
+        row = page.locator("tr[data-device='camdown-00000']")
+        assert "problem" in (row.get_attribute("class") or "")
+        assert "door down: rtsp://10.0.0.7/door: connection timed out" in row.locator(".problem-reason").inner_text()
+        assert page.locator("tr[data-device='camdown-00001'] .problem-reason").count() == 0
+        assert int(page.locator("a.count.warn", has_text="with a problem").locator("b").inner_text()) >= 1
+        page.goto(f"{console.url}/console/fleet?state=degraded&tag=site%3Dcamdown")
+        assert [r.get_attribute("data-device") for r in page.locator("tbody tr").all()] == ["camdown-00000"]
+        page.screenshot(path=str(shots / "fleet-problem.png"), full_page=True)
+        listed = console.cli("devices", "list").stdout
+        assert "! door down" in listed and "device(s) with a problem" in listed
+    finally:
+        c.loop_stop()
         sim.stop()
 
 
@@ -360,6 +407,8 @@ def test_every_page_renders_for_an_admin_without_script_errors(console: Server, 
     ):
         page.goto(console.url + path)
         page.wait_for_selector(marker)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1280, f"{path} is {width} px wide at 1280"  # nothing overflows the window
         page.screenshot(path=str(shots / (path.strip("/").replace("/", "_").split("?")[0] + ".png")), full_page=True)
     assert page.locator("#users td", has_text="victor").count() == 1
     page.goto(console.url + "/console/models/colors/2")

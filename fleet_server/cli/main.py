@@ -12,7 +12,6 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from edge_agent.protocol.messages import UpdateStateName
 from fleet_server.app import create_app
 from fleet_server.cli import flywheel_cli, keys_cli, users_cli, zoo_cli
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
@@ -187,16 +186,23 @@ def cmd_devices_delete(args: argparse.Namespace) -> int:
 def cmd_devices_list(args: argparse.Namespace) -> int:
     rows = AdminClient(args.server_url, args.token).request("GET", "/api/v1/devices")
     lines = [f"{'DEVICE':<20} {'ONLINE':<7} {'MODEL':<16} {'VER':>4} {'STATE':<12} {'FPS':>6} {'P95 MS':>7}  LAST SEEN"]
+    problems = 0
     for d in rows:
+        # an offline device's figures are its last ones: shown in brackets, with when it was last seen
         fps = f"{d['fps']:.1f}" if d["fps"] is not None else "-"
         p95 = f"{d['latency_ms_p95']:.1f}" if d["latency_ms_p95"] is not None else "-"
+        if not d["online"] and d["fps"] is not None:
+            fps, p95 = f"({fps})", f"({p95})"
         lines.append(
             f"{d['id']:<20} {'yes' if d['online'] else 'no':<7} {d['model'] or '-':<16} "
             f"{d['version'] if d['version'] is not None else '-':>4} {d['state'] or '-':<12} {fps:>6} "
             f"{p95:>7}  {d['last_seen'] or '-'}"
         )
-        if d.get("reason") and d.get("state") == UpdateStateName.failed:
-            lines.append(f"{'':<20} reason: {d['reason']}")
+        if d.get("problem"):
+            problems += 1
+            lines.append(f"{'':<20} ! {d['problem']}")
+    if problems:
+        lines.append(f"{problems} device(s) with a problem")
     out(args, rows, "\n".join(lines))
     return 0
 

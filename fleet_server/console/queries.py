@@ -9,10 +9,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import func
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, select
 
 from edge_agent.protocol.manifest import RefError, parse_ref_latest
 from edge_agent.protocol.messages import UpdateStateName
+from fleet_server.devices import problems
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.flywheel.tables import Sample, SampleState
 from fleet_server.jobs.tables import Job
@@ -30,7 +31,7 @@ STATES = {
     "offline": lambda: col(Device.online).is_(False),
     "updating": lambda: col(Device.state).in_(UPDATING),
     "failed": lambda: col(Device.state) == UpdateStateName.failed,
-    "degraded": lambda: or_(col(Device.reason).is_not(None), col(Device.shadow_reason).is_not(None)),
+    "degraded": lambda: problems.where_problem(),
 }
 
 
@@ -99,6 +100,7 @@ def device_row(d: Device, now: datetime) -> dict[str, Any]:
         "p95": d.latency_ms_p95,
         "staleness": d.staleness_ms_p99,
         "last_seen": _ago(d.last_seen, now),
+        "problem": problems.describe(d, now),
     }
 
 

@@ -13,6 +13,7 @@ from edge_agent.flywheel.miners import STRATEGIES
 from edge_agent.protocol.topics import valid_device_id
 from fleet_server.audit import audit
 from fleet_server.broker import Broker
+from fleet_server.devices import problems
 from fleet_server.devices.tables import Deployment, Device, DevicePublic, TelemetryPoint
 from fleet_server.keys import new_device_token, token_hash
 from fleet_server.rollouts.states import LIVE
@@ -147,4 +148,5 @@ def device_public(d: Device, shed: int = 0) -> DevicePublic:
         shadow_reason=d.shadow_reason,
         flywheel=tel.get("flywheel"),
         telemetry_shed=shed,
+        problem=problems.describe(d),
     )

@@ -39,6 +39,9 @@ class Device(DeviceBase, table=True):
     latency_ms_p95: float | None = None
     staleness_ms_p99: float | None = None
     telemetry_json: str | None = None
+    # what is wrong, from its telemetry (a camera down, fps under half its usual); None when nothing is
+    problem: str | None = Field(default=None, max_length=300)
+    fps_baseline: float | None = None  # its usual fps: a slow average of its healthy telemetry
 
 
 class TelemetryPoint(SQLModel, table=True):
@@ -82,6 +85,7 @@ class DevicePublic(DeviceBase):
     shadow_reason: str | None = None
     flywheel: dict | None = None
     telemetry_shed: int = 0  # telemetry points the answering replica shed under overload (state is never shed)
+    problem: str | None = None  # why the fleet page counts it "with a problem" (None: it is fine, or offline)
 
 
 class DeviceEnrolled(SQLModel):
