@@ -35,6 +35,7 @@ from fleet_server.devices import problems
 from fleet_server.devices.desired import desired_message
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
+from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 _UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # INSERT ... ON CONFLICT, per dialect
@@ -361,7 +362,9 @@ class MqttBridge:
                     continue
                 if isinstance(msg, StatusMessage):
                     self._status_seq[item.device_id] = item.seq
-                self._apply_one(pending, device, msg, now, online=item.seq >= self._status_seq.get(item.device_id, -1))
+                self._apply_one(
+                    session, pending, device, msg, now, online=item.seq >= self._status_seq.get(item.device_id, -1)
+                )
                 if isinstance(msg, Telemetry):
                     last_telemetry[item.device_id] = msg
             for device_id, msg in last_telemetry.items():
@@ -398,6 +401,7 @@ class MqttBridge:
 
     def _apply_one(
         self,
+        session: Session,
         pending: dict[tuple[str, str, int], dict[str, float]],
         device: Device,
         msg: object,
@@ -408,6 +412,9 @@ class MqttBridge:
         applied first because state messages go first, must not be undone by an older point)."""
         device.last_seen = now
         if isinstance(msg, StatusMessage):
+            if device.online and msg.status == "offline":
+                gone = {"device": device.id, "model": device.model, "version": device.version, "at": now}
+                webhooks.emit(session, "device.offline", gone)
             device.online = msg.status == "online"
         elif isinstance(msg, ReportedState):  # retained: may be old, so it says nothing about online
             slot = msg.slots.get("default")

@@ -32,6 +32,7 @@ from fleet_server.keys import WARN_DAYS, KeyRing, ensure_admin_token, ensure_key
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore, datasets_dir
+from fleet_server.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Services:
     deployer: Deployer
     rollouts: RolloutEngine
     jobs: JobRunner
+    webhooks: WebhookDispatcher
     sample_index: PhashIndex
     replica: str
 
@@ -127,6 +129,9 @@ class Services:
             deployer=deployer,
             rollouts=rollouts,
             jobs=jobs,
+            webhooks=WebhookDispatcher(
+                engine, replica, timeout_s=settings.webhook_timeout_s, retry_base_s=settings.webhook_retry_base_s
+            ),
             sample_index=PhashIndex(),
             replica=replica,
         )
@@ -139,6 +144,7 @@ class Services:
         self.rollouts.start()
         if self.settings.run_jobs:
             self.jobs.start()
+        self.webhooks.start()
         log.info("edgeloop server ready: api %s, mqtt %s", self.settings.base_url, self.broker.public_url)
         expires = self.keys.cert.body().expires_at
         if expires - datetime.now(timezone.utc) <= timedelta(days=WARN_DAYS):
@@ -168,6 +174,7 @@ class Services:
     def stop(self) -> None:
         self.rollouts.stop()
         self.jobs.stop()
+        self.webhooks.stop()
         self.bridge.stop()
         self.broker.stop()
         self.engine.dispose()

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
         "s3://bucket/prefix?endpoint=http://minio:9000&region=us-east-1 (credentials: AWS_* environment).",
     )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest model upload accepted.")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="A webhook receiver must answer within this.")
+    webhook_retry_base_s: float = Field(
+        2.0, gt=0, le=600, description="First retry of a failed webhook delivery after this; doubling, up to 1 h."
+    )
     tls_cert: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM), or leave TLS to a proxy.")
     tls_key: Path | None = Field(None, description="The HTTPS certificate's private key (PEM).")
 

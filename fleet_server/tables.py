@@ -10,6 +10,7 @@ from fleet_server.jobs.tables import Job
 from fleet_server.registry.tables import Artifact, Model, ModelVersion
 from fleet_server.rollouts.tables import Rollout, RolloutDevice, TelemetryAgg
 from fleet_server.users.tables import User, UserSession
+from fleet_server.webhooks.tables import Webhook, WebhookDelivery
 
 __all__ = [
     "Artifact",
@@ -27,4 +28,6 @@ __all__ = [
     "TelemetryPoint",
     "User",
     "UserSession",
+    "Webhook",
+    "WebhookDelivery",
 ]

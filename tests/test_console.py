@@ -403,6 +403,7 @@ def test_every_page_renders_for_an_admin_without_script_errors(console: Server, 
         ("/console/datasets", "h1"),
         ("/console/jobs", "#jobs"),
         ("/console/audit", "#audit"),
+        ("/console/webhooks", "#webhooks"),
         ("/console/users", "#users"),
     ):
         page.goto(console.url + path)

@@ -29,6 +29,7 @@ from fleet_server.jobs.tables import Job
 from fleet_server.rollouts.states import ENGINE_STATES, LIVE, RolloutState
 from fleet_server.rollouts.tables import Rollout, RolloutDevice
 from fleet_server.services import Services
+from fleet_server.webhooks.tables import WebhookDelivery
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -54,6 +55,9 @@ class FleetCollector(Collector):
             yield _job_durations(session)
             yield from _drift(session)
             yield _grouped(session, "edgeloop_samples", "Hard samples by review state.", {"state": Sample.state})
+            yield _grouped(
+                session, "edgeloop_webhook_deliveries", "Webhook deliveries by state.", {"state": WebhookDelivery.state}
+            )
             yield _grouped(
                 session,
                 "edgeloop_devices",

@@ -13,7 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from fleet_server.app import create_app
-from fleet_server.cli import flywheel_cli, keys_cli, users_cli, zoo_cli
+from fleet_server.cli import flywheel_cli, keys_cli, users_cli, webhooks_cli, zoo_cli
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
 from fleet_server.cli.common import out
 from fleet_server.cli.rollouts_cli import add_parsers
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     flywheel_cli.add_parsers(sub, _admin_flags)
 
     users_cli.add_parsers(sub, _admin_flags)
+
+    webhooks_cli.add_parsers(sub, _admin_flags)
 
     keys_cli.add_parsers(sub)
 

@@ -20,6 +20,7 @@ from fleet_server.jobs.tables import Job
 from fleet_server.registry.tables import Artifact, ModelVersion
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
+from fleet_server.webhooks import service as webhooks
 from model_zoo.compile import TARGETS
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def check_policies(
                 kind="retrain", params_json=json.dumps(params), created_by="flywheel", message=f"queued: {trigger}"
             )
             s.add(job)
+            if trigger.startswith("drift"):
+                webhooks.emit(s, "drift", {"model": pol.model, "version": current.version, "trigger": trigger,
+                                           "reading": drift})  # fmt: skip
             s.commit()
             s.refresh(job)
             queued.append(int(job.id or 0))

@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 from fleet_server.jobs.states import MAX_ATTEMPTS, JobEvent, JobState, next_job_state
 from fleet_server.jobs.tables import Job
 from fleet_server.procs import die_with_parent
+from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=30)
@@ -251,6 +252,8 @@ class JobRunner:
             job.error = error[:2000]
             job.message = error.splitlines()[0][:500] if error else job.message
         s.add(job)
+        if job.state == JobState.FAILED:
+            webhooks.emit(s, "job.failed", {"job": job.id, "kind": job.kind, "error": job.message})
         s.commit()
 
 

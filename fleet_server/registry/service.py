@@ -26,6 +26,7 @@ from edge_agent.runtimes import RuntimeError_, RuntimeOptions, create_runtime
 from fleet_server.db import utcnow
 from fleet_server.keys import KeyRing
 from fleet_server.registry.tables import Artifact, Model, ModelVersion, ModelVersionPublic
+from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def register_artifacts(
     session.flush()
     for target, entry in artifacts.items():
         session.add(Artifact(version_id=int(mv.id or 0), target=target, sha256=entry.sha256, length=entry.length))
+    webhooks.emit(
+        session, "model.registered",
+        {"model": name, "version": version, "task": task, "targets": sorted(artifacts), "lineage": lineage or {}},
+    )  # fmt: skip
     return mv
 
 

@@ -37,6 +37,7 @@ from fleet_server.rollouts.states import (
     sources,
 )
 from fleet_server.rollouts.tables import Rollout, RolloutDevice, TelemetryAgg
+from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES = 3  # telemetry messages on the new version before gates are judged
@@ -405,5 +406,9 @@ class RolloutEngine:
         r.state, r.reason = next_rollout_state(r.state, RolloutEvent.ABORTED), reason
         s.add(r)
         audit(s, actor, "aborted", f"rollout/{r.id}", f"{reason}; {len(moved)} device(s) sent back")
+        webhooks.emit(
+            s, "rollout.aborted",
+            {"rollout": r.id, "model": r.model, "version": r.version, "reason": reason, "sent_back": len(moved)},
+        )  # fmt: skip
         s.commit()
         log.warning("rollout %s aborted: %s", r.id, reason)

@@ -13,6 +13,7 @@ from fleet_server.api.routes import (
     rollouts,
     samples,
     users,
+    webhooks,
 )
 
 ROUTERS = [
@@ -26,4 +27,5 @@ ROUTERS = [
     flywheel.router,
     users.router,
     audit.router,
+    webhooks.router,
 ]

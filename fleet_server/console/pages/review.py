@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import MAX_ID, Id, ServicesDep, SessionDep
 from fleet_server.audit import entries
@@ -21,6 +21,9 @@ from fleet_server.jobs.service import job_public
 from fleet_server.jobs.tables import Job
 from fleet_server.services import Services
 from fleet_server.users.service import list_users
+from fleet_server.webhooks.service import delivery_public
+from fleet_server.webhooks.service import public as webhook_public
+from fleet_server.webhooks.tables import EVENTS, Webhook, WebhookDelivery
 from model_zoo.datasets.store import DatasetStore
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -95,6 +98,21 @@ def job_live(
 @router.get("/users")
 def users(request: Request, session: SessionDep, who: ConsoleAdmin) -> HTMLResponse:
     return render(request, who, "users.html", users=list_users(session), nav="users")
+
+
+@router.get("/webhooks")
+def webhooks_page(request: Request, session: SessionDep, who: ConsoleAdmin) -> HTMLResponse:
+    hooks = session.exec(select(Webhook).order_by(col(Webhook.id))).all()
+    recent = session.exec(select(WebhookDelivery).order_by(col(WebhookDelivery.id).desc()).limit(50)).all()
+    return render(
+        request,
+        who,
+        "webhooks.html",
+        hooks=[webhook_public(session, h) for h in hooks],
+        deliveries=[delivery_public(d) for d in recent],
+        events=EVENTS,
+        nav="webhooks",
+    )
 
 
 @router.get("/audit")

@@ -99,6 +99,7 @@ function formJson(form) {
   for (const el of form.elements) {
     if (!el.name) continue;
     if (el.type === "checkbox") { out[el.name] = el.checked; continue; }
+    if (el.type === "select-multiple") { out[el.name] = [...el.selectedOptions].map((o) => o.value); continue; }
     let v = el.value.trim();
     if (v === "") continue;
     if (el.name === "ref") {
