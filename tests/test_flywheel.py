@@ -219,6 +219,7 @@ def test_uploads_are_checked_and_stored_once(fleet: Server) -> None:
         (_upload(fleet, "fly-a", "nope", jpeg), 401),
         (_upload(fleet, "fly-a", a["token"], b"GIF89a" + b"\0" * 100, "image/gif"), 415),
         (_upload(fleet, "fly-a", a["token"], jpeg[: len(jpeg) // 2]), 422),  # truncated
+        (_upload(fleet, "fly-a", a["token"], jpeg[: len(jpeg) // 2] + b"\xff\xd9"), 422),  # truncated, EOI added
         (_upload(fleet, "fly-a", a["token"], _png_header(60000, 60000), "image/png"), 413),  # a bomb
         (_upload(fleet, "fly-a", a["token"], os.urandom(500_000)), 413),  # over the body cap
         (_upload(fleet, "fly-a", a["token"], jpeg, meta={"strategy": "DROP TABLE"}), 422),

@@ -8,6 +8,7 @@ import struct
 
 import cv2
 import numpy as np
+import simplejpeg
 
 
 class ImageRejected(ValueError):
@@ -51,12 +52,20 @@ def header_size(data: bytes) -> tuple[str, int, int]:
 
 def sanitize(data: bytes, max_pixels: int, quality: int = 92) -> tuple[np.ndarray, bytes]:
     """(decoded BGR image, re-encoded JPEG bytes) or ImageRejected."""
-    _kind, w, h = header_size(data)
+    kind, w, h = header_size(data)
     if w <= 0 or h <= 0:
         raise ImageRejected(422, "image has no pixels")
     if w * h > max_pixels:
         raise ImageRejected(413, f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if kind == "jpeg":
+        # strict: libjpeg-turbo's warnings are errors. OpenCV and Pillow decode a JPEG whose scan data stops
+        # early (an end-of-image marker appended is enough) and fill the rest grey; this refuses it.
+        try:
+            img = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+        except ValueError as exc:
+            raise ImageRejected(422, f"corrupt or truncated JPEG: {str(exc)[:120]}") from None
+    else:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.shape[1] != w or img.shape[0] != h:
         raise ImageRejected(422, "image does not decode")
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
