@@ -53,7 +53,7 @@ class Plan:
 
 
 FULL = Plan(1500, 8, 4.0, None, 80, 40, 3, 20.0, 150)
-QUICK = Plan(240, 6, 0.75, "onnx-fp32,onnx-int8", 40, 10, 1, 4.0, 60)
+QUICK = Plan(200, 4, 0.5, "onnx-fp32", 30, 8, 1, 3.0, 40)
 
 
 def free_port() -> int:
