@@ -142,6 +142,7 @@ class Endpoints:
             *(f'edgeloop_source_dropped_frames_total{{source="{s.name}"}} {s.dropped}' for s in self.loop.sources),
             "# TYPE edgeloop_source_decode_fps gauge",
             *(f'edgeloop_source_decode_fps{{source="{s.name}"}} {s.decode_fps():.2f}' for s in self.loop.sources),
+            *self._per_camera(),
             "# TYPE edgeloop_update_state gauge",
             f'edgeloop_update_state{{state="{st.get("state")}"}} 1',
         ]
@@ -155,6 +156,24 @@ class Endpoints:
         if sh is not None and sh.agreement is not None:
             lines += ["# TYPE edgeloop_shadow_agreement gauge", f"edgeloop_shadow_agreement {sh.agreement}"]
         self._send(h, 200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
+
+    def _per_camera(self) -> list[str]:
+        """Each camera's own inference rate, staleness, reconnects and waiting frames (the loop's per_source)."""
+        rows = self.loop.per_source()
+        out = []
+        for name, help_, key, kind in (
+            ("edgeloop_source_infer_fps", "Results per second for this camera.", "infer_fps", "gauge"),
+            ("edgeloop_source_reconnects_total", "Times this camera was reconnected.", "reconnects", "counter"),
+            ("edgeloop_source_queue_depth", "Frames of this camera waiting for inference.", "queue_depth", "gauge"),
+        ):
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+            out += [f'{name}{{source="{r["name"]}"}} {r[key]}' for r in rows]
+        out += ["# HELP edgeloop_source_staleness_ms Age of this camera's frames when their result is ready.",
+                "# TYPE edgeloop_source_staleness_ms summary"]  # fmt: skip
+        for r in rows:
+            out.append(f'edgeloop_source_staleness_ms{{source="{r["name"]}",quantile="0.5"}} {r["staleness_ms_p50"]}')
+            out.append(f'edgeloop_source_staleness_ms{{source="{r["name"]}",quantile="0.99"}} {r["staleness_ms_p99"]}')
+        return out
 
     def _preview(self, h: BaseHTTPRequestHandler, source: str | None) -> None:
         names = [s.name for s in self.loop.sources]

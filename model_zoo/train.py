@@ -223,7 +223,7 @@ def _step_event(
     eta = elapsed / max(1, done) * max(0, left)
     last = f" · {metric} {history[-1][metric]:.3f}" if history and metric in history[-1] else ""
     return {
-        "event": "step",
+        "event": "progress",  # a tick: it moves the job's progress and message, and is not kept in its log
         "epoch": epoch + 1,
         "epochs": epochs,
         "step": step,

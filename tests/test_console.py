@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,9 @@ def test_login_refuses_a_wrong_password_and_sees_devices_appear_live(
         # the device page: its charts fill from the stored telemetry history
         page.click("a[href='/console/devices/live-00000']")
         page.wait_for_selector("svg[data-key='fps'] polyline", timeout=20_000)
+        page.wait_for_selector("svg[data-key='fps'] text.tick", timeout=20_000)  # a clock axis under the curve
+        tick = page.locator("svg[data-key='fps'] text.tick").first.text_content() or ""
+        assert re.fullmatch(r"\d\d:\d\d(:\d\d)?", tick), tick
         page.screenshot(path=str(shots / "device.png"), full_page=True)
         # tablet width: the page still lays out without horizontal scrolling of the whole page
         tablet = _page(browser, width=800)
@@ -189,6 +193,7 @@ def test_operator_starts_a_rollout_watches_it_and_aborts_it(
         page.goto(f"{console.url}/console/rollouts")
         page.select_option("select[name=ref]", "colors:2")
         page.fill("input[name=selector]", "site=roll")
+        page.wait_for_selector("#selector-preview:text('matches 4 devices (4 online)')")  # previewed as typed
         page.fill("input[name=canary]", "1")
         page.fill("input[name=waves]", "100%")
         page.fill("input[name=bake_s]", "600")
@@ -207,6 +212,14 @@ def test_operator_starts_a_rollout_watches_it_and_aborts_it(
         assert r["state"] == "aborted" and r["created_by"] == "olga"
         assert any(a["action"] == "abort" and a["actor"] == "olga" for a in r["audit"])
         wait_for(lambda: all(v == 1 for v in sim.versions().values()), 30, "canary sent back to v1")
+        # the canary's page tells its story in sentences: deployed by the engine, then sent back by the abort
+        canary = next(d["id"] for d in r["devices"] if d["wave"] == 0)
+        page.goto(f"{console.url}/console/devices/{canary}")
+        story = page.locator("#timeline").inner_text()
+        assert f"rollout {rid} of colors:2, wave 0: rolled back" in story, story
+        assert "the rollout engine deployed colors:2" in story and "the rollout engine deployed colors:1" in story
+        assert "PUT 200" not in story and "{" not in story  # no raw HTTP lines, no unfolded JSON
+        page.screenshot(path=str(shots / "device-rolled-back.png"), full_page=True)
         # every state-changing call is in the audit log with the person who made it
         log = console.http.get("/api/v1/audit", params={"actor": "user:olga"}).json()
         assert {"/api/v1/rollouts", f"/api/v1/rollouts/{rid}/abort"} <= {a["target"] for a in log}
@@ -303,7 +316,7 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
         "reason": "score 0.41 in band",
         "model": "colors",
         "version": 1,
-        "predictions": [{"label": "red", "score": 0.41, "box": [60.0, 40.0, 140.0, 120.0]}],  # in the wrong place
+        "predictions": [{"label": "green", "score": 0.41, "box": [60.0, 40.0, 140.0, 120.0]}],  # in the wrong place
     }
     r = httpx.post(
         f"{console.url}/api/v1/devices/review-cam/samples",
@@ -318,9 +331,15 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
     _login(page, console, "olga")
     page.goto(f"{console.url}/console/samples")
     page.wait_for_selector(f".sample[data-id='{sid}'] svg rect")  # the pre-annotation is drawn on the thumbnail
+    thumb = page.locator(f".sample[data-id='{sid}'] svg")
+    assert (
+        thumb.locator("rect").get_attribute("data-label") == "green" and thumb.locator("text").text_content() == "green"
+    )
+    assert "stroke: hsl(" in (thumb.locator("rect").get_attribute("style") or "")  # in its class's colour
     page.screenshot(path=str(shots / "queue.png"), full_page=True)
     page.click(f".sample[data-id='{sid}'] a")
     page.wait_for_selector("#editor svg rect.box")
+    assert page.locator("#box-label").input_value() == "green"  # the class selector follows the selected box
     box = page.locator("#editor svg.overlay").bounding_box()
     sx, sy = box["width"] / 320, box["height"] / 240
 
@@ -346,15 +365,16 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
     stored = console.http.get(f"/api/v1/samples/{sid}").json()
     assert stored["state"] == "corrected"
     (lab,) = stored["labels"]
-    assert lab["label"] == "red"
+    assert lab["label"] == "green"
     tol = 3.0  # screen pixels to image pixels rounding
     assert all(abs(a - b) <= tol for a, b in zip(lab["box"], truth, strict=True)), (lab["box"], truth)
     audit = console.http.get("/api/v1/audit", params={"actor": "user:olga"}).json()
     assert any(a["target"] == f"/api/v1/samples/{sid}/review" for a in audit)
 
-    # bulk: two more samples, "select all" on the queue, accept: both keep their pre-annotations as labels
+    # bulk: three more samples, "select all" on the queue, accept. One was stored by an older server with a box
+    # outside its image (boxes are clipped at ingest now): it is named in the answer, the others are accepted
     more = []
-    for shift in (0, 40):
+    for shift in (0, 40, 80):
         img = np.random.default_rng(shift).integers(0, 255, (240, 320, 3), dtype=np.uint8)  # distinct scenes
         jpg2 = cv2.imencode(".jpg", img)[1].tobytes()
         m2 = {**meta, "predictions": [{"label": "red", "score": 0.5, "box": [10.0 + shift, 10.0, 50.0 + shift, 60.0]}]}
@@ -366,14 +386,27 @@ def test_reviewer_corrects_a_box_with_the_mouse_and_the_label_is_stored(
         )
         assert r.status_code == 201, r.text
         more.append(r.json()["id"])
+    bad = more.pop()
+    with sqlite3.connect(console.data_dir / "edgeloop.db") as db:
+        outside = [{"label": "red", "score": 0.5, "box": [300.0, 10.0, 400.0, 60.0]}]
+        db.execute("UPDATE sample SET predictions_json = ? WHERE id = ?", (json.dumps(outside), bad))
     page.goto(f"{console.url}/console/samples")
-    assert page.locator(".sample").count() == 2  # the corrected one left the "new" queue
+    assert page.locator(".sample").count() == 3  # the corrected one left the "new" queue
     page.click("#select-all")
     page.click("[data-bulk=accept]")
-    page.wait_for_selector(".empty")  # the queue reloads empty
+    note = page.locator("#toast .err")
+    note.wait_for()
+    assert (
+        "accepted 2 sample(s)" in note.inner_text()
+        and f"#{bad}: box [300.0, 10.0, 400.0, 60.0] is outside" in note.inner_text()
+    )
     for i in more:
         s2 = console.http.get(f"/api/v1/samples/{i}").json()
         assert s2["state"] == "accepted" and s2["labels"][0]["label"] == "red"
+    assert console.http.get(f"/api/v1/samples/{bad}").json()["state"] == "new"  # left for a person to correct
+    page.screenshot(path=str(shots / "bulk-accept-one-bad.png"), full_page=True)
+    wait_for(lambda: page.locator(".sample").count() == 1, 20, "the queue reloaded")
+    assert page.locator(f".sample[data-id='{bad}']").count() == 1  # only it is left in the queue
 
     # the reviewed samples become a new dataset version from the datasets page
     _import_colors_dataset(console, tmp_path)

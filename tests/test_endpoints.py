@@ -49,6 +49,13 @@ def test_healthz_metrics_preview(assets: dict[str, Path]) -> None:
         assert 'edgeloop_model_info{model="colors",version="1"} 1' in text
         fps = float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("edgeloop_inference_fps ")))
         assert fps > 5
+        # per camera: its own result rate and staleness, parsed as Prometheus does
+        from prometheus_client.parser import text_string_to_metric_families
+
+        per = {(x.name, x.labels.get("quantile")): x.value for f in text_string_to_metric_families(text)
+               for x in f.samples if x.labels.get("source") == "dock"}  # fmt: skip
+        assert per[("edgeloop_source_infer_fps", None)] > 5 and per[("edgeloop_source_staleness_ms", "0.99")] > 0
+        assert ("edgeloop_source_reconnects_total", None) in per and ("edgeloop_source_queue_depth", None) in per
 
         with httpx.stream("GET", base + "/preview", timeout=10) as resp:
             assert resp.headers["content-type"].startswith("multipart/x-mixed-replace")

@@ -188,7 +188,9 @@ def test_every_dashboard_query_parses_and_names_only_exported_metrics(tmp_path: 
         s.stop()
     families = {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE ")}
     agent = (ROOT / "edge_agent" / "endpoints.py").read_text()
-    families |= set(re.findall(r"# TYPE (edgeloop_[a-z0-9_]+)", agent))
+    families |= set(re.findall(r"# TYPE (edgeloop_[a-z0-9_]+)", agent)) | set(
+        re.findall(r'\("(edgeloop_[a-z0-9_]+)"', agent)
+    )
     families |= {"up"}
     exported = families | {f + suffix for f in families for suffix in ("_total", "_bucket", "_sum", "_count")}
     named = {m for e in exprs for m in re.findall(r"\b(edgeloop_[a-z0-9_]+|up)\b", e)}

@@ -71,6 +71,9 @@ def test_canary_on_a_slower_version_aborts_and_rolls_back(fleet: Server, mosquit
         assert all(sim.devices[d].installs == [1] for d in sim.devices if d not in canaries)  # never moved
         actions = [a["action"] for a in fleet.http.get(f"/api/v1/rollouts/{r['id']}").json()["audit"]]
         assert actions[0] == "created" and actions[-1] == "aborted"
+        # the status bars never read as success: the canary's is all sent-back marks, the rest still to come
+        bars = [ln for ln in fleet.cli("rollout", "status", str(r["id"])).stdout.splitlines() if "[" in ln]
+        assert "[" + "x" * 20 + "]" in bars[0] and "#" not in "".join(bars) and "[" + "." * 20 + "]" in bars[1]
     finally:
         sim.stop()
 

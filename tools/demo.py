@@ -50,10 +50,11 @@ class Plan:
     retrain_epochs: int
     first_live_s: float
     holdout: int  # held-out night scenes the before/after figures are measured on
+    size: int | None = None  # the detector's input size (None: the architecture's, 256)
 
 
 FULL = Plan(1500, 8, 4.0, None, 80, 40, 3, 20.0, 150)
-QUICK = Plan(200, 4, 0.5, "onnx-fp32", 30, 8, 1, 3.0, 40)
+QUICK = Plan(200, 4, 0.5, "onnx-fp32", 30, 8, 1, 3.0, 40, size=128)
 
 
 def free_port() -> int:
@@ -95,6 +96,7 @@ def ensure_detector(env: dict[str, str], http: httpx.Client, plan: Plan) -> str:
     what = "every target" if plan.targets is None else plan.targets.replace(",", " and ")
     say(f"training the detector on this machine's CPU for up to {plan.minutes:g} min, then compiling {what}")
     targets = ["--targets", plan.targets] if plan.targets else []
+    targets += ["--size", str(plan.size)] if plan.size else []
     out = run_cli(
         env, "train", "--dataset", "shapes", "--name", "shapes", "--model", "eldet", "--epochs", str(plan.epochs),
         "--max-minutes", str(plan.minutes), *targets, "--wait", live=True,

@@ -37,9 +37,19 @@ def share(text: str) -> float:
     return v
 
 
-def bar(done: int, total: int, width: int = 20) -> str:
-    filled = int(width * done / total) if total else 0
-    return "[" + "#" * filled + "." * (width - filled) + "]"
+# one character per share of a wave: updated, failed or sent back, not reached, still to come
+MARKS = (("#", ("active",)), ("x", ("failed", "gate_failed", "rolled_back")), ("-", ("not_updated",)))
+
+
+def bar(states: dict[str, int], total: int, width: int = 20) -> str:
+    """`[####xx--......]`: only devices that updated fill the bar with #; a wave rolled back or not reached
+    never reads as a full bar of success."""
+    out = ""
+    for mark, keys in MARKS:
+        n = sum(states.get(k, 0) for k in keys)
+        out += mark * (round(width * n / total) if total else 0)
+    out = out[:width]
+    return "[" + out + "." * (width - len(out)) + "]"
 
 
 def render(r: dict[str, Any]) -> str:
@@ -52,9 +62,10 @@ def render(r: dict[str, Any]) -> str:
         done = sum(st.get(k, 0) for k in SETTLED)
         marker = ">" if w["wave"] == r["wave"] and r["state"] in LIVE else " "
         detail = " ".join(f"{k}={v}" for k, v in sorted(st.items()))
-        lines.append(f" {marker} {w['name']:<8} {bar(done, w['devices'])} {done}/{w['devices']}  {detail}")
+        lines.append(f" {marker} {w['name']:<8} {bar(st, w['devices'])} {done}/{w['devices']}  {detail}")
     if r.get("reason"):
         lines.append(f"   reason: {r['reason']}")
+    lines.append("   # updated   x failed or sent back   - not reached   . to come")
     return "\n".join(lines)
 
 

@@ -65,9 +65,9 @@ def wait_job(
     client: AdminClient, job_id: int, quiet: bool = False, poll: float = 1.0, raw: bool = False
 ) -> dict[str, Any]:
     """Follow a job until it ends. On a terminal: one progress bar line (epoch, step, ETA, last metric). Else
-    one line per epoch and per step (steps at most every 15 s); `raw`: the worker's JSON events as they are."""
+    one line per epoch and step, and where a long epoch is at most every 15 s; `raw`: the worker's JSON events."""
     last_ev: dict[str, Any] | None = None
-    last_step = 0.0
+    last_step, last_msg = 0.0, ""
     tty = sys.stderr.isatty() and not raw
     while True:
         j = client.request("GET", f"/api/v1/jobs/{job_id}", params={"tail": 1000})
@@ -82,13 +82,14 @@ def wait_job(
                         if ev.get("event") in ("epoch", "step", "error"):
                             print(json.dumps(ev), file=sys.stderr)
                         continue
-                    if ev.get("event") == "step" and "eta_s" in ev:
-                        if time.monotonic() - last_step < 15:
-                            continue
-                        last_step = time.monotonic()
                     line = event_line(ev)
                     if line:
                         print(f"  {line}", file=sys.stderr, flush=True)
+                # inside a long epoch: where it is (step, ETA), at most every 15 s
+                tick = j["state"] == "running" and " · ETA " in j["message"] and j["message"] != last_msg
+                if tick and time.monotonic() - last_step >= 15:
+                    last_step, last_msg = time.monotonic(), j["message"]
+                    print(f"  {j['message']}", file=sys.stderr, flush=True)
         last_ev = log_[-1] if log_ else last_ev
         if j["state"] in FINISHED:
             if tty and not quiet:

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from edge_agent.protocol.manifest import RefError, parse_ref_latest
 from edge_agent.protocol.messages import UpdateStateName
+from fleet_server.audit import entries
 from fleet_server.devices import problems
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.flywheel.tables import Sample, SampleState
@@ -152,6 +153,45 @@ def series(session: Session, device_id: str, minutes: float = 60) -> dict[str, A
         "dropped": [p.dropped for p in pts],
         "confidence_hist": hist,
     }
+
+
+AUDIT_SENTENCES = {
+    "token-rotated": "{actor} gave it a new token",
+    "revoked": "{actor} revoked its credential",
+    "tagged": "{actor} set its tags",
+    "device.mining": "{actor} changed its hard-sample mining",
+}
+
+
+def device_timeline(session: Session, device_id: str, limit: int = 30) -> list[dict[str, Any]]:
+    """What happened to a device, newest first, as sentences: what was deployed and by whom (a rollout, a
+    rollback, a person), how each rollout judged it, and what people changed. Raw details fold away."""
+    out: list[dict[str, Any]] = []
+    for d in deployments(session, device_id, limit):
+        who = "the rollout engine" if d["by"].startswith("rollout-engine") else d["by"]
+        text = f"{who} deployed {d['model']}:{d['version']}" + (" with a shadow" if d["shadow"] else "")
+        out.append({"at": d["at"], "text": text + f" (revision {d['revision']})", "kind": "deploy", "detail": None})
+    rows = session.exec(
+        select(RolloutDevice, Rollout)
+        .where(RolloutDevice.device_id == device_id, col(RolloutDevice.rollout_id) == col(Rollout.id))
+        .order_by(col(RolloutDevice.id).desc())
+        .limit(limit)
+    ).all()
+    for rd, r in rows:
+        state = str(rd.state).replace("_", " ")
+        text = f"rollout {r.id} of {r.model}:{r.version}, wave {rd.wave}: {state}"
+        out.append({"at": rd.updated_at, "text": text + (f": {rd.reason}" if rd.reason else ""),
+                    "kind": "bad" if rd.state in ("rolled_back", "failed", "not_updated") else "rollout",
+                    "detail": rd.result_json})  # fmt: skip
+    for e in entries(session, target=f"device/{device_id}", limit=limit) + entries(
+        session, target=device_id, limit=limit
+    ):
+        sentence = AUDIT_SENTENCES.get(e.action)
+        if sentence:
+            out.append({"at": e.at, "text": sentence.format(actor=e.actor), "kind": "change", "detail": e.detail})
+    for item in out:
+        item["at"] = item["at"] if item["at"].tzinfo else item["at"].replace(tzinfo=timezone.utc)
+    return sorted(out, key=lambda x: x["at"], reverse=True)[:limit]
 
 
 def deployments(session: Session, device_id: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -159,11 +159,14 @@ class JobRunner:
             assert proc.stdout is not None
             with open(jd / "log.jsonl", "a") as logf:
                 for line in proc.stdout:
-                    logf.write(line)
-                    logf.flush()
                     try:
                         ev = json.loads(line)
                     except json.JSONDecodeError:
+                        ev = None
+                    if not (isinstance(ev, dict) and ev.get("event") == "progress"):  # ticks move the row only
+                        logf.write(line)
+                        logf.flush()
+                    if not isinstance(ev, dict):
                         continue
                     if ev.get("event") == "error":
                         last_error = str(ev.get("message", ""))

@@ -18,7 +18,7 @@ from fleet_server.audit import audit
 from fleet_server.devices.tables import Device
 from fleet_server.registry.tables import Artifact, ModelVersion
 from fleet_server.rollouts.gates import DEFAULT_GATES, GateError, parse_gate
-from fleet_server.rollouts.selectors import SelectorError, parse_selector
+from fleet_server.rollouts.selectors import Selector, SelectorError, parse_selector
 from fleet_server.rollouts.states import (
     LIVE,
     DeviceRolloutState,
@@ -90,6 +90,29 @@ def _device_kind(device: Device) -> str:
     return device_kind(Capabilities.model_validate_json(device.capabilities_json))
 
 
+def matching_devices(session: Session, selector: Selector) -> list[Device]:
+    return [
+        d
+        for d in session.exec(select(Device).order_by(Device.id)).all()
+        if selector.matches(d.id, json.loads(d.tags_json or "{}"))
+    ]
+
+
+def preview(session: Session, selector_text: str) -> dict[str, Any]:
+    """How many devices a selector picks (the rollout form shows it as you type)."""
+    try:
+        selector = parse_selector(selector_text)
+    except SelectorError as exc:
+        raise RolloutError(str(exc)) from exc
+    devices = matching_devices(session, selector)
+    return {
+        "selector": selector.text,
+        "devices": len(devices),
+        "online": sum(1 for d in devices if d.online),
+        "first": [d.id for d in devices[:10]],
+    }
+
+
 def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Rollout, list[str]]:
     """Validate everything before writing anything. Returns the rollout and the superseded rollouts' ids."""
     try:
@@ -104,11 +127,7 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
         raise RolloutError(f"no model version {req.model}:{req.version}", 404)
     if any(g.metric == "agreement" for g in gates) and not req.shadow:
         raise RolloutError("an agreement gate needs --shadow: agreement is measured while the candidate runs in shadow")
-    devices = [
-        d
-        for d in session.exec(select(Device).order_by(Device.id)).all()
-        if selector.matches(d.id, json.loads(d.tags_json or "{}"))
-    ]
+    devices = matching_devices(session, selector)
     if not devices:
         raise RolloutError(f"selector {req.selector!r} matches no device; nothing was created")
     targets = {a.target for a in session.exec(select(Artifact).where(Artifact.version_id == mv.id)).all()}

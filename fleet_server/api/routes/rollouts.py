@@ -11,7 +11,7 @@ from fleet_server.api.deps import AdminDep, Id, OperatorDep, SessionDep, ViewerD
 from fleet_server.audit import audit, entries
 from fleet_server.devices.tables import Device
 from fleet_server.rollouts.selectors import SelectorError, parse_tags
-from fleet_server.rollouts.service import RolloutCreate, RolloutError, act, create_rollout, status
+from fleet_server.rollouts.service import RolloutCreate, RolloutError, act, create_rollout, preview, status
 from fleet_server.rollouts.tables import Rollout
 
 router = APIRouter(prefix="/api/v1", tags=["rollouts"])
@@ -51,6 +51,15 @@ def create(body: RolloutCreate, session: SessionDep, who: OperatorDep) -> dict:
 def list_rollouts(session: SessionDep, _: ViewerDep, limit: int = Query(50, ge=1, le=500)) -> list[dict]:
     rows = session.exec(select(Rollout).order_by(col(Rollout.id).desc()).limit(limit)).all()
     return [status(session, r) for r in rows]
+
+
+@router.get("/rollouts/preview")
+def preview_selector(session: SessionDep, _: ViewerDep, selector: str = Query(..., max_length=2000)) -> dict:
+    """The devices a selector matches now: a count, how many are online, the first ids."""
+    try:
+        return preview(session, selector)
+    except RolloutError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
 
 
 @router.get("/rollouts/{rollout_id}")

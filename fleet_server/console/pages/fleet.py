@@ -11,7 +11,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from edge_agent.capabilities import device_kind
 from edge_agent.protocol.messages import Capabilities
 from fleet_server.api.deps import ServicesDep, SessionDep
-from fleet_server.audit import entries
 from fleet_server.console import queries
 from fleet_server.console.base import ConsoleUser, get_or_404, render
 from fleet_server.devices.service import device_public
@@ -65,7 +64,7 @@ def device(
         revoked=d.token_hash == "revoked",
         deployments=queries.deployments(session, device_id),
         samples=queries.device_samples(session, device_id),
-        events=entries(session, contains=device_id, limit=20),
+        events=queries.device_timeline(session, device_id),
         nav="fleet",
     )
 

@@ -185,13 +185,17 @@ function svgEl(name, attrs, parent) {
 }
 function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2); }
 
-function drawChart(svg, ys, kind) {
+function clock(t, seconds) { const d = new Date(t * 1000); return d.toTimeString().slice(0, seconds ? 8 : 5); }
+function span(s) { const m = Math.floor(s / 60); return m ? `${m}:${String(Math.round(s % 60)).padStart(2, "0")}` : `${Math.round(s)} s`; }
+
+// ys against xs (unix times: a clock axis; seconds from a start: an elapsed axis; none: evenly spaced)
+function drawChart(svg, ys, kind, xs, xkind) {
   svg.innerHTML = "";
-  const W = svg.clientWidth || 300, H = svg.clientHeight || 140, L = 36, B = 14;
+  const W = svg.clientWidth || 300, H = svg.clientHeight || 140, L = 36, B = 16;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   if (!ys.length) { svgEl("text", { x: W / 2 - 30, y: H / 2 }, svg).textContent = "no data yet"; return; }
   const max = Math.max(...ys, 1e-9), min = kind === "bars" ? 0 : Math.min(0, ...ys);
-  const y = (v) => H - B - ((v - min) / (max - min || 1)) * (H - B - 6);
+  const y = (v) => H - B - ((v - min) / (max - min || 1)) * (H - B - 8);
   svgEl("line", { x1: L, y1: H - B, x2: W, y2: H - B, class: "axis" }, svg);
   svgEl("text", { x: 2, y: 10 }, svg).textContent = fmt(max);
   svgEl("text", { x: 2, y: H - B }, svg).textContent = fmt(min);
@@ -203,34 +207,56 @@ function drawChart(svg, ys, kind) {
     });
     return;
   }
-  const step = ys.length > 1 ? (W - L) / (ys.length - 1) : 0;
-  const pts = ys.map((v, i) => `${(L + i * step).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+  const have = Array.isArray(xs) && xs.length === ys.length && ys.length > 1;
+  const x0 = have ? xs[0] : 0, x1 = have ? xs[xs.length - 1] : ys.length - 1;
+  const x = (i) => L + (((have ? xs[i] : i) - x0) / (x1 - x0 || 1)) * (W - L - 4);
+  const pts = ys.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
   svgEl("polyline", { points: pts }, svg);
+  if (ys.length === 1) svgEl("circle", { cx: x(0), cy: y(ys[0]), r: 3 }, svg);
   svgEl("text", { x: W - 60, y: 10 }, svg).textContent = `now ${fmt(ys[ys.length - 1])}`;
+  if (have) {  // the x axis: three ticks, as clock times or as time since the start
+    const label = xkind === "clock" ? (v) => clock(v, x1 - x0 < 600) : (v) => span(v);
+    for (const f of [0, 0.5, 1]) {
+      const v = x0 + f * (x1 - x0), px = L + f * (W - L - 4);
+      svgEl("line", { x1: px, y1: H - B, x2: px, y2: H - B + 3, class: "axis" }, svg);
+      svgEl("text", { x: Math.min(px - 12, W - 34), y: H - 2, class: "tick" }, svg).textContent = label(v);
+    }
+  }
 }
 
 const seriesCache = {};
 async function charts(root) {
-  for (const svg of root.querySelectorAll("svg[data-values]")) drawChart(svg, JSON.parse(svg.dataset.values), svg.dataset.kind);
+  for (const svg of root.querySelectorAll("svg[data-values]")) {
+    drawChart(svg, JSON.parse(svg.dataset.values), svg.dataset.kind, svg.dataset.x && JSON.parse(svg.dataset.x), "elapsed");
+  }
   const wanted = [...root.querySelectorAll("svg[data-chart]")];
   for (const url of new Set(wanted.map((s) => s.dataset.chart))) {
     try { seriesCache[url] = await (await fetch(url, { credentials: "same-origin" })).json(); } catch (e) { continue; }
   }
   for (const svg of wanted) {
     const data = seriesCache[svg.dataset.chart];
-    if (data) drawChart(svg, data[svg.dataset.key] || [], svg.dataset.kind);
+    if (data) drawChart(svg, data[svg.dataset.key] || [], svg.dataset.kind, data.t, "clock");
   }
 }
 
-// boxes drawn over thumbnails
+// one colour per class name, the same on every page (a hash of the name picks the hue)
+function classColor(label) {
+  let h = 0;
+  for (const ch of String(label)) h = (h * 31 + ch.charCodeAt(0)) % 360;
+  return `hsl(${h}, 80%, 60%)`;
+}
+
+// boxes drawn over thumbnails, each in its class's colour with its name
 function thumbBoxes(root) {
   for (const wrap of root.querySelectorAll(".boxed[data-boxes]")) {
     if (wrap.querySelector("svg")) continue;
-    const svg = svgEl("svg", { viewBox: `0 0 ${wrap.dataset.w} ${wrap.dataset.h}`, preserveAspectRatio: "none" }, wrap);
+    const W = Number(wrap.dataset.w), H = Number(wrap.dataset.h);
+    const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" }, wrap);
     for (const b of JSON.parse(wrap.dataset.boxes || "[]")) {
       if (!b.box) continue;
-      const [x1, y1, x2, y2] = b.box;
-      svgEl("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1 }, svg);
+      const [x1, y1, x2, y2] = b.box, c = classColor(b.label);
+      svgEl("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, style: `stroke: ${c}`, "data-label": b.label }, svg);
+      svgEl("text", { x: x1 + 2, y: Math.max(H / 12, y1 - 2), style: `fill: ${c}; font-size: ${Math.max(W, H) / 18}px` }, svg).textContent = b.label;
     }
   }
 }
@@ -259,14 +285,16 @@ function editor() {
     const hs = Math.max(W, H) / 60;
     boxes.forEach((b, i) => {
       const [x1, y1, x2, y2] = b.box;
-      svgEl("rect", { class: "box" + (i === sel ? " sel" : ""), x: x1, y: y1, width: x2 - x1, height: y2 - y1, "data-i": i }, svg);
-      svgEl("text", { x: x1 + 2, y: Math.max(14, y1 - 3) }, svg).textContent = b.label + (b.score !== undefined ? ` ${b.score.toFixed(2)}` : "");
+      const c = classColor(b.label);
+      svgEl("rect", { class: "box" + (i === sel ? " sel" : ""), x: x1, y: y1, width: x2 - x1, height: y2 - y1, "data-i": i, "data-label": b.label, style: `stroke: ${c}` }, svg);
+      svgEl("text", { x: x1 + 2, y: Math.max(14, y1 - 3), style: `fill: ${c}` }, svg).textContent = b.label + (b.score !== undefined ? ` ${b.score.toFixed(2)}` : "");
       if (i === sel && editable) svgEl("rect", { class: "handle", x: x2 - hs / 2, y: y2 - hs / 2, width: hs, height: hs, "data-i": i, "data-h": "1" }, svg);
     });
     list.innerHTML = "";
     boxes.forEach((b, i) => {
       const li = document.createElement("li");
       li.textContent = `${b.label} [${b.box.map((v) => Math.round(v)).join(", ")}]`;
+      li.style.borderLeft = `4px solid ${classColor(b.label)}`;
       if (i === sel) li.className = "sel";
       li.onclick = () => { sel = i; syncLabel(); render(); };
       list.appendChild(li);
@@ -283,6 +311,7 @@ function editor() {
         sel = Number(t.dataset.i);
         drag = { mode: t.dataset.h ? "resize" : "move", start: [x, y], orig: boxes[sel].box.slice() };
       } else {
+        // a new box takes the class picked last (a newly drawn box, not the selected one's)
         boxes.push({ label: (labelSel && labelSel.value) || classes[0] || "object", box: [x, y, x + 1, y + 1] });
         sel = boxes.length - 1;
         drag = { mode: "draw", start: [x, y], orig: null };
@@ -342,8 +371,27 @@ function editor() {
     else if ((k === "delete" || k === "backspace") && sel >= 0) { boxes.splice(sel, 1); sel = boxes.length - 1; render(); }
     else if (/^[1-9]$/.test(k) && sel >= 0 && classes[Number(k) - 1]) { boxes[sel].label = classes[Number(k) - 1]; syncLabel(); render(); }
   });
+  syncLabel();  // the class selector shows the selected box's class from the start
   render();
 }
+
+// as you type a selector: how many devices it picks, from the server
+let previewTimer = null;
+document.addEventListener("input", (ev) => {
+  const el = ev.target.closest("[data-preview]");
+  if (!el) return;
+  const out = document.querySelector(el.dataset.previewOut);
+  clearTimeout(previewTimer);
+  previewTimer = setTimeout(async () => {
+    if (!el.value.trim()) { out.textContent = ""; return; }
+    try {
+      const p = await api("GET", el.dataset.preview + encodeURIComponent(el.value.trim()));
+      out.textContent = `matches ${p.devices} device${p.devices === 1 ? "" : "s"} (${p.online} online)` +
+        (p.first.length ? `: ${p.first.join(", ")}${p.devices > p.first.length ? ", …" : ""}` : "");
+      out.className = p.devices ? "muted small" : "error small";
+    } catch (e) { out.textContent = e.message; out.className = "error small"; }
+  }, 250);
+});
 
 document.addEventListener("DOMContentLoaded", () => {
   startPolling();
