@@ -22,8 +22,10 @@ sysdeps:
 demo: sysdeps $(STAMP)
 	$(PY) tools/demo.py
 
+# two workers, a test file at a time each (the longest files first: tests/conftest.py)
+TEST_WORKERS ?= 2
 test: sysdeps $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check edge_agent fleet_server model_zoo tools tests

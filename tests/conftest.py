@@ -10,6 +10,15 @@ from model_zoo.datasets.synthetic_video import write_color_video
 from tests.helpers import Proc, start_mosquitto
 from tests.pg import PostgresServer
 
+# The suite runs on two workers, a file at a time each (`make test`: pytest -n 2 --dist loadfile). The longest
+# files go first, so that neither worker is left alone with one at the end.
+SLOW_FIRST = ("test_demo.py", "test_jobs.py", "test_zoo.py", "test_e2e.py", "test_brokers.py", "test_edge_runtime.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
