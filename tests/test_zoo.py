@@ -140,7 +140,8 @@ def test_ddp_on_two_cpu_processes_keeps_replicas_in_sync(trained: dict, tmp_path
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     events = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
-    assert [e["event"] for e in events] == ["epoch", "done"], "only rank 0 reports"
+    reports = [e["event"] for e in events if e["event"] != "progress"]  # ticks inside a slow epoch aside
+    assert reports == ["epoch", "done"], "only rank 0 reports"
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["ddp"] == {"world": 2, "backend": "gloo", "in_sync": True}
 
