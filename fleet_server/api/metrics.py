@@ -150,6 +150,19 @@ def _job_durations(session: Session) -> SummaryMetricFamily:
     return fam
 
 
+DRIFT_EVERY_S = 60.0  # a drift reading reads a window of telemetry points: once a minute, not every scrape
+_drift_cache: dict[tuple[str, int, float], tuple[float, dict[str, Any] | None]] = {}
+
+
+def _drift_reading(session: Session, model: str, version: int, window_min: float) -> dict[str, Any] | None:
+    key, now = (model, version, window_min), time.monotonic()
+    hit = _drift_cache.get(key)
+    if hit is None or now - hit[0] > DRIFT_EVERY_S:
+        hit = (now, confidence_drift(session, model, version, window_min))
+        _drift_cache[key] = hit
+    return hit[1]
+
+
 def _drift(session: Session) -> Iterator[GaugeMetricFamily]:
     """Per retrain policy that watches drift: the serving version's confidence, recent over baseline, and the
     drop that fires it."""
@@ -166,7 +179,7 @@ def _drift(session: Session) -> Iterator[GaugeMetricFamily]:
         current = latest_trained(session, pol.model)
         if current is None:
             continue
-        reading = confidence_drift(session, current.model, current.version, pol.drift_window_min)
+        reading = _drift_reading(session, current.model, current.version, pol.drift_window_min)
         if reading is not None:
             ratio.add_metric([pol.model, str(current.version)], float(reading["ratio"]))
     yield ratio
