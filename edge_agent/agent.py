@@ -9,29 +9,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__, capabilities
-from edge_agent.camera.loop import FrameResult, InferenceLoop, LoadedModel
+from edge_agent.camera.loop import FrameResult, InferenceLoop
 from edge_agent.camera.sources import FrameSource
 from edge_agent.config import AgentConfig
-from edge_agent.decoders.base import decoder_for
 from edge_agent.decoders.results import Classification
 from edge_agent.endpoints import Endpoints
 from edge_agent.flywheel.config import MiningConfig
 from edge_agent.flywheel.sink import MiningSink
 from edge_agent.flywheel.spool import Spool
 from edge_agent.flywheel.uploader import Uploader
-from edge_agent.preprocess import Preprocessor, Transform
-from edge_agent.protocol.manifest import Manifest
 from edge_agent.protocol.messages import (
     BoardTelemetry,
     DesiredState,
     DetectionEvent,
+    MeasuredTargets,
+    MeasureSpec,
     MessageError,
     Prediction,
     ReportedState,
@@ -45,14 +43,13 @@ from edge_agent.protocol.messages import (
     encode_message,
 )
 from edge_agent.protocol.messages import Deployment as DeploymentMsg
-from edge_agent.protocol.signing import SignedManifest
 from edge_agent.protocol.topics import DeviceTopics
-from edge_agent.runtimes import RuntimeError_, create_runtime
-from edge_agent.runtimes.base import extract_trt_calibration
+from edge_agent.runtimes import RuntimeError_
 from edge_agent.tegrastats import TegraStats
 from edge_agent.transport.mqtt import MqttTransport, Will
 from edge_agent.update.checks import ManifestRejected, check_manifest
-from edge_agent.update.download import DownloadError, download, resolve_url, sha256_file
+from edge_agent.update.download import sha256_file
+from edge_agent.update.installer import Installer
 from edge_agent.update.machine import Record, StepFailed, UpdateMachine
 from edge_agent.update.states import State
 from edge_agent.update.trust import TrustStore
@@ -120,12 +117,11 @@ class Agent:
         self._shadow_job: dict[str, Any] | None = None
         self.endpoints: Endpoints | None = None
         self._shadow_reason: str | None = None
-        self.machine = UpdateMachine(self.data_dir / "update.json", steps=self, on_change=self._on_state)
-        self._desired: queue.Queue[DesiredState] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
+        self.installer = Installer(config, self.caps, self.device_kind, self.loop, self.trust, self._stop, self._report)
+        self.machine = UpdateMachine(self.data_dir / "update.json", steps=self.installer, on_change=self._on_state)
+        self._desired: queue.Queue[DesiredState] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
-        self._candidate: LoadedModel | None = None
-        self._previous: LoadedModel | None = None
         self._last_event: tuple[float, tuple[str, ...]] = (0.0, ())
         self._startup_error: str | None = None
         self.board = TegraStats()  # a Jetson's power, thermal and GPU load; idle elsewhere
@@ -186,7 +182,7 @@ class Agent:
             path = Path(job["path"])
             if sha256_file(path) != job["sha256"]:
                 raise StepFailed(f"installed artifact {path.name} no longer matches its sha256")
-            self.loop.swap(self._load(job))
+            self.loop.swap(self.installer.load(job))
         except (OSError, StepFailed, RuntimeError_) as exc:
             self._startup_error = f"cannot load committed model {job.get('model')}:{job.get('version')}: {exc}"
             log.error("%s", self._startup_error)
@@ -266,23 +262,27 @@ class Agent:
             log.warning("refused %s:%s: %s", job.get("model"), job.get("version"), exc)
             self.machine.refuse({**job, "refused": True}, str(exc))
             return
-        m, entry = ok.manifest, ok.manifest.artifacts[ok.target]  # type: ignore[index]
+        m = ok.manifest
         cur = rec.current
-        if cur and cur.get("sha256") == entry.sha256 and self.loop.model is not None:
+        shas = {a.sha256 for a in m.artifacts.values()}
+        same = cur and (cur.get("model"), cur.get("version")) == (m.model, m.version) and cur.get("sha256") in shas
+        if same and self.loop.model is not None:
             self.machine.adopt_revision(msg.revision)
             self._report()
             return
+        target, candidates, choice = self.installer.plan(m, ok.target, dep.measure or MeasureSpec())
         job.update(
             model=m.model,
             version=m.version,
-            target=ok.target,
-            url=entry.url,
-            sha256=entry.sha256,
-            length=entry.length,
             rollback=m.rollback,
             manifest=dep.manifest.model_dump(mode="json"),
-            path=str(self.data_dir / "models" / m.model / str(m.version) / f"{ok.target}.onnx"),
+            candidates={t: self.installer.artifact(m, t) for t in candidates},
+            measure_budget_s=self.cfg.measure_budget_s
+            if (dep.measure is None or dep.measure.budget_s is None)
+            else dep.measure.budget_s,
+            choice=choice,
         )
+        job.update(target=target, **job["candidates"][target])
         self.machine.start(job)
 
     # -- update steps (called by UpdateMachine) ----------------------------------------------
@@ -313,15 +313,16 @@ class Agent:
             job = {
                 "model": m.model,
                 "version": m.version,
+                "target": ok.target,
                 "url": entry.url,
                 "sha256": entry.sha256,
                 "length": entry.length,
                 "manifest": spec.manifest.model_dump(mode="json"),
                 "path": str(self.data_dir / "models" / m.model / str(m.version) / f"{ok.target}.onnx"),
             }
-            self.download(job)
-            self._check_sha(job)
-            loaded = self._load(job)
+            self.installer.download(job)
+            self.installer.check_sha(job)
+            loaded = self.installer.load(job)
         except (ManifestRejected, StepFailed, RuntimeError_) as exc:
             self._shadow_reason = str(exc)
             log.warning("shadow candidate refused: %s", exc)
@@ -334,114 +335,6 @@ class Agent:
         log.info("shadow %s running on %.0f%% of frames", loaded.ref, spec.share * 100)
         self._report()
 
-    def download(self, job: dict[str, Any]) -> None:
-        path = Path(job["path"])
-        if path.exists() and path.stat().st_size == job["length"]:
-            return
-        url = resolve_url(self.cfg.server_url, job["url"])
-        deadline = time.monotonic() + self.cfg.download_retry_s
-        delay = 1.0
-        while True:
-            try:
-                download(
-                    url,
-                    path,
-                    job["length"],
-                    job["sha256"],
-                    token=self.cfg.token.get_secret_value(),
-                    token_origin=self.cfg.server_url,
-                )
-                return
-            except DownloadError as exc:
-                if not exc.transient or time.monotonic() + delay > deadline or self._stop.is_set():
-                    raise StepFailed(f"download: {exc}") from exc
-                log.warning("download failed (%s); retrying in %.0fs", exc, delay)
-                self._stop.wait(delay * (0.8 + 0.4 * random.random()))
-                delay = min(delay * 2, 30.0)
-
-    def _check_sha(self, job: dict[str, Any]) -> None:
-        path = Path(job["path"])
-        got = sha256_file(path)
-        if got != job["sha256"]:
-            path.unlink(missing_ok=True)
-            raise StepFailed(f"sha256 mismatch: manifest says {job['sha256'][:16]}…, artifact is {got[:16]}…")
-
-    def verify(self, job: dict[str, Any]) -> None:
-        self._check_sha(job)
-        if job.get("rollback"):
-            self.trust.lower_to(job["model"], job["version"])
-        else:
-            self.trust.record(job["model"], job["version"])
-
-    def prepare(self, job: dict[str, Any]) -> None:
-        """Engine builds (TensorRT) happen here; ONNX artifacts need nothing."""
-
-    def _load(self, job: dict[str, Any]) -> LoadedModel:
-        manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
-        target = job.get("target", "onnx-fp32")
-        opts = self.cfg.runtime.model_copy(
-            update={
-                "artifact_sha256": job.get("sha256"),
-                "cache_dir": self.data_dir / "engines",
-                "precision": {"onnx-fp16": "fp16", "tensorrt": "int8"}.get(target, "fp32"),
-            }
-        )
-        runtime_name = "tensorrt" if target == "tensorrt" and "tensorrt" in self.caps.runtimes else "onnxruntime"
-        if target == "tensorrt":
-            cache = extract_trt_calibration(Path(job["path"]), self.data_dir / "engines")
-            opts = opts.model_copy(update={"int8_calibration": cache} if cache else {"precision": "fp16"})
-        runtime = create_runtime(runtime_name, Path(job["path"]), opts)
-        if tuple(runtime.input_shape) != tuple(manifest.input.shape):
-            raise StepFailed(f"model input {runtime.input_shape} differs from manifest {manifest.input.shape}")
-        decode = decoder_for(manifest.decoder, len(manifest.classes))
-        outputs = runtime.warmup()
-        h, w = manifest.input.hw
-        try:
-            decode(outputs, Transform(1.0, 1.0, 0.0, 0.0, w, h))
-        except ValueError as exc:
-            raise StepFailed(f"decoder {manifest.decoder.type}: {exc}") from exc
-        return LoadedModel(manifest, runtime, Preprocessor(manifest.input), decode)
-
-    def warm(self, job: dict[str, Any]) -> None:
-        try:
-            self._candidate = self._load(job)
-        except RuntimeError_ as exc:
-            raise StepFailed(f"load: {exc}") from exc
-
-    def activate_and_watch(self, job: dict[str, Any]) -> None:
-        cand = self._candidate
-        if cand is None:
-            raise StepFailed("no warmed candidate to activate")
-        old_fps = self.loop.stats.fps()
-        self._previous = self.loop.swap(cand)
-        self._report()  # the serving version changed between two frames: say so now
-        window = float(job.get("health_window_s", 10.0))
-        deadline = time.monotonic() + window
-        while time.monotonic() < deadline and not self._stop.is_set():
-            h = cand.health
-            if h.errors:
-                raise StepFailed(f"health: {h.errors} inference error(s): {h.last_error}")
-            if h.nan_outputs:
-                raise StepFailed(f"health: {h.nan_outputs} frame(s) with NaN outputs")
-            time.sleep(0.05)
-        ratio = float(job.get("min_fps_ratio", 0.5))
-        if window >= 2.0 and old_fps > 0 and ratio > 0:
-            new_fps = cand.health.frames / max(1e-6, time.monotonic() - cand.health.started)
-            if new_fps < ratio * old_fps:
-                raise StepFailed(f"health: {new_fps:.1f} fps is below {ratio:g} × the previous model's {old_fps:.1f}")
-
-    def commit(self, job: dict[str, Any]) -> None:
-        if self._previous is not None:
-            self._previous.runtime.close()
-        self._previous, self._candidate = None, None
-
-    def rollback(self, job: dict[str, Any]) -> None:
-        if self._candidate is not None and self.loop.model is self._candidate:
-            self.loop.swap(self._previous)
-        if self._candidate is not None:
-            self._candidate.runtime.close()
-        self._candidate, self._previous = None, None
-
     # -- reporting ---------------------------------------------------------------------------
     def _on_state(self, record: Record) -> None:
         self._report()
@@ -452,6 +345,8 @@ class Agent:
         job = rec.job or {}
         reason = rec.reason or (self._startup_error if rec.state is not State.ACTIVE else None)
         slot = SlotReport(
+            target=serving.target if serving else None,
+            measured=self._measured(job) or self._measured(rec.current or {}),
             model=serving.manifest.model if serving else job.get("model"),
             version=serving.manifest.version if serving else None,
             state=UpdateStateName(rec.state.value),
@@ -468,6 +363,19 @@ class Agent:
             capabilities=self.caps,
         )
         self.transport.publish(self.topics.reported, encode_message(msg), qos=1, retain=True)
+
+    def _measured(self, job: dict[str, Any]) -> MeasuredTargets | None:
+        choice = job.get("choice")
+        if not choice or job.get("refused") or "version" not in job:
+            return None
+        return MeasuredTargets(
+            model=job["model"],
+            version=job["version"],
+            hardware_key=self.caps.hardware_key or "unknown",
+            timings=choice["timings"],
+            chosen=choice["chosen"],
+            reason=choice["reason"][:500],
+        )
 
     def _telemetry(self) -> None:
         while not self._stop.wait(self.cfg.telemetry_interval_s):
@@ -551,7 +459,7 @@ class Agent:
         log.info("mining %s (%s)", "on" if cfg.enabled else "off", ", ".join(cfg.strategies) or "no strategies")
 
     def _classes_of(self, model: str, version: int) -> tuple[str, ...]:
-        for lm in (self.loop.model, self.loop.shadow.model if self.loop.shadow else None, self._previous):
+        for lm in (self.loop.model, self.loop.shadow.model if self.loop.shadow else None, self.installer.previous):
             if lm is not None and lm.manifest.model == model and lm.manifest.version == version:
                 return lm.manifest.classes
         return ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 
 from edge_agent import __version__
-from edge_agent.hardware import cpu_flags, gpu_info, tensorrt_version, usable_providers
+from edge_agent.hardware import cpu_flags, cpu_model, gpu_info, hardware_key, tensorrt_version, usable_providers
 from edge_agent.protocol.messages import Capabilities
 from edge_agent.runtimes import available_runtimes
 
@@ -22,13 +22,15 @@ def device_kind(caps: Capabilities) -> str:
 
 def detect() -> Capabilities:
     listed: list[str] = []
+    ort_version = None
     try:
         import onnxruntime as ort
 
-        listed = list(ort.get_available_providers())
+        listed, ort_version = list(ort.get_available_providers()), str(ort.__version__)
     except ImportError:
         pass
     gpu, trt = gpu_info(), tensorrt_version()
+    cpu = cpu_model()
     return Capabilities(
         agent_version=__version__,
         runtimes=available_runtimes(),
@@ -42,4 +44,7 @@ def detect() -> Capabilities:
         jetson_l4t=gpu.jetson_l4t if gpu else None,
         jetpack=gpu.jetpack if gpu else None,
         arch=platform.machine(),
+        cpu_model=cpu,
+        onnxruntime=ort_version,
+        hardware_key=hardware_key(gpu.name if gpu else None, cpu, ort_version, trt if gpu is not None else None),
     )

@@ -82,6 +82,14 @@ class AgentConfig(BaseModel):
     gather_ms: float = Field(
         0.0, ge=0, le=100, description="How long a batch may wait for more cameras' frames; 0: never waits."
     )
+    measure_budget_s: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="Seconds to time each artifact target this device can run when it installs a version with "
+        "several, to serve the fastest here; 0: never, serve the build host's recommendation. The desired state "
+        "may override it.",
+    )
     endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Local HTTP endpoints.")
     mining: MiningConfig = Field(default_factory=MiningConfig, description="Hard-sample mining and upload.")
     device_kind: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(

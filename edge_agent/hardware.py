@@ -49,6 +49,29 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
     return sorted(f for f in flags if f in _INTERESTING_FLAGS)
 
 
+def cpu_model(cpuinfo: str | None = None) -> str | None:
+    """The CPU's marketing name (x86 `model name`; Arm boards give `Model` or only a part number)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for key in ("model name", "Model", "Hardware", "CPU part"):
+        for line in cpuinfo.splitlines():
+            if line.split(":", 1)[0].strip() == key and ":" in line:
+                return " ".join(line.split(":", 1)[1].split())[:120] or None
+    return None
+
+
+def hardware_key(gpu: str | None, cpu: str | None, onnxruntime: str | None, tensorrt: str | None) -> str:
+    """What a measurement of an artifact depends on: the processor that runs it and the engine versions.
+    Devices with equal keys rank targets alike, so one device's measured choice serves the others."""
+    parts = [gpu or cpu or "unknown processor", f"onnxruntime {onnxruntime or '-'}"]
+    if tensorrt:
+        parts.append(f"TensorRT {tensorrt}")
+    return " | ".join(parts)[:200]
+
+
 def parse_nvidia_smi(text: str) -> GpuInfo | None:
     """The first line of `nvidia-smi --query-gpu=name,memory.total,compute_cap,driver_version
     --format=csv,noheader,nounits`."""

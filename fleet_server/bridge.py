@@ -34,6 +34,7 @@ from edge_agent.transport.mqtt import Ack, MqttTransport
 from fleet_server.devices import problems
 from fleet_server.devices.desired import desired_message
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
+from fleet_server.registry import measurements
 from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
 from fleet_server.webhooks import service as webhooks
 
@@ -423,6 +424,10 @@ class MqttBridge:
                 device.state, device.reason = slot.state, slot.reason
                 device.target_version = slot.target_version
                 device.shadow_version, device.shadow_reason = slot.shadow_version, slot.shadow_reason
+                device.target, got = slot.target, slot.measured
+                stored = got is not None and measurements.record(session, device.id, got)
+                if stored and got is not None and (got.model, got.version) == (slot.model, slot.version):
+                    device.target_reason = got.reason
             device.reported_revision = msg.revision
             if msg.capabilities is not None:
                 device.capabilities_json = msg.capabilities.model_dump_json()

@@ -52,14 +52,14 @@ def test_mismatched_model_is_refused_at_load(
 ) -> None:
     agent = _agent(tmp_path)
     with pytest.raises(StepFailed, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        agent.warm(_job(assets["model_v1"], **over))
+        agent.installer.warm(_job(assets["model_v1"], **over))
     assert agent.loop.model is None
 
 
 def test_matching_model_loads_warm(tmp_path: Path, assets: dict[str, Path]) -> None:
     agent = _agent(tmp_path)
-    agent.warm(_job(assets["model_v1"]))
-    assert agent._candidate is not None and agent._candidate.health.errors == 0
+    agent.installer.warm(_job(assets["model_v1"]))
+    assert agent.installer.candidate is not None and agent.installer.candidate.health.errors == 0
 
 
 def test_bench_command_reports_ratios_from_one_run(assets: dict[str, Path]) -> None:

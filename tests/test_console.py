@@ -23,7 +23,6 @@ from tests.helpers import ROOT, Server, deploy_all, wait_for
 from tools.fleet_sim import FleetSim
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
 PASSWORDS = {"olga": "Operator-pass-1", "victor": "Viewer-pass-22", "ada": "Admin-pass-333"}
 ROLES = {"olga": "operator", "victor": "viewer", "ada": "admin"}
 
@@ -42,20 +41,6 @@ def console(tmp_path_factory: pytest.TempPathFactory, mosquitto: str, assets: di
         assert r.status_code == 201, r.text
     yield s
     s.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium) or apt-get install chromium"
-        )
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture()

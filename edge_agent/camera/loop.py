@@ -49,6 +49,7 @@ class LoadedModel:
     preprocess: Preprocessor
     decode: Decoder
     health: ModelHealth = field(default_factory=ModelHealth)
+    target: str | None = None  # the artifact target it was loaded from (onnx-fp32, onnx-int8, ...)
 
     @property
     def ref(self) -> str:

@@ -52,6 +52,19 @@ class ShadowSpec(BaseModel):
     share: float = Field(0.1, gt=0, le=1, description="Share of frames the candidate also runs on.")
 
 
+class MeasureSpec(BaseModel):
+    """How the device picks among the targets it can run (see edge_agent/update/measure.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    budget_s: float | None = Field(
+        None, ge=0, le=60, description="Seconds to time each candidate target; 0: do not measure; unset: the agent's."
+    )
+    prefer: str | None = Field(
+        None, max_length=16, description="A target already measured best on this hardware: serve it, skip timing."
+    )
+    prefer_from: str | None = Field(None, max_length=100, description="The version whose measurement chose `prefer`.")
+
+
 class Deployment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slot: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Camera/model slot.")
@@ -61,6 +74,7 @@ class Deployment(BaseModel):
         0.5, ge=0, le=1, description="Roll back if the new model's fps falls below this share of the old one's."
     )
     shadow: ShadowSpec | None = Field(None, description="A candidate to score beside the active model.")
+    measure: MeasureSpec | None = Field(None, description="Timing of the candidate targets on the device.")
 
 
 class DesiredState(_Msg):
@@ -69,6 +83,27 @@ class DesiredState(_Msg):
     mining: dict[str, Any] | None = Field(
         None, description="Hard-sample mining settings (agent.yaml `mining:` schema); overrides the local file."
     )
+
+
+class TargetTiming(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(max_length=16)
+    p50_ms: float | None = Field(None, description="Median latency of one inference on this device.")
+    p99_ms: float | None = None
+    runs: int = Field(0, ge=0)
+    error: str | None = Field(None, max_length=300, description="Why this target could not be timed.")
+
+
+class MeasuredTargets(BaseModel):
+    """What a device measured when it installed a version (checked again by the server before it is kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=64)
+    version: int = Field(ge=1)
+    hardware_key: str = Field(max_length=200)
+    timings: list[TargetTiming] = Field(default_factory=list, max_length=8)
+    chosen: str = Field(max_length=16)
+    reason: str = Field("", max_length=500)
 
 
 class SlotReport(BaseModel):
@@ -81,6 +116,8 @@ class SlotReport(BaseModel):
     shadow_model: str | None = Field(None, description="Candidate running in shadow, if any.")
     shadow_version: int | None = None
     shadow_reason: str | None = Field(None, description="Why the shadow candidate is not running, if so.")
+    target: str | None = Field(None, max_length=16, description="The artifact target serving frames.")
+    measured: MeasuredTargets | None = Field(None, description="The last timing of a version's candidate targets.")
 
 
 class Capabilities(BaseModel):
@@ -97,6 +134,11 @@ class Capabilities(BaseModel):
     jetpack: str | None = Field(None, max_length=16, description="The JetPack that L4T release belongs to.")
     tensorrt: str | None = Field(None, description="TensorRT's version, only when its library loads here.")
     arch: str = ""
+    cpu_model: str | None = Field(None, max_length=120)
+    onnxruntime: str | None = Field(None, max_length=32, description="onnxruntime's version.")
+    hardware_key: str | None = Field(
+        None, max_length=200, description="Processor and engine versions: devices with equal keys rank targets alike."
+    )
     preview_url: str | None = Field(None, max_length=300, description="The agent's /preview, where advertised.")
 
 

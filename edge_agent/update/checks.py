@@ -22,6 +22,11 @@ TARGET_PREFERENCE = {
 }
 
 
+def runnable_targets(manifest: Manifest, device_kind: str) -> list[str]:
+    """The manifest's targets a device of this kind can run, in its order of preference."""
+    return [t for t in TARGET_PREFERENCE.get(device_kind, TARGET_PREFERENCE["cpu"]) if t in manifest.artifacts]
+
+
 class ManifestRejected(Exception):
     """The manifest failed one of the checks; str() is the reason reported to the server."""
 

@@ -122,8 +122,26 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         report = CompileReport.from_json(r["report"])
         lines += ["", f"compile report (host: {_host_text(report.host)}; budget {report.budget_points} pts)"]
         lines.append(table_text(report))
+    lines += ["", "measured by the fleet (when devices installed it):", fleet_table_text(r.get("fleet_measurements"))]
     out(args, r, "\n".join(lines))
     return 0
+
+
+def fleet_table_text(rows: list[dict[str, Any]] | None) -> str:
+    """Per hardware and target: devices that timed it, median p50/p99, and how many serve it."""
+    if not rows:
+        return "  no device has measured this version yet"
+    head = f"  {'HARDWARE':<48} {'TARGET':<10} {'DEVICES':>7} {'P50 MS':>8} {'P99 MS':>8}  CHOSEN BY"
+    lines = [head]
+    for x in rows:
+        p50 = f"{x['p50_ms']:.2f}" if x["p50_ms"] is not None else "-"
+        p99 = f"{x['p99_ms']:.2f}" if x["p99_ms"] is not None else "-"
+        chosen = f"{x['chosen_by']} device(s)" if x["chosen_by"] else "-"
+        failed = f"  ({x['failed']} failed: {x['error']})" if x["failed"] else ""
+        lines.append(
+            f"  {x['hardware'][:48]:<48} {x['target']:<10} {x['devices']:>7} {p50:>8} {p99:>8}  {chosen}{failed}"
+        )
+    return "\n".join(lines)
 
 
 def _host_text(h: dict[str, Any]) -> str:
@@ -214,6 +232,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         body["health_window_s"] = args.health_window
     if args.min_fps_ratio is not None:
         body["min_fps_ratio"] = args.min_fps_ratio
+    if args.measure_budget is not None:
+        body["measure_budget_s"] = args.measure_budget
     if args.shadow:
         body["shadow_model"], body["shadow_version"] = parse_ref(args.shadow)
         body["shadow_share"] = args.shadow_share
@@ -335,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("--shadow", metavar="NAME:VERSION", help="also run this candidate in shadow and report agreement")
     dp.add_argument("--shadow-share", type=float, default=0.1, help="share of frames the shadow runs on (default 0.1)")
+    dp.add_argument(
+        "--measure-budget",
+        type=float,
+        metavar="S",
+        help="seconds the device times each target it can run before serving the fastest (0: serve the build "
+        "host's choice untimed; default: the agent's setting, 3 s)",
+    )
     _admin_flags(dp)
     dp.set_defaults(func=cmd_deploy)
     return p

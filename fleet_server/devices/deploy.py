@@ -83,6 +83,7 @@ def deploy_version(
         min_fps_ratio=req.min_fps_ratio,
         shadow_version_id=shadow_mv.id if shadow_mv else None,
         shadow_share=req.shadow_share if shadow_mv else None,
+        measure_budget_s=req.measure_budget_s,
         created_by=actor,
     )
     session.add(device)

@@ -7,10 +7,11 @@ import json
 from sqlmodel import Session, col, select
 
 from edge_agent.protocol.messages import Deployment as DeploymentMsg
-from edge_agent.protocol.messages import DesiredState, ShadowSpec
+from edge_agent.protocol.messages import DesiredState, MeasureSpec, ShadowSpec
 from edge_agent.protocol.signing import SignedManifest
 from fleet_server.devices.tables import Deployment, Device
-from fleet_server.registry.tables import ModelVersion
+from fleet_server.registry.measurements import preferred_target
+from fleet_server.registry.tables import Artifact, ModelVersion
 
 
 def desired_message(session: Session, device_id: str) -> DesiredState | None:
@@ -36,6 +37,7 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
                 )
         deps.append(
             DeploymentMsg(
+                measure=_measure_spec(session, device, d),
                 slot=d.slot,
                 manifest=SignedManifest.model_validate_json(d.signed_manifest),
                 health_window_s=d.health_window_s,
@@ -45,3 +47,20 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
         )
     mining = json.loads(device.mining_json) if device.mining_json else None
     return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps, mining=mining)
+
+
+def _measure_spec(session: Session, device: Device, d: Deployment) -> MeasureSpec | None:
+    """The deployment's timing budget, and the target this device's hardware chose for an earlier version
+    (only where the deployment asked for no budget of its own: a budget asked for is a wish to measure)."""
+    hardware = json.loads(device.capabilities_json).get("hardware_key") if device.capabilities_json else None
+    prefer = None
+    if hardware and d.measure_budget_s is None:
+        mv = session.get(ModelVersion, d.version_id)
+        if mv is not None:
+            targets = set(session.exec(select(Artifact.target).where(Artifact.version_id == mv.id)).all())
+            prefer = preferred_target(session, mv.model, mv.version, hardware, targets)
+    if prefer is None and d.measure_budget_s is None:
+        return None
+    return MeasureSpec(
+        budget_s=d.measure_budget_s, prefer=prefer[0] if prefer else None, prefer_from=prefer[1] if prefer else None
+    )

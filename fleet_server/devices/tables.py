@@ -34,6 +34,8 @@ class Device(DeviceBase, table=True):
     shadow_reason: str | None = None
     reported_revision: int | None = None
     capabilities_json: str | None = None
+    target: str | None = Field(default=None, max_length=16)  # the artifact target serving frames
+    target_reason: str | None = Field(default=None, max_length=500)  # why that one (its own timing, or not)
     # latest telemetry
     fps: float | None = None
     latency_ms_p95: float | None = None
@@ -83,6 +85,8 @@ class DevicePublic(DeviceBase):
     shadow: dict | None = None
     shadow_version: int | None = None
     shadow_reason: str | None = None
+    target: str | None = None
+    target_reason: str | None = None
     flywheel: dict | None = None
     telemetry_shed: int = 0  # telemetry points the answering replica shed under overload (state is never shed)
     problem: str | None = None  # why the fleet page counts it "with a problem" (None: it is fine, or offline)
@@ -111,6 +115,7 @@ class Deployment(SQLModel, table=True):
     min_fps_ratio: float = 0.5
     shadow_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
     shadow_share: float | None = None
+    measure_budget_s: float | None = None  # seconds per candidate target on the device; 0: none; None: its own
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = Field(default="admin", max_length=64)
 
@@ -124,3 +129,10 @@ class DeployRequest(SQLModel):
     shadow_model: str | None = None
     shadow_version: int | None = None
     shadow_share: float = Field(default=0.1, gt=0, le=1)
+    measure_budget_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=60,
+        description="Seconds the device times each target it can run, to serve the fastest there; 0: do not "
+        "time, serve the build host's choice; unset: the agent's setting (3 s).",
+    )

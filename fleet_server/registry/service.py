@@ -25,6 +25,7 @@ from edge_agent.protocol.signing import SignedManifest, sign_manifest
 from edge_agent.runtimes import RuntimeError_, RuntimeOptions, create_runtime
 from fleet_server.db import utcnow
 from fleet_server.keys import KeyRing
+from fleet_server.registry.measurements import fleet_rows
 from fleet_server.registry.tables import Artifact, Model, ModelVersion, ModelVersionPublic
 from fleet_server.webhooks import service as webhooks
 
@@ -209,4 +210,5 @@ def version_public(session: Session, mv: ModelVersion) -> ModelVersionPublic:
         ],
         report=json.loads(mv.report_json) if mv.report_json else None,
         lineage=json.loads(mv.lineage_json) if mv.lineage_json else None,
+        fleet_measurements=fleet_rows(session, int(mv.id or 0)),
     )

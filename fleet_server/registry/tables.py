@@ -42,6 +42,25 @@ class Artifact(SQLModel, table=True):
     length: int
 
 
+class TargetMeasurement(SQLModel, table=True):
+    """One device's timing of one target of a version it installed: the fleet's own benchmark."""
+
+    __table_args__ = (UniqueConstraint("version_id", "device_id", "target", name="uq_measurement"),)
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="modelversion.id", index=True)
+    model: str = Field(max_length=64)
+    version: int
+    target: str = Field(max_length=16)
+    device_id: str = Field(max_length=64, index=True)
+    hardware_key: str = Field(max_length=200, index=True)
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    runs: int = 0
+    error: str | None = Field(default=None, max_length=300)
+    chosen: bool = False  # the device serves this target (its measurement chose it)
+    measured_at: datetime = Field(default_factory=utcnow)
+
+
 class ModelVersionPublic(SQLModel):
     name: str
     version: int
@@ -53,3 +72,4 @@ class ModelVersionPublic(SQLModel):
     artifacts: list[dict]
     report: dict | None = None
     lineage: dict | None = None
+    fleet_measurements: list[dict] = []  # per (hardware, target): devices, p50, p99, chosen by how many
