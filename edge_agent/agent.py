@@ -346,6 +346,7 @@ class Agent:
         reason = rec.reason or (self._startup_error if rec.state is not State.ACTIVE else None)
         slot = SlotReport(
             target=serving.target if serving else None,
+            detail=self.installer.detail if self.machine.busy else None,
             measured=self._measured(job) or self._measured(rec.current or {}),
             model=serving.manifest.model if serving else job.get("model"),
             version=serving.manifest.version if serving else None,

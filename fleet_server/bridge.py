@@ -424,7 +424,7 @@ class MqttBridge:
                 device.state, device.reason = slot.state, slot.reason
                 device.target_version = slot.target_version
                 device.shadow_version, device.shadow_reason = slot.shadow_version, slot.shadow_reason
-                device.target, got = slot.target, slot.measured
+                device.target, device.detail, got = slot.target, slot.detail, slot.measured
                 stored = got is not None and measurements.record(session, device.id, got)
                 if stored and got is not None and (got.model, got.version) == (slot.model, slot.version):
                     device.target_reason = got.reason

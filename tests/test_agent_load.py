@@ -100,3 +100,54 @@ def test_bench_command_reports_ratios_from_one_run(assets: dict[str, Path]) -> N
         text=True,
     )
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_a_tensorrt_device_builds_its_engine_in_prepare_and_says_so(
+    tmp_path: Path, assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake runtime stands in for TensorRT (no GPU or TensorRT here). What is checked is the agent's part: on
+    a TensorRT device the engine is built in the prepare step, before the model is needed, from the explicit
+    (Q/DQ) artifact with no calibration cache, and the reported state says what is happening meanwhile."""
+    import onnx
+
+    import edge_agent.update.installer as installer_mod
+    from edge_agent.runtimes.base import TRT_QUANT_KEY
+
+    model = onnx.load(str(assets["model_v1"]))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = TRT_QUANT_KEY, "explicit"
+    path = tmp_path / "tensorrt.onnx"
+    onnx.save(model, str(path))
+    from edge_agent.runtimes import RuntimeOptions
+
+    opened: list[tuple[str, RuntimeOptions | None]] = []
+
+    class FakeEngine:
+        input_shape = (1, 3, 64, 64)
+
+        def close(self) -> None:
+            opened.append(("closed", None))
+
+    def fake_create(name: str, p: Path, options: RuntimeOptions) -> FakeEngine:
+        opened.append((name, options))
+        return FakeEngine()
+
+    monkeypatch.setattr(installer_mod, "create_runtime", fake_create)
+    agent = _agent(tmp_path)
+    said: list[str | None] = []
+    inst = installer_mod.Installer(
+        agent.cfg, agent.caps, "tensorrt", agent.loop, agent.trust, agent._stop, lambda: said.append(inst.detail)
+    )
+    job = _job(path)
+    job["candidates"] = {"tensorrt": {"path": str(path), "sha256": job["sha256"]}}
+    inst.prepare(job)
+    (_, options), closed = opened[0], opened[1]
+    assert closed == ("closed", None) and options is not None
+    assert options.precision == "int8" and options.int8_explicit is True and options.int8_calibration is None
+    assert said[0] is not None and said[0].startswith("building the TensorRT engine for") and said[-1] is None
+    # a CPU device builds nothing there
+    opened.clear()
+    installer_mod.Installer(agent.cfg, agent.caps, "cpu", agent.loop, agent.trust, agent._stop, lambda: None).prepare(
+        job
+    )
+    assert opened == []

@@ -31,3 +31,11 @@ def test_gpu_check_runs_on_the_cpu_and_reports_every_figure(tmp_path: Path) -> N
         for loop in (x["batch_1"], x["batched"]):
             assert loop["served_fps"] > 0 and loop["offered_fps"] > 0 and loop["batch_histogram"]
     assert report["capabilities"]["agent_version"]
+    # the compile targets measured per provider and batch: the CPU here, CUDA too on a GPU host
+    compiled = report["compile"]
+    assert "CPUExecutionProvider" in compiled["providers"] and compiled["host"]
+    for target in ("onnx-fp32", "onnx-fp16"):
+        cells = {(m["device_class"], m["batch"]) for m in compiled["targets"][target] if m.get("p50_ms")}
+        assert {("cpu", 1), ("cpu", 8)} <= cells
+        if report["device"] == "gpu":
+            assert ("cuda", 1) in cells

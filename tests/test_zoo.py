@@ -11,22 +11,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch", reason="the train extra (torch) is installed by `make test`")
 
 from edge_agent.protocol.manifest import InputSpec  # noqa: E402
-from edge_agent.runtimes.base import extract_trt_calibration  # noqa: E402
+from edge_agent.runtimes.base import extract_trt_calibration, trt_quantization  # noqa: E402
 from model_zoo.compile import (  # noqa: E402
+    AGENT_BATCH,
     CompileError,
     TargetResult,
     compile_checkpoint,
+    host_info,
     recommend,
     table_text,
+    trt_calibration_cache,
 )
+from model_zoo.compile.quantize import CalibReader  # noqa: E402
 from model_zoo.datasets.store import DatasetStore, synthesize  # noqa: E402
 from model_zoo.evaluate import evaluate_onnx  # noqa: E402
-from model_zoo.models import build, export_onnx  # noqa: E402
+from model_zoo.models import build, export_onnx, kind  # noqa: E402
 from model_zoo.train import train  # noqa: E402
 
 
@@ -61,7 +67,8 @@ def test_onnx_through_the_agent_decoder_scores_what_torch_scored(trained: dict, 
     model.load_state_dict(ck["state_dict"])
     onnx_path = tmp_path / "m.onnx"
     export_onnx(model, "eldet", 128, str(onnx_path))
-    spec = InputSpec(shape=(1, 3, 128, 128), resize="letterbox")
+    mk = kind(ck["model"])
+    spec = InputSpec(shape=(1, 3, ck["size"], ck["size"]), resize=mk.resize, mean=mk.mean, std=mk.std)
     got = evaluate_onnx(onnx_path, trained["dv"], "detect", spec)
     best = max(trained["history"], key=lambda e: e["mAP50"])
     assert abs(got["mAP50"] - best["mAP50"]) < 0.03, (got, best)
@@ -88,21 +95,67 @@ def test_compile_measures_every_target_and_picks_by_the_rules(trained: dict, tmp
     assert int8.size and fp32.size and int8.size < fp32.size * 0.5
     assert int8.status == "built" or int8.status.startswith("rejected:")
     assert any("decode tail kept float" in n for n in int8.notes)
-    # the TensorRT artifact carries its INT8 calibration cache; the agent extracts it before the engine build
-    assert rows["tensorrt"].status == "built"
-    cache = extract_trt_calibration(Path(rows["tensorrt"].path or ""), tmp_path / "engines")
-    assert cache is not None
-    lines = cache.read_text().splitlines()
-    assert lines[0].startswith("TRT-") and len(lines) > 10
-    assert all(len(ln.split(": ")[1]) == 8 for ln in lines[1:])
+    # the TensorRT artifact is explicit quantization (TensorRT 10): symmetric int8 Q/DQ, no calibration cache
+    trt = rows["tensorrt"]
+    assert trt.status == "built" or trt.status.startswith("rejected:"), trt.status
+    assert trt_quantization(Path(trt.path or "")) == "explicit"
+    assert extract_trt_calibration(Path(trt.path or ""), tmp_path / "engines") is None
+    graph = onnx.load(trt.path or "").graph
+    inits = {i.name: i for i in graph.initializer}
+    qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(onnx.numpy_helper.to_array(inits[n.input[2]]).dtype == np.int8 for n in qs)
+    assert all(not onnx.numpy_helper.to_array(inits[n.input[2]]).any() for n in qs)  # zero points 0: symmetric
+    assert trt.accuracy["mAP50"] > 0.2 and trt.delta is not None  # scored like every other target
+    # each row holds a measurement per provider and batch: batch 1 and the agent's batch (a dynamic axis)
+    assert {(m["device_class"], m["batch"]) for m in fp32.measurements} == {("cpu", 1), ("cpu", AGENT_BATCH)}
+    assert all(m["provider"] == "CPUExecutionProvider" for m in fp32.measurements)
+    assert report.host["key"] and report.host["providers"] == ["CPUExecutionProvider"]
     assert rows["tensorrt-engine"].status == "not built: no GPU" or torch.cuda.is_available()
     # the recommendation obeys the rules it states
     cpu = rows[report.recommended["cpu"]]
     assert cpu.latency_p50_ms is not None and fp32.latency_p50_ms is not None
     assert cpu.latency_p50_ms <= fp32.latency_p50_ms and (cpu.delta or 0) >= -report.budget_points
     assert report.recommended["cuda"] == "onnx-fp32"  # nothing measured on a GPU here
+    assert "nothing measured on a cuda device here" in report.reasons["cuda"]
+    assert report.host["key"] in report.reasons["cpu"]  # says which host measured it
     text = table_text(report)
     assert "not built: no GPU" in text and "recommended for cpu" in text
+    assert f"cpu b{AGENT_BATCH} ms" in text and f"measured on: {report.host['key']}" in text
+
+
+def test_compile_measures_on_the_gpu_where_there_is_one(trained: dict, tmp_path: Path) -> None:
+    """On a GPU host the CUDA provider gets its own rows and the cuda class is recommended from them."""
+    if "CUDAExecutionProvider" not in host_info()["providers"]:
+        pytest.skip("no GPU here: the CUDA rows are measured by tools/gpu_check.py on a GPU host")
+    report = compile_checkpoint(
+        trained["ckpt"], trained["dv"], tmp_path / "c", targets=("onnx-fp32", "onnx-fp16"), latency_seconds=0.4
+    )
+    fp16 = report.result("onnx-fp16")
+    assert fp16 is not None and fp16.latency("cuda") is not None and fp16.latency("cuda", AGENT_BATCH) is not None
+    assert "nothing measured" not in report.reasons["cuda"]
+
+
+def test_tensorrt_calibration_cache_uses_the_chosen_method(trained: dict, tmp_path: Path) -> None:
+    """The cache path that stays (`--trt-int8 cache`, older TensorRT): its scales come from the method the
+    user chose, and its header names the calibrator TensorRT must read it with."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    model = build(ck["model"], len(ck["classes"]), ck["size"])
+    model.load_state_dict(ck["state_dict"])
+    export_onnx(model, ck["model"], ck["size"], str(tmp_path / "m.onnx"))
+    quant_pre_process(str(tmp_path / "m.onnx"), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
+    mk = kind(ck["model"])
+    spec = InputSpec(shape=(1, 3, ck["size"], ck["size"]), resize=mk.resize, mean=mk.mean, std=mk.std)
+    reader = CalibReader(trained["dv"], spec, 8)
+    caches = {m: trt_calibration_cache(tmp_path / "pre.onnx", reader, tmp_path, m) for m in ("minmax", "percentile")}
+    heads = {m: c.splitlines()[0] for m, c in caches.items()}
+    assert heads == {"minmax": "TRT-8600-MinMaxCalibration", "percentile": "TRT-8600-EntropyCalibration2"}
+    scales = {m: dict(ln.split(": ") for ln in c.splitlines()[1:]) for m, c in caches.items()}
+    assert scales["minmax"].keys() == scales["percentile"].keys() and len(scales["minmax"]) > 10
+    assert all(len(v) == 8 for v in scales["minmax"].values())  # big-endian float32, hex
+    differ = [k for k in scales["minmax"] if scales["minmax"][k] != scales["percentile"][k]]
+    assert len(differ) > len(scales["minmax"]) // 2  # the method decides the scales, not MinMax always
 
 
 def _row(target: str, p50: float | None, delta: float | None, on: str | None = "cpu") -> TargetResult:

@@ -5,7 +5,14 @@
 2. Every compile target per model (eldet, mobilenet_v3_small, resnet18): latency p50/p99 at batch 1,
    speedup vs FP32, accuracy delta, size, and the recommendation per device class.
 3. torch eager vs onnxruntime FP32 latency on the same model and input, side by side.
+4. The fleet measures what it runs: the detector's version (fp32 + int8) deployed through a real server and
+   Mosquitto to three simulated devices of three hardware keys, which time the real artifacts on this CPU,
+   one key with a declared int8 slowdown and one with a declared fp32 slowdown. Prints the table the server
+   shows (`edgeloop models show`); the chosen target must differ by hardware where the timings say so.
 Prints a table, writes JSON (default bench-results/bench_compile.json).
+
+    python tools/bench_compile.py                                        # the full run (about 10 min)
+    python tools/bench_compile.py --minutes 0.5 --scenes 200 --classifiers ""   # a quick one
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model_zoo.compile import compile_checkpoint, measure_latency, table_text  # noqa: E402
+from model_zoo.compile import CompileReport, compile_checkpoint, measure_latency, table_text  # noqa: E402
 from model_zoo.datasets.store import DatasetStore, synthesize  # noqa: E402
 from model_zoo.train import train  # noqa: E402
 
@@ -60,6 +67,72 @@ def torch_latency(ckpt: Path, seconds: float = 2.0) -> dict:
     return best
 
 
+# hardware key -> target -> declared slowdown (1.0: as timed on this CPU)
+SIM_HARDWARE = {
+    "sim-x86 (as timed here)": {},
+    "sim-arm (int8 declared 3x slower)": {"onnx-int8": 3.0},
+    "sim-x86-old (fp32 declared 2x slower)": {"onnx-fp32": 2.0},
+}
+
+
+def fleet_measurement(work: Path, report: CompileReport, budget_s: float) -> dict:
+    """Register the compiled fp32 + int8 targets as one version, deploy it to one simulated device per
+    hardware key, and read back what the server keeps and shows."""
+    from sqlmodel import Session
+
+    from edge_agent.protocol.manifest import ArtifactEntry, DecoderSpec, InputSpec
+    from fleet_server.cli.main import fleet_table_text
+    from fleet_server.db import make_engine
+    from fleet_server.keys import ensure_keys
+    from fleet_server.registry.service import register_artifacts
+    from fleet_server.storage import LocalStore
+    from tests.helpers import Server, start_mosquitto, wait_for
+    from tools.fleet_sim import FleetSim
+
+    broker, port = start_mosquitto(work / "fleet-broker")
+    server = Server(work / "fleet-server", f"mqtt://127.0.0.1:{port}")
+    sim = None
+    try:
+        store = LocalStore(server.data_dir / "artifacts")
+        arts = {}
+        for t in ("onnx-fp32", "onnx-int8"):
+            r = report.result(t)
+            assert r is not None and r.built and r.path and r.sha256 and r.size, f"{t} was not built"
+            store.add_copy(Path(r.path), r.sha256)
+            arts[t] = ArtifactEntry(url=f"/api/v1/artifacts/{r.sha256}", sha256=r.sha256, length=r.size,
+                                    latency_ms=r.latency_p50_ms, measured_on="cpu", accuracy=r.accuracy,
+                                    accuracy_delta=r.delta)  # fmt: skip
+        with Session(make_engine(f"sqlite:///{server.data_dir / 'edgeloop.db'}")) as s:
+            mv = register_artifacts(
+                s, ensure_keys(server.data_dir), "eldet-fleet", report.task, report.classes,
+                InputSpec.model_validate(report.input_spec), DecoderSpec(type="yolov8"), arts, 30,
+            )  # fmt: skip
+            s.commit()
+            version = mv.version
+        hardware = {f"hw-{i:05d}": key for i, key in enumerate(SIM_HARDWARE)}
+        sim = FleetSim(server.url, server.token, f"mqtt://127.0.0.1:{port}", len(hardware), prefix="hw",
+                       hardware=hardware, slowdown=SIM_HARDWARE, measure_budget_s=budget_s)  # fmt: skip
+        sim.enroll()
+        sim.start()
+        t0 = time.monotonic()
+        for dev in hardware:
+            server.http.put(f"/api/v1/devices/{dev}/deployment", json={"model": "eldet-fleet", "version": version})
+        wait_for(lambda: all(server.device(d)["target"] for d in hardware), 120, "every simulated device serving")
+        took = time.monotonic() - t0
+        shown = server.http.get(f"/api/v1/models/eldet-fleet/versions/{version}").json()["fleet_measurements"]
+        chosen = {
+            hardware[d]: {"target": (x := server.device(d))["target"], "reason": x["target_reason"]} for d in hardware
+        }
+        targets = {v["target"] for v in chosen.values()}
+        assert len(targets) > 1, f"every hardware key chose the same target: {chosen}"
+        return {"rows": shown, "chosen": chosen, "table": fleet_table_text(shown), "deploy_to_served_s": round(took, 1)}
+    finally:
+        if sim is not None:
+            sim.stop()
+        server.stop()
+        broker.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--minutes", type=float, default=4.5, help="detector training budget (CPU)")
@@ -68,6 +141,7 @@ def main() -> int:
     ap.add_argument("--cls-epochs", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "bench-results" / "compile-work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_compile.json")
+    ap.add_argument("--fleet-budget", type=float, default=2.0, help="seconds each simulated device times a target")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     store = DatasetStore(args.work / "data")
@@ -140,6 +214,11 @@ def main() -> int:
         f"\neldet after {det['train_seconds']:.0f} s of CPU training: mAP50 {fp32_acc['mAP50']:.3f}, "
         f"mAP50-95 {fp32_acc['mAP50_95']:.3f} on {det['val_samples']} held-out scenes (ONNX, agent decoder)"
     )
+    print("\n== the fleet measures what it runs (3 simulated hardware keys, real artifacts timed on this CPU)")
+    results["fleet"] = fleet_measurement(args.work, CompileReport.from_json(det["report"]), args.fleet_budget)
+    print(results["fleet"]["table"])
+    for dev, got in results["fleet"]["chosen"].items():
+        print(f"  {dev}: serves {got['target']}: {got['reason']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {args.out}")

@@ -5,6 +5,11 @@ signature like a real agent), reports the version it runs, and sends telemetry w
 confidence can be made worse for chosen versions. Failure injection: a version that fails to install,
 a download failure rate, and devices that are offline until brought back.
 
+With `hardware` (device -> hardware key) a device measures what it installs like a real agent: it downloads
+the version's CPU targets, times each on this machine (edge_agent/update/measure.py), multiplies each
+figure by the slowdown declared for its key and target (`slowdown`), chooses by the agent's own rules and
+reports the timings with its key. That is how three kinds of hardware are simulated on one CPU.
+
 Needs a broker that lets this one connection speak for many devices (a test or lab broker without
 per-device ACLs). Used by tests and tools/bench_fleet.py.
 
@@ -15,6 +20,7 @@ per-device ACLs). Used by tests and tools/bench_fleet.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import queue
@@ -24,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -32,13 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.protocol.messages import (  # noqa: E402
+    Capabilities,
     DesiredState,
+    MeasuredTargets,
     MessageError,
     Prediction,
     ReportedState,
     ShadowTelemetry,
     SlotReport,
     StatusMessage,
+    TargetTiming,
     Telemetry,
     UpdateStateName,
     decode_message,
@@ -46,6 +56,8 @@ from edge_agent.protocol.messages import (  # noqa: E402
 )
 from edge_agent.protocol.signing import SignatureError, verify_signed_manifest  # noqa: E402
 from edge_agent.protocol.topics import DeviceTopics, parse_device_topic  # noqa: E402
+from edge_agent.update.checks import runnable_targets  # noqa: E402
+from edge_agent.update.measure import Timing, choose, time_runs  # noqa: E402
 
 
 @dataclass
@@ -65,6 +77,11 @@ class SimDevice:
     shadow_version: int | None = None
     shadow_frames: int = 0
     installs: list[int] = field(default_factory=list)
+    hardware: str | None = None  # a hardware key: the device measures what it installs
+    serving_target: str | None = None
+    measured: MeasuredTargets | None = None
+    manifest: object | None = None  # the verified manifest being installed
+    prefer: tuple[str | None, str | None] = (None, None)
 
 
 class FleetSim:
@@ -83,6 +100,9 @@ class FleetSim:
         install_delay_s: float = 0.1,
         seed: int = 0,
         agreement: dict[int, float] | None = None,
+        hardware: dict[str, str] | None = None,
+        slowdown: dict[str, dict[str, float]] | None = None,
+        measure_budget_s: float = 1.0,
     ) -> None:
         self.server_url, self.mqtt_url = server_url.rstrip("/"), mqtt_url
         self.agreement = dict(agreement or {})  # shadow agreement a candidate version scores (default 1.0)
@@ -98,6 +118,12 @@ class FleetSim:
         }
         for d in offline or set():
             self.devices[d].online = False
+        for dev_id, key in (hardware or {}).items():
+            self.devices[dev_id].hardware = key
+        self.slowdown = {k: dict(v) for k, v in (slowdown or {}).items()}  # hardware key -> target -> factor
+        self.measure_budget_s = measure_budget_s
+        self._artifacts: dict[str, Path] = {}
+        self._work = Path(__import__("tempfile").mkdtemp(prefix="fleet-sim-"))
         self.slow = dict(slow or {})
         self.fail_versions = set(fail_versions or set())
         self.download_failure_rate = download_failure_rate
@@ -187,8 +213,11 @@ class FleetSim:
                     reason=d.reason,
                     shadow_model=d.model if d.shadow_version else None,
                     shadow_version=d.shadow_version,
+                    target=d.serving_target,
+                    measured=d.measured,
                 )
             },
+            capabilities=Capabilities(agent_version="sim", hardware_key=d.hardware) if d.hardware else None,
         )
         self.client.publish(DeviceTopics(d.id).reported, encode_message(msg), qos=1, retain=True)
 
@@ -245,7 +274,8 @@ class FleetSim:
                 shadow_version = verify_signed_manifest(dep.shadow.manifest, self.root_public_key or "").version
             except SignatureError:
                 shadow_version = None
-        d.revision, d.target, d.reason = msg.revision, m.version, None
+        d.revision, d.target, d.reason, d.manifest = msg.revision, m.version, None, m
+        d.prefer = (dep.measure.prefer, dep.measure.prefer_from) if dep.measure else (None, None)
         if d.shadow_version != shadow_version:
             d.shadow_version, d.shadow_frames = shadow_version, 0
         d.state = "downloading"
@@ -259,10 +289,60 @@ class FleetSim:
             d.state, d.reason = "failed", "download: simulated failure"
             self._report(d)
             return
+        if d.hardware is not None and d.manifest is not None:
+            self._measure(d)
         with self._lock:
             d.model, d.version, d.state = model, version, "committed"
             d.installs.append(version)
         self._report(d)
+
+    def _artifact(self, url: str, sha256: str) -> Path:
+        path = self._artifacts.get(sha256)
+        if path is None:
+            path = self._work / f"{sha256}.onnx"
+            r = self.http.get(url)
+            r.raise_for_status()
+            path.write_bytes(r.content)
+            self._artifacts[sha256] = path
+        return path
+
+    def _measure(self, d: SimDevice) -> None:
+        """Time the version's CPU targets on this machine, scaled by the slowdown declared for this hardware."""
+        import numpy as np
+        import onnxruntime as ort
+
+        m: Any = d.manifest
+        targets = runnable_targets(m, "cpu")
+        prefer, prefer_from = d.prefer
+        if prefer in targets:
+            why = f"measured best on this hardware with {prefer_from}; not timed again"
+            d.serving_target = prefer
+            d.measured = MeasuredTargets(model=m.model, version=m.version, hardware_key=d.hardware or "",
+                                         chosen=prefer, reason=why)  # fmt: skip
+            return
+        timings: list[Timing] = []
+        for t in targets:
+            entry = m.artifacts[t]
+            sess = ort.InferenceSession(
+                str(self._artifact(entry.url, entry.sha256)), providers=["CPUExecutionProvider"]
+            )
+            x = np.zeros(m.input.shape, np.float32)
+            name = sess.get_inputs()[0].name
+            got = time_runs(functools.partial(sess.run, None, {name: x}), self.measure_budget_s, t)
+            factor = self.slowdown.get(d.hardware or "", {}).get(t, 1.0)
+            if got.p50_ms is not None and got.p99_ms is not None:
+                got.p50_ms, got.p99_ms = round(got.p50_ms * factor, 4), round(got.p99_ms * factor, 4)
+            timings.append(got)
+        choice = choose(timings, {t: a.accuracy_delta for t, a in m.artifacts.items()}, fallback=targets[0])
+        d.serving_target = choice.target
+        d.measured = MeasuredTargets(
+            model=m.model,
+            version=m.version,
+            hardware_key=d.hardware or "",
+            timings=[TargetTiming(**t.to_json()) for t in timings],
+            chosen=choice.target,
+            reason=choice.reason,
+        )
 
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(self.telemetry_interval_s):

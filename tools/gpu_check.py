@@ -7,7 +7,8 @@ writes JSON (default bench-results/gpu_check.json).
 
 It needs the agent's packages (`pip install 'edgeloop[agent-gpu]'` on a GPU box) and, for resnet50, torch
 and torchvision to export the model. Without a usable GPU it runs the same steps on the CPU and says so at
-the top. The compile measurements of the compile-on-target work are not part of it yet.
+the top. It ends with the compile targets (fp32, fp16) measured on every execution provider the host has,
+at batch 1 and the agent's batch: what `edgeloop compile` puts in the target table there.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def export_torchvision(name: str, size: int, path: Path) -> Path:
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
         )
     return path
+
+
+def compile_rows(model_path: Path, work: Path, seconds: float) -> dict[str, Any]:
+    """The compile step's per-provider measurement of the fp32 and fp16 targets of this model."""
+    from model_zoo.compile.measure import describe_input, host_info, measure_providers
+    from model_zoo.compile.quantize import build_fp16
+
+    host = host_info()
+    shape = describe_input(model_path)
+    fp16 = work / "fp16.onnx"
+    build_fp16(model_path, fp16)
+    rows = {
+        t: measure_providers(p, shape, host["providers"], seconds)
+        for t, p in (("onnx-fp32", model_path), ("onnx-fp16", fp16))
+    }
+    return {"host": host["key"], "providers": host["providers"], "targets": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_camera_unpaced": one_camera,
         "cameras_fps": a.fps,
         "runs": runs,
-        "compile": "not measured here yet (compile-on-target)",
+        "compile": compile_rows(model_path, work, 0.5 if a.quick else 2.0),
         "seconds": round(time.monotonic() - t_start, 1),
     }
     print(f"model {model_name}: raw images/s by batch {raw}")
@@ -112,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{o['staleness_ms_p99']:>7.1f} | {m['served_fps']:>10.1f} / {m['offered_fps']:<10.1f} {m['dropped']:>6} "
             f"{m['staleness_ms_p99']:>7.1f}  {m['batch_histogram']}"
         )
+    for t, rows in report["compile"]["targets"].items():
+        cells = ", ".join(f"{m['device_class']} b{m['batch']} {m.get('p50_ms', 'failed')} ms" for m in rows)
+        print(f"compile {t}: {cells}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {a.out} in {report['seconds']} s")

@@ -117,6 +117,9 @@ class SlotReport(BaseModel):
     shadow_version: int | None = None
     shadow_reason: str | None = Field(None, description="Why the shadow candidate is not running, if so.")
     target: str | None = Field(None, max_length=16, description="The artifact target serving frames.")
+    detail: str | None = Field(
+        None, max_length=200, description="What the running update step is doing (building an engine, timing)."
+    )
     measured: MeasuredTargets | None = Field(None, description="The last timing of a version's candidate targets.")
 
 

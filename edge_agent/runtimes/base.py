@@ -25,6 +25,9 @@ class RuntimeOptions(BaseModel):
     cache_dir: Path | None = Field(None, description="Where TensorRT engines and timing caches are kept.")
     artifact_sha256: str | None = Field(None, description="Identifies the artifact in engine cache keys.")
     int8_calibration: Path | None = Field(None, description="TensorRT INT8 calibration cache shipped with the model.")
+    int8_explicit: bool = Field(
+        False, description="The model carries its INT8 scales as Q/DQ nodes (explicit quantization): no calibrator."
+    )
 
 
 def engine_cache_key(sha256: str, trt_version: str, gpu: str, precision: str) -> str:
@@ -76,6 +79,27 @@ class Runtime(ABC):
 
 
 TRT_CALIB_KEY = "edgeloop.trt_int8_calibration"
+TRT_QUANT_KEY = "edgeloop.trt_int8"  # explicit: Q/DQ nodes carry the scales; cache: TRT_CALIB_KEY does
+
+
+def _metadata(model_path: Path) -> dict[str, str]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    del sess
+    return meta
+
+
+def trt_quantization(model_path: Path) -> str | None:
+    """How a `tensorrt` artifact carries its INT8 scales: explicit (Q/DQ nodes), cache, or None (neither)."""
+    meta = _metadata(model_path)
+    mode = meta.get(TRT_QUANT_KEY)
+    if mode in ("explicit", "cache"):
+        return mode
+    return "cache" if TRT_CALIB_KEY in meta else None
 
 
 def extract_trt_calibration(model_path: Path, out_dir: Path) -> Path | None:
@@ -83,13 +107,7 @@ def extract_trt_calibration(model_path: Path, out_dir: Path) -> Path | None:
 
     The cache lives inside the signed artifact, so it is covered by the artifact's sha256 check.
     """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    text = sess.get_modelmeta().custom_metadata_map.get(TRT_CALIB_KEY)
-    del sess
+    text = _metadata(model_path).get(TRT_CALIB_KEY)
     if not text:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)

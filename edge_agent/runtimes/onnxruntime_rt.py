@@ -103,8 +103,11 @@ class OnnxRuntime(Runtime):
                 "trt_fp16_enable": "True" if options.precision in ("fp16", "int8") else "False",
                 "trt_int8_enable": "True" if options.precision == "int8" else "False",
             }
-            if options.precision == "int8" and options.int8_calibration is not None:
+            if options.precision == "int8" and not options.int8_explicit and options.int8_calibration is not None:
+                # the cache is TensorRT's own text format, not onnxruntime's flatbuffer table: say so, or it is
+                # misread; an explicit (Q/DQ) model takes no table at all
                 out["trt_int8_calibration_table_name"] = str(options.int8_calibration)
+                out["trt_int8_use_native_calibration_table"] = "True"
             (base / key).mkdir(parents=True, exist_ok=True)
             (base / "timing").mkdir(parents=True, exist_ok=True)
             return out

@@ -90,10 +90,17 @@ class TensorRTRuntime(Runtime):
         if options.precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
         if options.precision == "int8":
-            if options.int8_calibration is None or not options.int8_calibration.exists():
-                raise RuntimeError_("int8 engine needs the calibration cache shipped with the artifact")
             config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = _CacheCalibrator(trt, options.int8_calibration)
+            if options.int8_explicit:
+                # explicit quantization (TensorRT 10's way; implicit calibrators are deprecated since 10.1): the
+                # Q/DQ nodes in the graph carry every scale, so no calibrator is set
+                pass
+            elif options.int8_calibration is not None and options.int8_calibration.exists():
+                config.int8_calibrator = cache_calibrator(trt, options.int8_calibration)
+            else:
+                raise RuntimeError_(
+                    "an int8 engine needs Q/DQ nodes in the model or the calibration cache shipped with it"
+                )
         blob = builder.build_serialized_network(network, config)
         if blob is None:
             raise RuntimeError_(f"TensorRT failed to build an engine for {onnx_path.name}")
@@ -136,24 +143,27 @@ class TensorRTRuntime(Runtime):
         self._buffers.clear()
 
 
-class _CacheCalibrator:
-    """Feeds TensorRT a calibration cache produced at compile time; never calibrates on the device."""
+def cache_calibrator(trt: Any, cache: Path) -> Any:
+    """A calibrator that only hands TensorRT the cache made at compile time; it never calibrates on the device.
+    Its algorithm matches the cache's header (TensorRT ignores a cache written for another algorithm and
+    would then try to calibrate with no data)."""
+    header = cache.read_text().split("\n", 1)[0]
+    base = trt.IInt8MinMaxCalibrator if "MinMaxCalibration" in header else trt.IInt8EntropyCalibrator2
 
-    def __new__(cls, trt: Any, cache: Path) -> Any:
-        class Calibrator(trt.IInt8EntropyCalibrator2):
-            def __init__(self) -> None:
-                super().__init__()
+    class Calibrator(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
 
-            def get_batch_size(self) -> int:
-                return 1
+        def get_batch_size(self) -> int:
+            return 1
 
-            def get_batch(self, names: list[str]) -> None:
-                return None
+        def get_batch(self, names: list[str]) -> None:
+            return None
 
-            def read_calibration_cache(self) -> bytes:
-                return cache.read_bytes()
+        def read_calibration_cache(self) -> bytes:
+            return cache.read_bytes()
 
-            def write_calibration_cache(self, data: bytes) -> None:
-                return None
+        def write_calibration_cache(self, data: bytes) -> None:
+            return None
 
-        return Calibrator()
+    return Calibrator()

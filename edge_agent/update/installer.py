@@ -27,7 +27,7 @@ from edge_agent.protocol.manifest import Manifest
 from edge_agent.protocol.messages import Capabilities, MeasureSpec
 from edge_agent.protocol.signing import SignedManifest
 from edge_agent.runtimes import RuntimeError_, create_runtime
-from edge_agent.runtimes.base import extract_trt_calibration
+from edge_agent.runtimes.base import extract_trt_calibration, trt_quantization
 from edge_agent.update.checks import runnable_targets
 from edge_agent.update.download import DownloadError, download, resolve_url, sha256_file
 from edge_agent.update.machine import StepFailed
@@ -56,6 +56,7 @@ class Installer:
         self.stop_event, self.report = stop_event, report
         self.candidate: LoadedModel | None = None
         self.previous: LoadedModel | None = None
+        self.detail: str | None = None  # what the running step is doing, for the reported state
 
     def artifact(self, m: Manifest, target: str) -> dict[str, Any]:
         entry = m.artifacts[target]  # type: ignore[index]
@@ -123,7 +124,26 @@ class Installer:
             self.trust.record(job["model"], job["version"])
 
     def prepare(self, job: dict[str, Any]) -> None:
-        """Engine builds (TensorRT) happen here; ONNX artifacts need nothing."""
+        """A TensorRT engine is built here, before it is needed (minutes on a Jetson), and cached under
+        (artifact sha256, TensorRT version, GPU, precision): the warm step then loads it in seconds. The
+        reported state says so meanwhile (`detail`). ONNX artifacts for other providers need nothing."""
+        entry = (job.get("candidates") or {}).get("tensorrt")
+        if entry is None or self.device_kind != "tensorrt":
+            return
+        manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
+        self._say(f"building the TensorRT engine for {manifest.ref}")
+        t0 = time.monotonic()
+        try:
+            self._open("tensorrt", Path(entry["path"]), entry["sha256"], manifest).close()
+        except RuntimeError_ as exc:
+            raise StepFailed(f"TensorRT engine build: {exc}") from exc
+        finally:
+            self._say(None)
+        log.info("TensorRT engine for %s ready in %.0f s", manifest.ref, time.monotonic() - t0)
+
+    def _say(self, detail: str | None) -> None:
+        self.detail = detail
+        self.report()
 
     def _open(self, target: str, path: Path, sha256: str | None, manifest: Manifest) -> Any:
         opts = self.cfg.runtime.model_copy(
@@ -135,8 +155,11 @@ class Installer:
         )
         runtime_name = "tensorrt" if target == "tensorrt" and "tensorrt" in self.caps.runtimes else "onnxruntime"
         if target == "tensorrt":
-            cache = extract_trt_calibration(path, self.data_dir / "engines")
-            opts = opts.model_copy(update={"int8_calibration": cache} if cache else {"precision": "fp16"})
+            if trt_quantization(path) == "explicit":
+                opts = opts.model_copy(update={"int8_explicit": True})
+            else:
+                cache = extract_trt_calibration(path, self.data_dir / "engines")
+                opts = opts.model_copy(update={"int8_calibration": cache} if cache else {"precision": "fp16"})
         runtime = create_runtime(runtime_name, path, opts)
         if tuple(runtime.input_shape) != tuple(manifest.input.shape):
             runtime.close()
@@ -161,7 +184,8 @@ class Installer:
         manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
         budget = float(job.get("measure_budget_s") or self.cfg.measure_budget_s)
         timings: list[Timing] = []
-        for target, entry in job["candidates"].items():
+        for i, (target, entry) in enumerate(job["candidates"].items()):
+            self._say(f"timing {target} ({i + 1} of {len(job['candidates'])}, up to {budget:g} s)")
             try:
                 rt = self._open(target, Path(entry["path"]), entry["sha256"], manifest)
             except (StepFailed, RuntimeError_) as exc:
@@ -172,6 +196,7 @@ class Installer:
                 timings.append(time_runs(functools.partial(rt.run, x), budget, target))
             finally:
                 rt.close()
+        self._say(None)
         deltas: dict[str, float | None] = {t: a.accuracy_delta for t, a in manifest.artifacts.items()}
         choice = choose(timings, deltas, fallback=job["target"])
         log.info("serving %s of %s: %s", choice.target, manifest.ref, choice.reason)

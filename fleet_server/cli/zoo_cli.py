@@ -201,6 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "from_ref": args.init_from,
         "targets": args.targets.split(",") if args.targets else None,
         "calibration": args.calibration,
+        "trt_int8": args.trt_int8,
         "nproc": args.nproc,
         "max_minutes": args.max_minutes,
     }
@@ -214,6 +215,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         "ref": args.ref,
         "targets": args.targets.split(",") if args.targets else None,
         "calibration": args.calibration,
+        "trt_int8": args.trt_int8,
         "dataset": args.dataset,
     }
     job = client.request("POST", "/api/v1/jobs/compile", json=body)
@@ -296,6 +298,13 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     t.add_argument("--from", dest="init_from", metavar="NAME:VERSION", help="fine-tune from this version")
     t.add_argument("--targets", help="comma-separated compile targets (default: all)")
     t.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
+    t.add_argument(
+        "--trt-int8",
+        default="explicit",
+        choices=["explicit", "cache"],
+        help="how the tensorrt target carries INT8: explicit Q/DQ nodes (TensorRT 10; default) or a calibration "
+        "cache (older TensorRT)",
+    )
     t.add_argument("--nproc", type=int, default=1, help="DDP processes (torchrun)")
     t.add_argument("--max-minutes", type=float, help="stop training after the epoch that passes this")
     t.add_argument("--wait", action="store_true", help="follow the job until it ends")
@@ -306,6 +315,13 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     c.add_argument("ref", help="NAME:VERSION")
     c.add_argument("--targets", help="comma-separated targets: onnx-fp32,onnx-int8,onnx-fp16,tensorrt")
     c.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
+    c.add_argument(
+        "--trt-int8",
+        default="explicit",
+        choices=["explicit", "cache"],
+        help="how the tensorrt target carries INT8: explicit Q/DQ nodes (TensorRT 10; default) or a calibration "
+        "cache (older TensorRT)",
+    )
     c.add_argument("--dataset", help="calibration / evaluation dataset (default: the training dataset)")
     c.add_argument("--wait", action="store_true")
     admin_flags(c)

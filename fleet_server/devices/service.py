@@ -148,6 +148,7 @@ def device_public(d: Device, shed: int = 0) -> DevicePublic:
         shadow_reason=d.shadow_reason,
         target=d.target,
         target_reason=d.target_reason,
+        detail=d.detail,
         flywheel=tel.get("flywheel"),
         telemetry_shed=shed,
         problem=problems.describe(d),

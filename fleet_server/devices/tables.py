@@ -36,6 +36,7 @@ class Device(DeviceBase, table=True):
     capabilities_json: str | None = None
     target: str | None = Field(default=None, max_length=16)  # the artifact target serving frames
     target_reason: str | None = Field(default=None, max_length=500)  # why that one (its own timing, or not)
+    detail: str | None = Field(default=None, max_length=200)  # what its running update step is doing
     # latest telemetry
     fps: float | None = None
     latency_ms_p95: float | None = None
@@ -87,6 +88,7 @@ class DevicePublic(DeviceBase):
     shadow_reason: str | None = None
     target: str | None = None
     target_reason: str | None = None
+    detail: str | None = None
     flywheel: dict | None = None
     telemetry_shed: int = 0  # telemetry points the answering replica shed under overload (state is never shed)
     problem: str | None = None  # why the fleet page counts it "with a problem" (None: it is fine, or offline)

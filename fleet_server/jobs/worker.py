@@ -97,6 +97,7 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         job_dir / "compiled",
         tuple(p.get("targets") or ()) or _default_targets(),
         calibration=p.get("calibration", "minmax"),
+        trt_int8=p.get("trt_int8", "explicit"),
         progress=_scaled(0.8, 1.0),
     )
     return {
@@ -157,6 +158,7 @@ def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         job_dir / "compiled",
         tuple(p.get("targets") or ()) or _default_targets(),
         calibration=p.get("calibration", "minmax"),
+        trt_int8=p.get("trt_int8", "explicit"),
         progress=_scaled(0.0, 1.0),
     )
     return {"checkpoint": p["checkpoint"], "compiled": str(job_dir / "compiled"), "report": report.to_json()}

@@ -41,6 +41,11 @@ class TrainRequest(BaseModel):
     from_ref: str | None = Field(None, description="fine-tune from this model version (NAME:VERSION)")
     targets: list[str] | None = Field(None, description="compile targets (default: all)")
     calibration: str = Field("minmax", pattern="^(minmax|entropy|percentile)$")
+    trt_int8: str = Field(
+        "explicit",
+        pattern="^(explicit|cache)$",
+        description="TensorRT INT8: explicit (Q/DQ nodes, TensorRT 10) or cache (a calibration cache, older TensorRT)",
+    )
     nproc: int = Field(1, ge=1, le=16, description="processes for DDP (torchrun)")
     max_minutes: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -50,6 +55,11 @@ class CompileRequest(BaseModel):
     ref: str = Field(description="NAME:VERSION whose checkpoint is compiled into a new version")
     targets: list[str] | None = None
     calibration: str = Field("minmax", pattern="^(minmax|entropy|percentile)$")
+    trt_int8: str = Field(
+        "explicit",
+        pattern="^(explicit|cache)$",
+        description="TensorRT INT8: explicit (Q/DQ nodes, TensorRT 10) or cache (a calibration cache, older TensorRT)",
+    )
     dataset: str | None = Field(None, description="calibration/evaluation dataset (default: the one it was trained on)")
 
 
@@ -123,6 +133,7 @@ def _compile(req: CompileRequest, session: SessionDep, services: Services, actor
         "checkpoint": str(settings.data_dir / mv.checkpoint),
         "targets": check_targets(req.targets),
         "calibration": req.calibration,
+        "trt_int8": req.trt_int8,
         "dataset": dname,
         "dataset_version": dver,
         "dataset_ref": f"{dname}:{dver}",

@@ -41,6 +41,7 @@ def upgrade() -> None:
     with op.batch_alter_table("device", schema=None) as batch_op:
         batch_op.add_column(sa.Column("target", sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column("target_reason", sa.String(length=500), nullable=True))
+        batch_op.add_column(sa.Column("detail", sa.String(length=200), nullable=True))
     with op.batch_alter_table("deployment", schema=None) as batch_op:
         batch_op.add_column(sa.Column("measure_budget_s", sa.Float(), nullable=True))
 
@@ -49,6 +50,7 @@ def downgrade() -> None:
     with op.batch_alter_table("deployment", schema=None) as batch_op:
         batch_op.drop_column("measure_budget_s")
     with op.batch_alter_table("device", schema=None) as batch_op:
+        batch_op.drop_column("detail")
         batch_op.drop_column("target_reason")
         batch_op.drop_column("target")
     op.drop_index("ix_targetmeasurement_hardware_key", table_name="targetmeasurement")
