@@ -6,11 +6,13 @@ fleet stops accepting any model a year after its server first started."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,7 @@ from edge_agent.protocol.signing import (
 )
 from fleet_server.keys import KeyRotationError, ensure_keys, import_cert, key_status
 from tests.factories import manifest
+from tests.helpers import Server
 
 EDGELOOP = Path(sys.executable).parent / "edgeloop"
 
@@ -77,7 +80,7 @@ def test_a_certificate_from_another_root_or_for_another_key_is_refused(tmp_path:
     assert ensure_keys(data).cert == ring.cert  # nothing changed
 
 
-def test_an_expiring_certificate_is_flagged(tmp_path: Path) -> None:
+def test_an_expiring_certificate_is_flagged(tmp_path: Path, browser: Any) -> None:
     data = tmp_path / "server"
     ensure_keys(data)
     root = load_private_key((data / "keys" / "root.key").read_bytes())
@@ -87,6 +90,22 @@ def test_an_expiring_certificate_is_flagged(tmp_path: Path) -> None:
     assert "rotate-release" in (key_status(data)["warning"] or "")
     r = _keys(data, "status")
     assert r.returncode == 1 and "WARNING" in r.stdout
+    # a running server says so on every console page, and to its metrics
+    server = Server(data, None)
+    try:
+        r = server.http.post("/api/v1/users", json={"name": "kim", "role": "viewer", "password": "Viewer-pass-22"})
+        assert r.status_code == 201, r.text
+        page = browser.new_context().new_page()
+        page.goto(f"{server.url}/console/login")
+        page.fill("input[name=name]", "kim")
+        page.fill("input[name=password]", "Viewer-pass-22")
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r".*/console/fleet$"))
+        warning = page.locator("#key-warning").text_content() or ""
+        assert "expires in 10 days" in warning and "edgeloop keys rotate-release" in warning
+        assert "edgeloop_release_cert_days_left 9.9" in server.http.get("/metrics").text
+    finally:
+        server.stop()
     r = _keys(data, "rotate-release")  # the root key is here: certified and installed at once
     assert r.returncode == 0 and "restart the server" in r.stdout
     assert key_status(data)["warning"] is None

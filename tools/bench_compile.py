@@ -89,6 +89,7 @@ def fleet_measurement(work: Path, report: CompileReport, budget_s: float) -> dic
     from tests.helpers import Server, start_mosquitto, wait_for
     from tools.fleet_sim import FleetSim
 
+    (work / "fleet-broker").mkdir(parents=True, exist_ok=True)
     broker, port = start_mosquitto(work / "fleet-broker")
     server = Server(work / "fleet-server", f"mqtt://127.0.0.1:{port}")
     sim = None
@@ -142,8 +143,20 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "bench-results" / "compile-work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_compile.json")
     ap.add_argument("--fleet-budget", type=float, default=2.0, help="seconds each simulated device times a target")
+    ap.add_argument(
+        "--fleet-only", action="store_true", help="only part 4, with the detector compiled by an earlier run in --work"
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.fleet_only:
+        report = CompileReport.from_json(json.loads((args.work / "eldet-compiled" / "report.json").read_text()))
+        fleet = fleet_measurement(args.work, report, args.fleet_budget)
+        print(fleet["table"])
+        for hw, got in fleet["chosen"].items():
+            print(f"  {hw}: serves {got['target']}: {got['reason']}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"fleet": fleet}, indent=1, default=str))
+        return 0
     store = DatasetStore(args.work / "data")
     results: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version()}, "models": {}}
 
@@ -217,8 +230,8 @@ def main() -> int:
     print("\n== the fleet measures what it runs (3 simulated hardware keys, real artifacts timed on this CPU)")
     results["fleet"] = fleet_measurement(args.work, CompileReport.from_json(det["report"]), args.fleet_budget)
     print(results["fleet"]["table"])
-    for dev, got in results["fleet"]["chosen"].items():
-        print(f"  {dev}: serves {got['target']}: {got['reason']}")
+    for hw, got in results["fleet"]["chosen"].items():
+        print(f"  {hw}: serves {got['target']}: {got['reason']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {args.out}")

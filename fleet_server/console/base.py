@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 from fleet_server.api.deps import Principal, SessionDep, principal
+from fleet_server.keys import WARN_DAYS
 from fleet_server.users.tables import ROLE_RANK
 
 HERE = Path(__file__).parent
@@ -65,6 +67,19 @@ def get_or_404(session: Session, table: Any, key: Any, what: str) -> Any:
     return row
 
 
+def key_warning(request: Request) -> str | None:
+    """A sentence when the release key's certificate ends within WARN_DAYS: after that day no new version
+    can be signed that devices accept, so every page says so until it is rotated."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return None
+    left = (services.keys.cert.body().expires_at - datetime.now(timezone.utc)).total_seconds() / 86400
+    if left > WARN_DAYS:
+        return None
+    when = f"expires in {left:.0f} days" if left > 0 else "has expired"
+    return f"The release key's certificate {when}: run `edgeloop keys rotate-release` and restart the server."
+
+
 def render(request: Request, who: Principal, name: str, **ctx: Any) -> HTMLResponse:
     return templates.TemplateResponse(
         request,
@@ -73,6 +88,7 @@ def render(request: Request, who: Principal, name: str, **ctx: Any) -> HTMLRespo
             "who": who,
             "can_operate": ROLE_RANK.get(who.role, -1) >= ROLE_RANK["operator"],
             "is_admin": who.role == "admin",
+            "key_warning": key_warning(request),
             **ctx,
         },
     )
