@@ -93,6 +93,7 @@ class Agent:
             will=Will(self.topics.status, offline),
             on_connect=[(self.topics.status, online, 1, True)],
             ca_pem=config.mqtt_ca,
+            keepalive=config.mqtt_keepalive_s,
         )
         self.sources = [
             FrameSource(
@@ -220,8 +221,10 @@ class Agent:
             self._apply_mining(msg.mining)
         rec = self.machine.record
         # a revision already handled is skipped, unless it was refused: a forged message must not squat the
-        # revision number the server's real one will carry (revisions are not signed, manifests are)
-        if rec.job is not None and rec.job.get("revision") == msg.revision and not rec.job.get("refused"):
+        # revision number the server's real one will carry (revisions are not signed, manifests are); and
+        # unless nothing serves (the committed artifact failed its check at start): then it is installed again
+        handled = rec.job is not None and rec.job.get("revision") == msg.revision and not rec.job.get("refused")
+        if handled and (self.loop.model is not None or self.machine.busy):
             self._report()
             return
         dep = next((d for d in msg.deployments if d.slot == self.SLOT), None)

@@ -69,6 +69,13 @@ class AgentConfig(BaseModel):
         description="Cameras this agent watches; they share one model. `source: URI` is accepted for a single camera.",
     )
     data_dir: Path = Field(Path("/var/lib/edgeloop"), description="Models, update and trust state.")
+    mqtt_keepalive_s: int = Field(
+        30,
+        ge=2,
+        le=1200,
+        description="Seconds between MQTT keepalive pings: a link that went silent is noticed after 1.5x this "
+        "(and the broker publishes the device's offline status then). Lower it on links that drop silently.",
+    )
     telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")

@@ -86,7 +86,10 @@ class Installer:
     def download_one(self, job: dict[str, Any]) -> None:
         path = Path(job["path"])
         if path.exists() and path.stat().st_size == job["length"]:
-            return
+            if sha256_file(path) == job["sha256"]:
+                return  # fetched before a restart
+            log.warning("%s on disk does not match its sha256: fetching it again", path.name)
+            path.unlink()
         url = resolve_url(self.cfg.server_url, job["url"])
         deadline = time.monotonic() + self.cfg.download_retry_s
         delay = 1.0
