@@ -123,6 +123,7 @@ class MqttBridge:
         history_s: float = 30.0,
         retention_h: float = 24.0,
         client_id: str | None = None,
+        keepalive_s: int = 30,
     ) -> None:
         self.engine = engine
         self.history_s, self.retention_h = history_s, retention_h
@@ -136,6 +137,7 @@ class MqttBridge:
             clean_session=not self.persistent,  # a stable id keeps the session: unacked messages come back
             on_connected=self.republish_all,
             manual_ack=True,
+            keepalive=keepalive_s,
         )
         self._state: queue.Queue[_Item] = queue.Queue()
         self._telemetry: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)

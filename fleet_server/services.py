@@ -104,6 +104,7 @@ class Services:
             client_id=settings.mqtt_client_id or broker.session_client_id,
             history_s=settings.telemetry_history_s,
             retention_h=settings.telemetry_retention_h,
+            keepalive_s=settings.mqtt_keepalive_s,
         )
         deployer = Deployer(keys, bridge, settings.health_window_s)
         replica = f"{socket.gethostname()}-{os.getpid()}"

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         "server stops or dies are delivered again. Unset: a new id and a clean session each start. The broker "
         "the server runs itself always keeps the session.",
     )
+    mqtt_keepalive_s: int = Field(
+        30,
+        ge=2,
+        le=1200,
+        description="Seconds between the server's MQTT keepalive pings: a broker that stops answering (frozen, or "
+        "cut off) is noticed after about this long, and /healthz says so.",
+    )
     bridge_queue: int = Field(
         10000, ge=10, description="Telemetry points waiting for the database before the oldest are shed."
     )

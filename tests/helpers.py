@@ -73,6 +73,7 @@ def start_mosquitto(workdir: Path, extra_conf: str = "") -> tuple[Proc, int]:
     if exe is None:
         raise RuntimeError("mosquitto is not installed: run `make test`, which installs it")
     port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra_conf}")
     proc = Proc([exe, "-c", str(conf)], workdir / "mosquitto.log")

@@ -99,3 +99,37 @@ def test_a_failure_is_reported_even_when_the_disk_cannot_hold_it(tiny_disk: Path
     assert machine.save_pending() is True
     saved = Record.from_json(json.loads((tiny_disk / "update.json").read_text()))
     assert saved.state is State.FAILED and "disk full" in (saved.reason or "")
+
+
+def test_a_spool_on_a_full_disk_refuses_new_samples_keeps_the_accepted_and_recovers(tiny_disk: Path) -> None:
+    """Mining into a spool whose disk fills: each refused sample leaves nothing behind, every accepted one stays
+    whole and uploadable, and once uploads free space new samples are accepted again."""
+    import os
+
+    from edge_agent.flywheel.spool import Spool
+
+    spool = Spool(tiny_disk / "spool", quota_bytes=100 * 1024 * 1024)  # the disk, not the quota, is the limit
+    accepted, refused = [], 0
+    for i in range(40):
+        jpeg = os.urandom(48 * 1024) + i.to_bytes(4, "big")
+        try:
+            key = spool.put(jpeg, "random", {"i": i})
+        except OSError as exc:
+            assert "spool: cannot store the sample" in str(exc)
+            refused += 1
+            continue
+        assert key is not None
+        accepted.append((key, jpeg))
+    assert accepted and refused, (len(accepted), refused)
+    assert not list((tiny_disk / "spool" / "images").glob(".*.tmp"))
+    assert spool.pending() == len(accepted)
+    for key, jpeg in accepted:
+        assert (tiny_disk / "spool" / "images" / f"{key}.jpg").read_bytes() == jpeg
+    # uploads drain some: room again
+    for p in spool.due(limit=4):
+        spool.done(p.key)
+    assert spool.put(os.urandom(48 * 1024), "random", {"after": True}) is not None
+    spool.close()
+    again = Spool(tiny_disk / "spool", quota_bytes=100 * 1024 * 1024)  # a restart finds nothing lost or orphaned
+    assert again.lost == 0 and again.pending() == len(accepted) - 4 + 1
+    again.close()

@@ -185,3 +185,96 @@ def _frames(port: int) -> int:
     """Frames the agent has served, from its local /metrics (which needs no network beyond the box)."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return int(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("edgeloop_frames_total ")))
+
+
+def test_a_server_killed_during_a_rollout_wave_finishes_it_after_restart_deploying_each_device_once(
+    tmp_path: Path, mosquitto: str, assets: dict[str, Path]
+) -> None:
+    from sqlmodel import Session, func, select
+
+    from fleet_server.audit import AuditLog
+    from fleet_server.db import make_engine
+    from fleet_server.devices.tables import Deployment
+    from tools.fleet_sim import FleetSim
+
+    env = {"EDGELOOP_ROLLOUT_TICK_S": "0.1"}
+    data = tmp_path / "server"
+    server = Server(data, mosquitto, env=env)
+    sim = None
+    try:
+        server.push(assets["model_v1"])
+        server.push(assets["model_v2"])
+        sim = FleetSim(server.url, server.token, mosquitto, 8, "kill", telemetry_interval_s=0.2)
+        sim.enroll({"site": "yard"})
+        sim.start()
+        for d in sim.devices:
+            server.http.put(
+                f"/api/v1/devices/{d}/deployment", json={"model": "colors", "version": 1}
+            ).raise_for_status()
+        wait_for(lambda: all(v == 1 for v in sim.versions().values()), 20, "fleet on v1")
+        body = {"model": "colors", "version": 2, "selector": "site=yard", "canary": "2", "waves": ["50%", "100%"],
+                "bake_s": 1.5, "gates": []}  # fmt: skip
+        rid = server.http.post("/api/v1/rollouts", json=body).json()["id"]
+        # killed while wave 1 is out: its devices are installing or baking
+        wait_for(lambda: server.http.get(f"/api/v1/rollouts/{rid}").json()["wave"] >= 1, 60, "wave 1 started")
+        server.proc.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        server = Server(data, mosquitto, env=env, port=server.port)
+        done = wait_for(
+            lambda: (x := server.http.get(f"/api/v1/rollouts/{rid}").json())["state"] == "completed" and x,
+            120,
+            "the rollout completed by the restarted server",
+        )
+        assert all(d["state"] == "active" for d in done["devices"])
+        assert all(x.installs == [1, 2] for x in sim.devices.values()), {d: x.installs for d, x in sim.devices.items()}
+        with Session(make_engine(f"sqlite:///{data / 'edgeloop.db'}")) as s:
+            starts = s.exec(
+                select(AuditLog.id).where(AuditLog.action == "wave_started", AuditLog.target == f"rollout/{rid}")
+            ).all()
+            per_device = s.exec(
+                select(Deployment.device_id, func.count()).where(Deployment.revision > 1).group_by(Deployment.device_id)
+            ).all()
+        assert len(starts) == 3  # canary, 50 %, 100 %: each started once, across the kill
+        assert len(per_device) == 8 and all(n == 1 for _, n in per_device)
+    finally:
+        if sim:
+            sim.stop()
+        server.stop()
+
+
+def test_a_frozen_broker_is_reported_and_nothing_a_device_said_is_lost_when_it_thaws(
+    tmp_path: Path, assets: dict[str, Path]
+) -> None:
+    """SIGSTOP on Mosquitto: connections stay open and silent. The server's health says so within its
+    keepalive, and every state message a device sent meanwhile is stored once the broker thaws."""
+    from tests.helpers import start_mosquitto
+
+    broker, port = start_mosquitto(tmp_path / "broker")
+    url = f"mqtt://127.0.0.1:{port}"
+    server = Server(tmp_path / "server", url, env={"EDGELOOP_MQTT_KEEPALIVE_S": "2"})
+    try:
+        server.push(assets["model_v1"])
+        enrolled = server.enroll("cam-f")
+        agent = start_agent(tmp_path, enrolled, str(assets["video"]), config={"mqtt_keepalive_s": 2})
+        server.cli("deploy", "colors:1", "--device", "cam-f", "--health-window", "0.5")
+        server.wait_serving("cam-f", 1, timeout=60)
+        broker.p.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: httpx.get(server.url + "/healthz", timeout=2).status_code == 503,
+                20,
+                "/healthz 503 while frozen",
+            )
+            # a deploy while the broker is frozen: stored, published once it thaws
+            server.http.put("/api/v1/devices/cam-f/deployment", json={"model": "colors", "version": 1,
+                            "health_window_s": 0.5}).raise_for_status()  # fmt: skip
+        finally:
+            broker.p.send_signal(signal.SIGCONT)
+        wait_for(lambda: httpx.get(server.url + "/healthz", timeout=2).status_code == 200, 30, "/healthz ok again")
+        revision = server.device("cam-f")["desired_revision"]
+        wait_for(lambda: server.device("cam-f")["reported_revision"] == revision, 60, "the new revision reported")
+        assert server.device("cam-f")["state"] == "committed" and agent.alive()
+        agent.stop()
+    finally:
+        server.stop()
+        broker.stop()

@@ -89,7 +89,6 @@ def fleet_measurement(work: Path, report: CompileReport, budget_s: float) -> dic
     from tests.helpers import Server, start_mosquitto, wait_for
     from tools.fleet_sim import FleetSim
 
-    (work / "fleet-broker").mkdir(parents=True, exist_ok=True)
     broker, port = start_mosquitto(work / "fleet-broker")
     server = Server(work / "fleet-server", f"mqtt://127.0.0.1:{port}")
     sim = None

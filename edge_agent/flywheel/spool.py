@@ -59,6 +59,7 @@ class Spool:
         self._db.executescript(SCHEMA)
         self.evicted = 0
         self.lost = 0
+        self._gone: set[str] = set()  # uploaded, image deleted, index row not yet (a full disk refused it)
         self._recover()
 
     def _recover(self) -> None:
@@ -85,15 +86,22 @@ class Spool:
                 return None
             self._make_room(len(jpeg))
             tmp = self.images / f".{key}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(jpeg)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            self._db.execute(
-                "INSERT INTO sample (key, created, strategy, size, meta) VALUES (?, ?, ?, ?, ?)",
-                (key, time.time(), strategy, len(jpeg), json.dumps(meta)),
-            )
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(jpeg)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+                self._db.execute(
+                    "INSERT INTO sample (key, created, strategy, size, meta) VALUES (?, ?, ?, ?, ?)",
+                    (key, time.time(), strategy, len(jpeg), json.dumps(meta)),
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # a full disk: this sample is not accepted, and nothing of it may stay behind to fill the disk
+                # further; every sample accepted before stays as it was
+                tmp.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                raise OSError(getattr(exc, "errno", None) or 28, f"spool: cannot store the sample: {exc}") from exc
         return key
 
     def _make_room(self, incoming: int) -> None:
@@ -112,16 +120,31 @@ class Spool:
     def due(self, now: float | None = None, limit: int = 8) -> list[Pending]:
         now = time.time() if now is None else now
         with self._lock:
+            if self._gone:
+                self._forget()
             rows = self._db.execute(
                 "SELECT key, strategy, meta, attempts FROM sample WHERE next_try <= ? ORDER BY created LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [Pending(k, s, json.loads(m), a, self.images / f"{k}.jpg") for k, s, m, a in rows]
+        return [Pending(k, s, json.loads(m), a, self.images / f"{k}.jpg") for k, s, m, a in rows if k not in self._gone]
 
     def done(self, key: str) -> None:
+        """An uploaded sample leaves the spool. The image goes first: on a full disk the record's delete needs
+        the room it frees (SQLite's journal grows before it shrinks). A delete that still fails is kept in
+        memory and retried, and the sample is never offered again."""
         with self._lock:
-            self._db.execute("DELETE FROM sample WHERE key = ?", (key,))
             (self.images / f"{key}.jpg").unlink(missing_ok=True)
+            self._gone.add(key)
+            self._forget()
+
+    def _forget(self) -> None:
+        for key in list(self._gone):
+            try:
+                self._db.execute("DELETE FROM sample WHERE key = ?", (key,))
+            except sqlite3.Error as exc:
+                log.warning("spool: cannot yet remove %d uploaded sample(s) from the index: %s", len(self._gone), exc)
+                return
+            self._gone.discard(key)
 
     def retry_later(self, key: str, delay_s: float) -> None:
         with self._lock:
@@ -131,7 +154,7 @@ class Spool:
 
     def pending(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM sample").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM sample").fetchone()[0]) - len(self._gone)
 
     def bytes_used(self) -> int:
         with self._lock:
