@@ -13,7 +13,15 @@ from tests.pg import PostgresServer
 
 # The suite runs on two workers, a file at a time each (`make test`: pytest -n 2 --dist loadfile). The longest
 # files go first, so that neither worker is left alone with one at the end.
-SLOW_FIRST = ("test_demo.py", "test_jobs.py", "test_zoo.py", "test_e2e.py", "test_brokers.py", "test_edge_runtime.py")
+SLOW_FIRST = (
+    "test_demo.py",
+    "test_jobs.py",
+    "test_zoo.py",
+    "test_e2e.py",
+    "test_faults.py",
+    "test_brokers.py",
+    "test_edge_runtime.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
