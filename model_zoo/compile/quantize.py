@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,6 @@ def trt_calibration_cache(pre_path: Path, reader: CalibReader, work: Path, metho
 
 def build_tensorrt_cache(fp32: Path, out: Path, cache_text: str) -> None:
     """The FP32 graph with the calibration cache in its metadata: one signed file carries both."""
-    import shutil
-
     shutil.copyfile(fp32, out)
     _set_meta(out, {TRT_CALIB_KEY: cache_text, TRT_QUANT_KEY: "cache"})
 
