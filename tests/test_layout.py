@@ -32,6 +32,7 @@ LAZY_OK = (
     "ctypes",
     "model_zoo.models",
     "model_zoo.train",
+    "model_zoo.training",
 )
 ROUTES = ("fleet_server.api", "fleet_server.console", "fleet_server.cli", "fleet_server.app")
 

@@ -1,0 +1,98 @@
+"""Training speed on this machine, before and after a change, side by side in one run.
+
+The same synthetic dataset, model and settings are trained by two source trees: this one and a baseline
+revision (checked out in a temporary git worktree), each as `python -m model_zoo.train` in its own process,
+one after the other. Printed: seconds per epoch (median of the epochs after the first, which also decodes),
+training images per second, the detector's mAP50 after the last epoch, and the wall time; then the ratio.
+
+    python tools/bench_train.py                        # baseline: the revision before the loader change
+    python tools/bench_train.py --baseline HEAD~3 --scenes 800 --epochs 4 --workers 0,1
+Writes JSON (default bench-results/bench_train.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model_zoo.datasets.store import DatasetStore, synthesize  # noqa: E402
+
+BASELINE = "b60148c"  # the last revision with the in-process, one-image-at-a-time loader
+
+
+def run_tree(tree: Path, store: Path, out: Path, a: argparse.Namespace, workers: int | None) -> dict:
+    cmd = [sys.executable, "-m", "model_zoo.train", "--data", str(store), "--dataset", "shapes:1", "--model", "eldet",
+           "--epochs", str(a.epochs), "--batch", str(a.batch), "--size", str(a.size), "--out", str(out),
+           "--progress", "none", "--device", "cpu", "--seed", "0"]  # fmt: skip
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.monotonic() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{tree}: training failed:\n{r.stderr[-3000:]}")
+    epochs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    later = [e["seconds"] for e in epochs[1:]] or [epochs[0]["seconds"]]
+    summary = json.loads((out / "summary.json").read_text())
+    per_epoch = statistics.median(later)
+    return {
+        "epoch_s_first": epochs[0]["seconds"],
+        "epoch_s": per_epoch,
+        "images_per_s": round(summary["train_samples"] / per_epoch, 1),
+        "mAP50": epochs[-1].get("mAP50"),
+        "wall_s": round(wall, 1),
+        "workers": summary.get("loader_workers", 0),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", default=BASELINE, help="git revision to compare against")
+    ap.add_argument("--scenes", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", default="0", help="comma-separated loader worker counts for this tree")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_train.json")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    store = work / "data"
+    synthesize(DatasetStore(store), "shapes", "easy", a.scenes, seed=1, size=(320, 240))
+    base = work / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), a.baseline], check=True,
+                   capture_output=True)  # fmt: skip
+    rows: dict[str, dict] = {}
+    try:
+        print(
+            f"eldet, {a.scenes} scenes at {a.size} px, batch {a.batch}, {a.epochs} epochs, CPU ({os.cpu_count()} cores)"
+        )
+        rows[f"baseline {a.baseline}"] = run_tree(base, store, work / "run-base", a, None)
+        for w in [int(x) for x in a.workers.split(",") if x]:
+            rows[f"this tree, {w} workers"] = run_tree(ROOT, store, work / f"run-{w}", a, w)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
+    ref = next(iter(rows.values()))
+    print(f"{'code':<26} {'epoch s':>8} {'1st epoch s':>11} {'images/s':>9} {'vs base':>8} {'mAP50':>7} {'wall s':>7}")
+    for name, r in rows.items():
+        ratio = r["images_per_s"] / ref["images_per_s"]
+        print(f"{name:<26} {r['epoch_s']:>8.1f} {r['epoch_s_first']:>11.1f} {r['images_per_s']:>9.1f} "
+              f"{ratio:>7.2f}x {r['mAP50'] or 0:>7.3f} {r['wall_s']:>7.1f}")  # fmt: skip
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"settings": vars(a) | {"out": str(a.out)}, "runs": rows}, indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
