@@ -39,3 +39,8 @@ def test_gpu_check_runs_on_the_cpu_and_reports_every_figure(tmp_path: Path) -> N
         assert {("cpu", 1), ("cpu", 8)} <= cells
         if report["device"] == "gpu":
             assert ("cuda", 1) in cells
+    # the training step: images/s per device, against the bare model's forward + backward
+    cpu = report["train"]["devices"]["cpu"]
+    assert cpu["images_per_s"] > 0 and cpu["ceiling_images_per_s"] > 0 and cpu["of_ceiling"] > 0
+    if report["device"] == "gpu":
+        assert report["train"]["gpu_over_cpu"] > 0

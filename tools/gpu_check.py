@@ -8,7 +8,9 @@ writes JSON (default bench-results/gpu_check.json).
 It needs the agent's packages (`pip install 'edgeloop[agent-gpu]'` on a GPU box) and, for resnet50, torch
 and torchvision to export the model. Without a usable GPU it runs the same steps on the CPU and says so at
 the top. It ends with the compile targets (fp32, fp16) measured on every execution provider the host has,
-at batch 1 and the agent's batch: what `edgeloop compile` puts in the target table there.
+at batch 1 and the agent's batch (what `edgeloop compile` puts in the target table there), and a training
+step: the detector trained on the GPU and on the same host's CPU (images/s each, and their ratio), against
+the ceiling of forward + backward of the bare model at the same batch on random tensors.
 """
 
 from __future__ import annotations
@@ -68,6 +70,58 @@ def compile_rows(model_path: Path, work: Path, seconds: float) -> dict[str, Any]
     return {"host": host["key"], "providers": host["providers"], "targets": rows}
 
 
+def train_check(work: Path, quick: bool) -> dict[str, Any]:
+    """The detector's training throughput per device, and the bare model's forward+backward ceiling."""
+    import torch
+
+    from model_zoo.datasets.store import DatasetStore, synthesize
+    from model_zoo.models import build
+    from model_zoo.train import train
+    from model_zoo.training.loss import detection_loss
+
+    size, batch = (128, 8) if quick else (256, 32)
+    store = DatasetStore(work / "data")
+    dv = synthesize(store, "shapes", "easy", 64 if quick else 1200, seed=1, size=(size + 64, size))
+    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    out: dict[str, Any] = {"size": size, "batch": batch, "devices": {}}
+    for dev in devices:
+        epochs = 1 if quick or dev == "cpu" else 3
+        s = train(dv, "eldet", work / f"train-{dev}", epochs=epochs, batch=batch, size=size, progress_mode="none",
+                  device_name=dev)  # fmt: skip
+        model = build("eldet", len(dv.classes), size).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.rand(batch, 3, size, size, device=dev)
+        empty = [torch.zeros((0, 4))] * batch
+        labels = [torch.zeros(0, dtype=torch.int64)] * batch
+        amp = dev == "cuda"
+        dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        runs = 3 if quick else 30
+        for i in range(runs + 3):
+            if i == 3:
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            with torch.autocast(dev, dtype=dtype, enabled=amp):
+                logits, ltrb = model(x)
+                loss = detection_loss(model, logits.float(), ltrb.float(), empty, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        ceiling = runs * batch / (time.perf_counter() - t0)
+        out["devices"][dev] = {
+            "images_per_s": s["images_per_s"],
+            "ceiling_images_per_s": round(ceiling, 1),
+            "of_ceiling": round(s["images_per_s"] / ceiling, 3),
+            "loader_workers": s["loader_workers"],
+            "amp": s["amp"],
+        }
+    if "cuda" in out["devices"]:
+        out["gpu_over_cpu"] = round(out["devices"]["cuda"]["images_per_s"] / out["devices"]["cpu"]["images_per_s"], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny model, 1-2 cameras, 1 s runs (a smoke run)")
@@ -113,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "cameras_fps": a.fps,
         "runs": runs,
         "compile": compile_rows(model_path, work, 0.5 if a.quick else 2.0),
+        "train": train_check(work, a.quick),
         "seconds": round(time.monotonic() - t_start, 1),
     }
     print(f"model {model_name}: raw images/s by batch {raw}")
@@ -132,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     for t, rows in report["compile"]["targets"].items():
         cells = ", ".join(f"{m['device_class']} b{m['batch']} {m.get('p50_ms', 'failed')} ms" for m in rows)
         print(f"compile {t}: {cells}")
+    for dev, t in report["train"]["devices"].items():
+        print(f"train eldet on {dev}: {t['images_per_s']} images/s, {t['of_ceiling']} of the bare model's "
+              f"{t['ceiling_images_per_s']} (forward + backward, batch {report['train']['batch']})")  # fmt: skip
+    if "gpu_over_cpu" in report["train"]:
+        print(f"train: GPU / this host's CPU = {report['train']['gpu_over_cpu']}x")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {a.out} in {report['seconds']} s")
