@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[agent,server,train,s3,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(PY) -c "import edge_agent, fleet_server, model_zoo, onnxruntime, fastapi, torch, torchvision, faster_coco_eval, boto3, playwright, moto" || (echo "install failed" && exit 1)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[agent,server,train,s3,ray,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(PY) -c "import edge_agent, fleet_server, model_zoo, onnxruntime, fastapi, torch, torchvision, faster_coco_eval, boto3, playwright, moto, ray" || (echo "install failed" && exit 1)
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP)

@@ -26,6 +26,7 @@ from fleet_server.db import make_engine, migrate
 from fleet_server.devices.deploy import Deployer
 from fleet_server.flywheel.phash_index import PhashIndex
 from fleet_server.flywheel.policy import check_policies
+from fleet_server.jobs.backends import backend_for
 from fleet_server.jobs.results import job_result_registrar
 from fleet_server.jobs.runner import JobRunner
 from fleet_server.keys import WARN_DAYS, KeyRing, ensure_admin_token, ensure_keys
@@ -116,6 +117,7 @@ class Services:
             replica,
             periodic=lambda: check_policies(engine, settings, datasets_dir(settings.data_dir), sample_blobs, store),
             lease=timedelta(seconds=settings.job_lease_s),
+            backend=backend_for(settings.jobs_url) if settings.run_jobs else None,
         )
         return cls(
             settings=settings,

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     sample_dedup_distance: int = Field(4, ge=0, le=64, description="Perceptual-hash distance of a repeat scene.")
     job_lease_s: float = Field(30.0, gt=0, le=3600, description="A job whose replica is silent this long resumes.")
     run_jobs: bool = Field(True, description="Run training / compile / synthesis jobs on this replica.")
+    jobs_url: str = Field(
+        "local",
+        pattern=r"^(local|ray://[^/\s]+)$",
+        description="Where jobs run: `local` (a worker process on this replica) or ray://HOST:PORT (a Ray "
+        "cluster's job API, its dashboard port, 8265 by default; training with --workers N runs Ray Train there). "
+        "Job folders must be reachable at the same path from the Ray nodes.",
+    )
     telemetry_history_s: float = Field(30.0, gt=0, description="Keep one telemetry point per device this often.")
     telemetry_retention_h: float = Field(24.0, gt=0, description="Telemetry points older than this are deleted.")
     storage_url: str | None = Field(

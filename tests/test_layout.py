@@ -29,6 +29,7 @@ LAZY_OK = (
     "botocore",
     "amqtt",
     "tqdm",
+    "ray",
     "ctypes",
     "model_zoo.models",
     "model_zoo.train",

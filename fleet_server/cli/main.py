@@ -17,6 +17,7 @@ from fleet_server.cli import flywheel_cli, keys_cli, users_cli, webhooks_cli, zo
 from fleet_server.cli.client import AdminClient, CliError, parse_ref
 from fleet_server.cli.common import out
 from fleet_server.cli.rollouts_cli import add_parsers
+from fleet_server.jobs.backends import JobsBackendError, backend_for
 from fleet_server.keys import ensure_admin_token, ensure_keys
 from fleet_server.settings import Settings
 from model_zoo.compile import CompileReport, table_text
@@ -37,6 +38,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             "public_url": args.public_url,
             "mqtt_broker": args.mqtt_broker,
             "mqtt_client_id": args.mqtt_client_id,
+            "jobs_url": args.jobs,
         }.items()
         if v is not None
     }
@@ -45,6 +47,12 @@ def cmd_server(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"edgeloop server: bad settings: {exc}", file=sys.stderr)
         return 2
+    if settings.run_jobs and settings.jobs_url != "local":
+        try:
+            backend_for(settings.jobs_url)
+        except JobsBackendError as exc:
+            print(f"edgeloop server: jobs: {exc}", file=sys.stderr)
+            return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = ensure_keys(settings.data_dir)
     given = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -277,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-client-id",
         help="with --mqtt-url: this replica's stable MQTT client id; the broker then keeps its session and "
         "re-delivers device state messages it had not stored (env EDGELOOP_MQTT_CLIENT_ID)",
+    )
+    s.add_argument(
+        "--jobs",
+        metavar="URL",
+        help="where jobs run: local (default) or ray://HOST:PORT, a Ray cluster's job API (env EDGELOOP_JOBS_URL)",
     )
     s.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://user@host/db (default SQLite)")
     s.add_argument("--admin-token", help="admin token (default: generated into DATA_DIR/admin_token)")

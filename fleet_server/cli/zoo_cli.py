@@ -203,6 +203,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "calibration": args.calibration,
         "trt_int8": args.trt_int8,
         "nproc": args.nproc,
+        "workers": args.workers,
+        "gpus_per_worker": args.gpus_per_worker,
         "max_minutes": args.max_minutes,
     }
     job = client.request("POST", "/api/v1/jobs/train", json=body)
@@ -306,6 +308,10 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
         "cache (older TensorRT)",
     )
     t.add_argument("--nproc", type=int, default=1, help="DDP processes (torchrun)")
+    t.add_argument(
+        "--workers", type=int, default=1, help="Ray Train workers, on whichever nodes Ray places them (--jobs ray://)"
+    )
+    t.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray Train worker takes (default 0)")
     t.add_argument("--max-minutes", type=float, help="stop training after the epoch that passes this")
     t.add_argument("--wait", action="store_true", help="follow the job until it ends")
     admin_flags(t)

@@ -1,8 +1,9 @@
 """Runs queued jobs on this replica, one at a time, each in a worker process.
 
 A job is claimed with a compare-and-set on its state plus a lease the runner renews while the worker
-lives. A job whose lease lapsed (its replica died) goes back to the queue and resumes: a training run
-continues from its last checkpoint. The worker's JSON lines become the job's progress and message and
+lives; the worker runs as a local process or as a Ray job (backends.py). A job whose lease lapsed (its
+replica died) goes back to the queue and resumes: a training run continues from its last checkpoint, a Ray
+job is re-attached to. The worker's JSON lines become the job's progress and message and
 are kept in JOB_DIR/log.jsonl; on success the runner registers what the worker built (model version or
 dataset version) and stores the result.
 """
@@ -11,10 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +24,9 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from fleet_server.jobs.backends import Handle, LocalBackend, RayBackend
 from fleet_server.jobs.states import MAX_ATTEMPTS, JobEvent, JobState, next_job_state
 from fleet_server.jobs.tables import Job
-from fleet_server.procs import die_with_parent
 from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
@@ -50,6 +48,7 @@ class JobRunner:
         periodic: Callable[[], Any] | None = None,
         periodic_s: float = 2.0,
         lease: timedelta = LEASE,
+        backend: LocalBackend | RayBackend | None = None,
     ) -> None:
         self.lease = lease
         self.engine, self.register, self.jobs_dir, self.name = engine, register, jobs_dir, name
@@ -57,7 +56,8 @@ class JobRunner:
         self._last_periodic = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen[str] | None = None
+        self._handle: Handle | None = None
+        self.backend = backend or LocalBackend()
 
     def start(self) -> None:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -66,9 +66,9 @@ class JobRunner:
 
     def stop(self) -> None:
         self._stop.set()
-        proc = self._proc
-        if proc and proc.poll() is None:
-            proc.terminate()  # the lease lapses and another replica (or the next start) resumes the job
+        handle = self._handle
+        if handle is not None:
+            handle.detach()  # requeued: the next start resumes it (local) or re-attaches to it (Ray)
         if self._thread:
             self._thread.join(10)
 
@@ -139,41 +139,28 @@ class JobRunner:
         jd.mkdir(parents=True, exist_ok=True)
         (jd / "params.json").write_text(json.dumps({"kind": kind, **params}))
         (jd / "result.json").unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        log.info("job %d (%s) started", job_id, kind)
-        with open(jd / "stderr.log", "a") as err:
-            self._proc = proc = subprocess.Popen(
-                [sys.executable, "-m", "fleet_server.jobs.worker", str(jd)],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-                preexec_fn=die_with_parent,
-                # its own process group: a Ctrl-C or SIGTERM sent to the server's group reaches the server,
-                # which stops the worker and requeues the job, rather than killing the worker mid-epoch
-                start_new_session=True,
-            )
-            watcher = threading.Thread(target=self._watch, args=(job_id, proc), daemon=True)
-            watcher.start()
-            last_error = None
-            assert proc.stdout is not None
-            with open(jd / "log.jsonl", "a") as logf:
-                for line in proc.stdout:
-                    try:
-                        ev = json.loads(line)
-                    except json.JSONDecodeError:
-                        ev = None
-                    if not (isinstance(ev, dict) and ev.get("event") == "progress"):  # ticks move the row only
-                        logf.write(line)
-                        logf.flush()
-                    if not isinstance(ev, dict):
-                        continue
-                    if ev.get("event") == "error":
-                        last_error = str(ev.get("message", ""))
-                    self._progress(job_id, ev)
-            rc = proc.wait()
-            watcher.join(2)
-        self._proc = None
+        log.info("job %d (%s) started on %s", job_id, kind, self.backend.name)
+        self._handle = handle = self.backend.launch(job_id, jd)
+        watcher = threading.Thread(target=self._watch, args=(job_id, handle), daemon=True)
+        watcher.start()
+        last_error = None
+        with open(jd / "log.jsonl", "a") as logf:
+            for line in handle.lines():
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    ev = None
+                if not (isinstance(ev, dict) and ev.get("event") == "progress"):  # ticks move the row only
+                    logf.write(line)
+                    logf.flush()
+                if not isinstance(ev, dict):
+                    continue
+                if ev.get("event") == "error":
+                    last_error = str(ev.get("message", ""))
+                self._progress(job_id, ev)
+        rc = handle.returncode()
+        watcher.join(2)
+        self._handle = None
         with Session(self.engine) as s:
             job = s.get(Job, job_id)
             assert job is not None
@@ -206,9 +193,9 @@ class JobRunner:
                 self._finish(s, job, JobEvent.FAIL, error=last_error or tail or f"worker exited with {rc}")
         log.info("job %d (%s) ended", job_id, kind)
 
-    def _watch(self, job_id: int, proc: subprocess.Popen[str]) -> None:
+    def _watch(self, job_id: int, handle: Handle) -> None:
         """Renew the lease while the worker runs; stop it when a cancel is requested."""
-        while proc.poll() is None:
+        while handle.alive():
             with Session(self.engine) as s:
                 s.execute(
                     update(Job)
@@ -218,11 +205,7 @@ class JobRunner:
                 s.commit()
                 cancel = s.exec(select(Job.cancel_requested).where(Job.id == job_id)).first()
             if cancel:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                handle.terminate()
                 return
             if self._stop.wait(1.0):
                 return

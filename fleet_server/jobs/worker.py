@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.protocol.manifest import InputSpec, parse_ref
-from fleet_server.jobs.runner import die_with_parent
+from fleet_server.procs import die_with_parent
 from model_zoo.compile import DEFAULT_TARGETS, compile_checkpoint
 from model_zoo.datasets.store import DatasetStore, synthesize
 from model_zoo.evaluate import evaluate_onnx
@@ -79,6 +79,19 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "model_zoo.train", *train_args]
     emit({"event": "step", "message": f"training {p['model']} on {dv.ref} for {p['epochs']} epochs", "progress": 0.0})
     scale = _scaled(0.0, 0.8)
+    workers = int(p.get("workers", 1))
+    if workers > 1:
+        if not os.environ.get("EDGELOOP_RAY_ADDRESS"):
+            raise UserError(
+                "--workers N trains on a Ray cluster: start the server with --jobs ray://HOST:PORT "
+                "(or use --nproc N for DDP on this host)"
+            )
+        from model_zoo.training.ray_train import train_on_ray
+
+        # Ray Train's workers print to this job's log themselves (rank 0 reports); nothing to relay here
+        train_on_ray(train_args, workers, float(p.get("gpus_per_worker", 0)), job_dir / "ray")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return _compile_trained(job_dir, p, dv, run_dir, summary)
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
     assert proc.stdout is not None and proc.stderr is not None
@@ -91,6 +104,12 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
     if proc.wait() != 0:
         raise UserError(_last_line(err) or f"training exited with {proc.returncode}")
     summary = json.loads((run_dir / "summary.json").read_text())
+    return _compile_trained(job_dir, p, dv, run_dir, summary)
+
+
+def _compile_trained(
+    job_dir: Path, p: dict[str, Any], dv: Any, run_dir: Path, summary: dict[str, Any]
+) -> dict[str, Any]:
     report = compile_checkpoint(
         run_dir / "best.pt",
         dv,

@@ -140,13 +140,16 @@ def run(
     if mk.task != dv.task:
         raise ValueError(f"{cfg.model} is a {mk.task} model but {dv.ref} is a {dv.task} dataset")
     size = cfg.size or mk.default_size
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    given_group = dist.is_available() and dist.is_initialized()  # Ray Train sets up the process group itself
+    world = dist.get_world_size() if given_group else int(os.environ.get("WORLD_SIZE", "1"))
+    rank = dist.get_rank() if given_group else int(os.environ.get("RANK", "0"))
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if not given_group:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # one GPU per process; a worker that sees one GPU has it as cuda:0
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", local if torch.cuda.device_count() > local else 0)
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -342,5 +345,6 @@ def run(
             summary["ddp"] = {"world": world, "backend": dist.get_backend(), "in_sync": bool(in_sync)}
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         dist.barrier()
-        dist.destroy_process_group()
+        if not given_group:
+            dist.destroy_process_group()
     return summary

@@ -47,6 +47,8 @@ class TrainRequest(BaseModel):
         description="TensorRT INT8: explicit (Q/DQ nodes, TensorRT 10) or cache (a calibration cache, older TensorRT)",
     )
     nproc: int = Field(1, ge=1, le=16, description="processes for DDP (torchrun)")
+    workers: int = Field(1, ge=1, le=256, description="Ray Train workers (needs the server's --jobs ray://…)")
+    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs each Ray Train worker takes (0: CPU)")
     max_minutes: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
