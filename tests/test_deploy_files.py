@@ -21,7 +21,7 @@ from fleet_server.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.32.0"
-CRDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator kinds: not in the Kubernetes schemas
+CRDS = {"ServiceMonitor", "PrometheusRule", "RayCluster"}  # operator kinds (Prometheus, KubeRay): not in the schemas
 SETTINGS = {f"EDGELOOP_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -59,7 +59,7 @@ def _env_names(docs: list[dict[str, Any]]) -> set[str]:
     return {n for n in names if n.startswith("EDGELOOP_")}
 
 
-@pytest.mark.parametrize("overlay", ["dev", "production"])
+@pytest.mark.parametrize("overlay", ["dev", "production", "ray"])
 def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(overlay: str) -> None:
     docs = _render(overlay)
     for d in docs:
@@ -75,7 +75,20 @@ def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(over
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert server["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-    if overlay == "production":
+    if overlay == "ray":  # production, plus the Ray cluster the server's jobs go to
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["EDGELOOP_JOBS_URL"] == "ray://edgeloop-ray-head-svc:8265"
+        ray = objs[("RayCluster", "edgeloop-ray")]["spec"]
+        assert ray["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        (gpu,) = ray["workerGroupSpecs"]
+        worker = gpu["template"]["spec"]["containers"][0]
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 and worker["image"] == container["image"]
+        mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+        server_mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["jobs"] == server_mounts["jobs"] == "/data/jobs"  # job folders at the same path everywhere
+        claim = objs[("PersistentVolumeClaim", "edgeloop-jobs")]["spec"]
+        assert claim["accessModes"] == ["ReadWriteMany"]
+    if overlay in ("production", "ray"):
         assert (
             server["replicas"] == 3 and objs[("HorizontalPodAutoscaler", "edgeloop-server")]["spec"]["minReplicas"] == 3
         )
