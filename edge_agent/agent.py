@@ -418,6 +418,7 @@ class Agent:
                 flywheel=self._flywheel_counters(),
                 batch_sizes={str(k): v for k, v in sorted(self.loop.batch_sizes.items())} or None,
                 board=BoardTelemetry(**self.board.latest) if self.board.latest else None,
+                runtime_fallback=model.fallback if model else None,
                 **self.loop.stats.snapshot(),
             )
             self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)

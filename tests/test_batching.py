@@ -186,3 +186,51 @@ def test_on_a_gpu_every_batch_is_padded_to_one_warmed_shape(models: dict[str, Pa
     got = model.infer_batch([_image(n) for n in names], 8)
     assert [["red", "green", "blue"][r.top1] for r in got] == names  # type: ignore[attr-defined]
     assert shapes == [8]
+
+
+def test_a_gpu_that_keeps_failing_moves_the_model_to_the_cpu_and_the_cameras_stay_served(
+    models: dict[str, Path], assets: dict[str, Path]
+) -> None:
+    """There is no GPU here: the runtime below is the real onnxruntime session on the CPU, told it runs on a GPU,
+    that starts failing the way a GPU out of memory does. What is checked: one bad error is not a fallback,
+    three in a row are; the model then serves from the CPU (the same artifact, a new session), says why, and
+    every camera keeps getting results."""
+    from edge_agent.runtimes.fallback import GPU_FAULTS_BEFORE_CPU, is_gpu_fault
+
+    assert is_gpu_fault(RuntimeError("CUDA failure 2: out of memory ; GPU=0"))
+    assert not is_gpu_fault(ValueError("frame has 4 channels, expected 3"))
+
+    class FailingGpu(OnnxRuntime):
+        failing = False
+
+        @property
+        def on_gpu(self) -> bool:
+            return True
+
+        def run(self, x: np.ndarray) -> list[np.ndarray]:
+            if self.failing:
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 2: out of memory")
+            return super().run(x)
+
+    m = manifest(1)
+    rt = FailingGpu(models["dynamic"], RuntimeOptions())
+    model = LoadedModel(m, rt, Preprocessor(m.input), decoder_for(m.decoder, len(m.classes)))
+    cams = _cameras(assets["video"], 2)
+    results, sink = _collector()
+    loop = InferenceLoop(cams, sinks=[sink], sink_queue=10_000, batch=2)  # type: ignore[list-item]
+    loop.swap(model)
+    loop.start()
+    try:
+        wait_for(lambda: len(results) > 10, 20, "frames served on the 'GPU'")
+        rt.failing = True
+        wait_for(lambda: model.fallback is not None, 20, "the move to the CPU")
+        assert model.health.errors >= GPU_FAULTS_BEFORE_CPU and "out of memory" in model.fallback
+        assert model.runtime is not rt and not model.runtime.on_gpu
+        assert model.runtime.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
+        served = len(results)
+        wait_for(lambda: len(results) > served + 10, 20, "frames served on the CPU")
+        assert {r.source for r in results[served:]} == {"cam0", "cam1"}
+    finally:
+        loop.stop()
+        for c in cams:
+            c.stop()

@@ -29,6 +29,7 @@ from edge_agent.decoders.base import Decoder, Result
 from edge_agent.preprocess import Preprocessor
 from edge_agent.protocol.manifest import Manifest
 from edge_agent.runtimes.base import Runtime
+from edge_agent.runtimes.fallback import GPU_FAULTS_BEFORE_CPU, is_gpu_fault, on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class LoadedModel:
     decode: Decoder
     health: ModelHealth = field(default_factory=ModelHealth)
     target: str | None = None  # the artifact target it was loaded from (onnx-fp32, onnx-int8, ...)
+    gpu_faults: int = 0  # GPU errors in a row; at GPU_FAULTS_BEFORE_CPU the model moves to the CPU
+    fallback: str | None = None  # why it serves from the CPU, when a GPU fault moved it there
 
     @property
     def ref(self) -> str:
@@ -350,6 +353,26 @@ class InferenceLoop:
                 continue
             self._serve(model, picked)
 
+    def _to_cpu(self, model: LoadedModel, exc: BaseException) -> None:
+        """The GPU keeps failing under this model: load it on the CPU and serve on (see runtimes/fallback.py)."""
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        try:
+            cpu = on_cpu(model.runtime)
+        except Exception as load_exc:  # noqa: BLE001 - stays as it is; the errors go on being counted
+            log.error("cannot move %s to the CPU after GPU faults (%s): %s", model.ref, reason, load_exc)
+            model.gpu_faults = 0
+            return
+        old, model.runtime = model.runtime, cpu
+        model.fallback, model.gpu_faults = f"serving on the CPU after GPU faults: {reason}", 0
+        limit = self.batch_limit(model)
+        if limit > 1:
+            model.warm(limit)
+        log.warning("%s moved to the CPU after %d GPU faults in a row: %s", model.ref, GPU_FAULTS_BEFORE_CPU, reason)
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - a broken GPU may fail to release too
+            log.debug("closing the GPU runtime of %s failed", model.ref, exc_info=True)
+
     def _serve(self, model: LoadedModel, picked: list[tuple[FrameSource, Frame]]) -> None:
         t0 = time.monotonic()
         try:
@@ -363,7 +386,12 @@ class InferenceLoop:
             if model.health.last_error != str(exc):
                 log.warning("inference failed on %s: %s", model.ref, exc)
             model.health.last_error = str(exc)
+            if model.runtime.on_gpu and is_gpu_fault(exc):
+                model.gpu_faults += 1
+                if model.gpu_faults >= GPU_FAULTS_BEFORE_CPU:
+                    self._to_cpu(model, exc)
             return
+        model.gpu_faults = 0
         t1 = time.monotonic()
         self.batch_sizes[len(picked)] += 1
         lat = (t1 - t0) * 1000.0

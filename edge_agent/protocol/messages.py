@@ -224,6 +224,9 @@ class Telemetry(_Msg):
         None, max_length=300, description="Inference runs per batch size (frames per run), since the loop started."
     )
     board: BoardTelemetry | None = Field(None, description="Power, thermal and GPU load (Jetson, tegrastats).")
+    runtime_fallback: str | None = Field(
+        None, max_length=300, description="Why the model serves from the CPU, when GPU faults moved it there."
+    )
     shadow: ShadowTelemetry | None = None
     flywheel: dict[str, int] | None = Field(
         None, description="Hard-sample counters: mined, duplicates, rate_limited, spooled, pending, evicted, ..."

@@ -27,6 +27,8 @@ def from_telemetry(device: Device, msg: Telemetry) -> None:
         names = ", ".join(s.name for s in down) or "camera"
         err = msg.source_error or next((s.error for s in down if s.error), None)
         problem = f"{names} down" + (f": {err}" if err else "")
+    if msg.runtime_fallback:
+        problem = problem or msg.runtime_fallback
     base = device.fps_baseline
     if msg.frames > 0 and base is not None and base > 1.0 and msg.fps < SLOW * base:
         problem = problem or f"{msg.fps:.1f} fps, under half its usual {base:.1f}"
