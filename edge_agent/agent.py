@@ -107,7 +107,11 @@ class Agent:
             for i, src in enumerate(config.sources)
         ]
         self.loop = InferenceLoop(
-            self.sources, sinks=[self._event_sink], batch=config.batch, gather_ms=config.gather_ms
+            self.sources,
+            sinks=[self._event_sink],
+            batch=len(self.sources) if config.batch == "auto" else config.batch,
+            gather_ms=config.gather_ms,
+            auto_batch=config.batch == "auto",
         )
         self.spool: Spool | None = None
         self.miner: MiningSink | None = None

@@ -79,12 +79,11 @@ class AgentConfig(BaseModel):
     telemetry_interval_s: float = Field(2.0, gt=0, le=3600, description="Seconds between telemetry messages.")
     download_retry_s: float = Field(120.0, ge=0, description="Keep retrying a failing download this long.")
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions, description="Inference runtime settings.")
-    batch: int = Field(
-        1,
-        ge=1,
-        le=256,
-        description="Most frames one inference takes, one per camera (a model without a dynamic batch axis "
-        "takes its own fixed batch). 1 on CPUs, where batching rarely pays; the number of cameras on a GPU.",
+    batch: int | Literal["auto"] = Field(
+        "auto",
+        description="Most frames one inference takes, one per camera (a model without a dynamic batch axis takes "
+        "its own fixed batch). auto: on a GPU, one run for every camera; on a CPU, measured when a model loads: "
+        "batching only where it is faster per image (on a few cores it rarely is, and the batch stays 1).",
     )
     gather_ms: float = Field(
         0.0, ge=0, le=100, description="How long a batch may wait for more cameras' frames; 0: never waits."
@@ -102,6 +101,13 @@ class AgentConfig(BaseModel):
     device_kind: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto", description="Which artifact targets to prefer; auto: from the detected GPU, CUDA and TensorRT."
     )
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError("batch is auto or 1-256")
+        return v
 
     @model_validator(mode="after")
     def _unique_sources(self) -> AgentConfig:

@@ -234,3 +234,39 @@ def test_a_gpu_that_keeps_failing_moves_the_model_to_the_cpu_and_the_cameras_sta
         loop.stop()
         for c in cams:
             c.stop()
+
+
+@pytest.mark.parametrize(
+    ("overhead_ms", "per_image_ms", "on_gpu", "chosen"),
+    [
+        (0.0, 2.0, False, 1),  # every image costs the same batched or not: batching does not pay on this CPU
+        (4.0, 0.2, False, 4),  # a fixed cost per run that batching shares: it pays
+        (0.0, 2.0, True, 4),  # on a GPU: one run for every camera, without measuring
+    ],
+)
+def test_with_batch_auto_each_model_gets_the_batch_measured_best_here(
+    models: dict[str, Path], overhead_ms: float, per_image_ms: float, on_gpu: bool, chosen: int
+) -> None:
+    """The runtime below is the real onnxruntime session, slowed by a declared cost per run and per image, so the
+    measurement's verdict is known in advance; the real figure on this CPU is in tools/bench_cameras.py."""
+    import time as _time
+
+    class Costed(OnnxRuntime):
+        @property
+        def on_gpu(self) -> bool:
+            return on_gpu
+
+        def run(self, x: np.ndarray) -> list[np.ndarray]:
+            _time.sleep((overhead_ms + per_image_ms * len(x)) / 1000)
+            return super().run(x)
+
+    m = manifest(1)
+    model = LoadedModel(m, Costed(models["dynamic"], RuntimeOptions()), Preprocessor(m.input),
+                        decoder_for(m.decoder, len(m.classes)))  # fmt: skip
+    cams = [FrameSource("0", name=f"cam{i}") for i in range(4)]  # never started: only their count matters
+    loop = InferenceLoop(cams, batch=4, auto_batch=True)
+    loop.swap(model)
+    assert model.batch_choice == chosen and loop.batch_limit(model) == chosen
+    single = _load(models["single"])
+    loop.swap(single)
+    assert loop.batch_limit(single) == 1  # a batch-1 model is never asked for more
