@@ -92,3 +92,32 @@ def test_malformed_payloads_raise_one_line_errors(payload: bytes, model: type, f
         decode_message(payload, model, expect_device="cam-1")
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("flt", "topic"),
+    [
+        ("edgeloop/v1/devices/+/telemetry", "edgeloop/v1/devices/a/telemetry"),
+        ("edgeloop/v1/devices/+/telemetry", "edgeloop/v1/devices/a/status"),
+        ("$share/edgeloop/edgeloop/v1/devices/+/status", "edgeloop/v1/devices/a/status"),
+        ("a/#", "a"),
+        ("a/#", "a/b/c"),
+        ("#", "x/y"),
+        ("#", "$SYS/broker/load"),
+        ("+/broker/load", "$SYS/broker/load"),
+        ("a/+", "a"),
+        ("a/+", "a/b/c"),
+        ("+", "a/b"),
+        ("a/+/c", "a/x/c"),
+        ("a/b", "a/b/"),
+    ],
+)
+def test_the_transport_routes_topics_exactly_as_paho_matches_them(flt: str, topic: str) -> None:
+    """The server's MQTT thread matches every message against its subscriptions with its own matcher (paho's
+    builds a tree on each call); a mismatch would drop device messages or hand them to the wrong handler."""
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.transport.mqtt import _filter_levels, _matches
+
+    plain = flt.split("/", 2)[2] if flt.startswith("$share/") else flt
+    assert _matches(_filter_levels(flt), topic.split("/")) == mqtt.topic_matches_sub(plain, topic)

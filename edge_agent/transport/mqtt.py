@@ -6,6 +6,7 @@ and server put work on their own queues).
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import threading
@@ -187,8 +188,9 @@ class MqttTransport(Transport):
             subs = list(self._subs.items())
         ack = self._acker(msg.mid, msg.qos) if self._manual_ack else None
         handed = False
+        levels = msg.topic.split("/")
         for topic_filter, (handler, _, acked) in subs:
-            if mqtt.topic_matches_sub(_strip_share(topic_filter), msg.topic):
+            if _matches(_filter_levels(topic_filter), levels):
                 try:
                     if acked and ack is not None:
                         handed = True
@@ -200,6 +202,24 @@ class MqttTransport(Transport):
                     handed = False  # it cannot be handled: do not leave it in flight forever
         if ack is not None and not handed:
             ack()  # nobody took it over: acknowledge as paho would
+
+
+@functools.lru_cache(maxsize=256)
+def _filter_levels(topic_filter: str) -> tuple[str, ...]:
+    return tuple(_strip_share(topic_filter).split("/"))
+
+
+def _matches(flt: tuple[str, ...], topic: list[str]) -> bool:
+    """MQTT topic filter matching (`+` one level, `#` the rest). paho's topic_matches_sub builds a matcher
+    tree on every call: at thousands of messages a second that was most of the server's MQTT thread."""
+    if topic and topic[0].startswith("$") and flt and flt[0] in ("+", "#"):
+        return False  # wildcards never match $SYS-style topics at the first level
+    for i, part in enumerate(flt):
+        if part == "#":
+            return True
+        if i >= len(topic) or (part != "+" and part != topic[i]):
+            return False
+    return len(flt) == len(topic)
 
 
 def _strip_share(topic_filter: str) -> str:
