@@ -194,6 +194,7 @@ def test_a_device_times_each_target_and_serves_the_fastest_here(
         page.click("button[type=submit]")
         page.wait_for_url(re.compile(r".*/console/fleet$"))
         page.goto(f"{fleet.url}/console/models/colors/{v2}")
+        assert page.title() == f"colors:{v2} · edgeloop"
         table = page.locator("#fleet-measurements")
         text = table.text_content() or ""
         assert hardware[:30] in text and "onnx-int8" in text and "1 device(s)" in text
