@@ -82,6 +82,11 @@ def _log(server: Server, job_id: int) -> list[dict[str, Any]]:
     return out
 
 
+def _synth(server: Server) -> None:
+    """60 small scenes, made by a synthesis job: on the Ray cluster too."""
+    server.cli("datasets", "synth", "shapes", "--count", "60", "--width", "160", "--height", "128", "--wait")
+
+
 def _train(server: Server, **over: Any) -> int:
     body = {"dataset": "shapes", "model": "eldet", "name": "shapes", "epochs": 2, "batch": 8, "size": 128,
             "targets": ["onnx-fp32"], **over}  # fmt: skip
@@ -107,20 +112,7 @@ def test_training_on_two_ray_nodes_registers_a_signed_version_and_cancel_stops_a
 
     server = _server(tmp_path, mosquitto, ray_cluster)
     try:
-        server.cli(
-            "datasets",
-            "synth",
-            "shapes",
-            "--preset",
-            "easy",
-            "--count",
-            "60",
-            "--width",
-            "160",
-            "--height",
-            "128",
-            "--wait",
-        )
+        _synth(server)
         job = _train(server, workers=2)
         done = wait_for(lambda: (j := _job(server, job))["state"] in ("succeeded", "failed") and j, 600, "train job")
         assert done["state"] == "succeeded", done
@@ -154,20 +146,7 @@ def test_a_server_killed_mid_job_reattaches_and_registers_once(
     data = tmp_path / "server"
     server = _server(tmp_path, mosquitto, ray_cluster, data)
     try:
-        server.cli(
-            "datasets",
-            "synth",
-            "shapes",
-            "--preset",
-            "easy",
-            "--count",
-            "60",
-            "--width",
-            "160",
-            "--height",
-            "128",
-            "--wait",
-        )
+        _synth(server)
         job = _train(server, epochs=6)
         wait_for(lambda: any(e.get("event") == "epoch" for e in _log(server, job)), 300, "training under way")
         server.proc.stop(signal.SIGKILL)

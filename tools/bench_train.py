@@ -44,6 +44,12 @@ def run_tree(tree: Path, store: Path, out: Path, a: argparse.Namespace, workers:
     wall = time.monotonic() - t0
     if r.returncode != 0:
         raise SystemExit(f"{tree}: training failed:\n{r.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return _figures(out, wall, summary.get("loader_workers", 0))
+
+
+def _figures(out: Path, wall: float, workers: int) -> dict:
+    """Seconds per epoch (median after the first, which also decodes), images/s, final mAP50, wall time."""
     epochs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     later = [e["seconds"] for e in epochs[1:]] or [epochs[0]["seconds"]]
     summary = json.loads((out / "summary.json").read_text())
@@ -54,7 +60,7 @@ def run_tree(tree: Path, store: Path, out: Path, a: argparse.Namespace, workers:
         "images_per_s": round(summary["train_samples"] / per_epoch, 1),
         "mAP50": epochs[-1].get("mAP50"),
         "wall_s": round(wall, 1),
-        "workers": summary.get("loader_workers", 0),
+        "workers": workers,
     }
 
 
@@ -95,18 +101,7 @@ def run_ray(store: Path, out: Path, a: argparse.Namespace, workers: int, address
     wall = time.monotonic() - t0
     if r.returncode != 0:
         raise SystemExit(f"Ray training with {workers} workers failed:\n{r.stderr[-3000:]}")
-    epochs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    later = [e["seconds"] for e in epochs[1:]] or [epochs[0]["seconds"]]
-    summary = json.loads((out / "summary.json").read_text())
-    per_epoch = statistics.median(later)
-    return {
-        "epoch_s_first": epochs[0]["seconds"],
-        "epoch_s": per_epoch,
-        "images_per_s": round(summary["train_samples"] / per_epoch, 1),
-        "mAP50": epochs[-1].get("mAP50"),
-        "wall_s": round(wall, 1),
-        "workers": workers,
-    }
+    return _figures(out, wall, workers)
 
 
 def main() -> int:
