@@ -57,6 +57,7 @@ def test_an_agent_killed_at_every_update_step_serves_only_verified_models_and_co
     tmp_path: Path, mosquitto: str, assets: dict[str, Path]
 ) -> None:
     server = Server(tmp_path / "server", mosquitto)
+    agent: Proc | None = None
     try:
         for v in range(1, 6):
             server.push(_ballasted(assets["model_v1"], tmp_path / f"v{v}.onnx", seed=v))
@@ -98,8 +99,9 @@ def test_an_agent_killed_at_every_update_step_serves_only_verified_models_and_co
         for job_dir in (data / "models" / "colors").iterdir():
             for f in job_dir.glob("*.onnx"):
                 assert f.stat().st_size > 0
-        agent.stop()
     finally:
+        if agent is not None:
+            agent.stop(signal.SIGKILL)
         server.stop()
 
 
@@ -149,6 +151,7 @@ def test_a_partitioned_device_keeps_serving_is_seen_offline_and_catches_up_when_
     """No network namespaces are needed: a relay that silently drops every byte is the partition."""
     server = Server(tmp_path / "server", mosquitto)
     link = Partition(int(mosquitto.rsplit(":", 1)[1]))
+    agent: Proc | None = None
     try:
         server.push(assets["model_v1"])
         server.push(assets["model_v2"])
@@ -175,8 +178,9 @@ def test_a_partitioned_device_keeps_serving_is_seen_offline_and_catches_up_when_
         link.cut.clear()  # the agent's dead connection is noticed by its keepalive and replaced
         d = server.wait_serving("cam-p", 2, timeout=60)
         assert d["online"] and d["state"] == "committed"
-        agent.stop()
     finally:
+        if agent is not None:
+            agent.stop()
         link.close()
         server.stop()
 
@@ -252,6 +256,7 @@ def test_a_frozen_broker_is_reported_and_nothing_a_device_said_is_lost_when_it_t
     broker, port = start_mosquitto(tmp_path / "broker")
     url = f"mqtt://127.0.0.1:{port}"
     server = Server(tmp_path / "server", url, env={"EDGELOOP_MQTT_KEEPALIVE_S": "2"})
+    agent: Proc | None = None
     try:
         server.push(assets["model_v1"])
         enrolled = server.enroll("cam-f")
@@ -274,7 +279,8 @@ def test_a_frozen_broker_is_reported_and_nothing_a_device_said_is_lost_when_it_t
         revision = server.device("cam-f")["desired_revision"]
         wait_for(lambda: server.device("cam-f")["reported_revision"] == revision, 60, "the new revision reported")
         assert server.device("cam-f")["state"] == "committed" and agent.alive()
-        agent.stop()
     finally:
+        if agent is not None:
+            agent.stop()
         server.stop()
         broker.stop()
