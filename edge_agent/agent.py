@@ -20,10 +20,7 @@ from edge_agent.camera.sources import FrameSource
 from edge_agent.config import AgentConfig
 from edge_agent.decoders.results import Classification
 from edge_agent.endpoints import Endpoints
-from edge_agent.flywheel.config import MiningConfig
-from edge_agent.flywheel.sink import MiningSink
-from edge_agent.flywheel.spool import Spool
-from edge_agent.flywheel.uploader import Uploader
+from edge_agent.flywheel.mining import Mining
 from edge_agent.protocol.messages import (
     BoardTelemetry,
     DesiredState,
@@ -113,12 +110,10 @@ class Agent:
             gather_ms=config.gather_ms,
             auto_batch=config.batch == "auto",
         )
-        self.spool: Spool | None = None
-        self.miner: MiningSink | None = None
-        self.uploader: Uploader | None = None
-        self._mining = config.mining
-        if config.mining.enabled:
-            self._start_mining(config.mining, start_uploader=False)
+        self.mining = Mining(
+            self.loop, self.data_dir / "spool", config.server_url, config.device_id,
+            config.token.get_secret_value(), self._classes_of, config.mining,
+        )  # fmt: skip
         self._shadow_job: dict[str, Any] | None = None
         self.endpoints: Endpoints | None = None
         self._shadow_reason: str | None = None
@@ -139,8 +134,7 @@ class Agent:
             src.start()
         self.loop.start()
         self.board.start()
-        if self.uploader is not None:
-            self.uploader.start()
+        self.mining.start()
         self.transport.subscribe(self.topics.desired, self._on_desired, qos=1)
         self.transport.start()
         if self.cfg.endpoints.enabled:
@@ -169,10 +163,7 @@ class Agent:
                 self.endpoints.stop()
             self.loop.stop()
             self.board.stop()
-            if self.uploader is not None:
-                self.uploader.stop()
-            if self.spool is not None:
-                self.spool.close()
+            self.mining.stop()
             for src in self.sources:
                 src.stop()
             for t in self._threads:
@@ -222,7 +213,7 @@ class Agent:
 
     def _apply(self, msg: DesiredState) -> None:
         if msg.mining is not None:
-            self._apply_mining(msg.mining)
+            self.mining.apply(msg.mining)
         rec = self.machine.record
         # a revision already handled is skipped, unless it was refused: a forged message must not squat the
         # revision number the server's real one will carry (revisions are not signed, manifests are); and
@@ -419,7 +410,7 @@ class Agent:
                 queue_depth=self.loop.queue_depth(),
                 sources=per_source,
                 shadow=shadow,
-                flywheel=self._flywheel_counters(),
+                flywheel=self.mining.counters(),
                 batch_sizes={str(k): v for k, v in sorted(self.loop.batch_sizes.items())} or None,
                 board=BoardTelemetry(**self.board.latest) if self.board.latest else None,
                 runtime_fallback=model.fallback if model else None,
@@ -427,63 +418,11 @@ class Agent:
             )
             self.transport.publish(self.topics.telemetry, encode_message(msg), qos=0)
 
-    def _start_mining(self, m: MiningConfig, start_uploader: bool = True) -> None:
-        if self.spool is None:
-            self.spool = Spool(self.data_dir / "spool", int(m.spool_quota_mb * 1024 * 1024))
-            token = self.cfg.token.get_secret_value()
-            self.uploader = Uploader(self.spool, self.cfg.server_url, self.cfg.device_id, token)
-            if start_uploader:
-                self.uploader.start()
-        self.spool.quota = int(m.spool_quota_mb * 1024 * 1024)
-        miner = MiningSink(m, self.spool, self.cfg.device_id, self._classes_of)
-        self._stop_mining()
-        self.miner = miner
-        self.loop.sinks.append(miner)
-        self.loop.disagreement_hooks.append(miner.on_disagreement)
-
-    def _stop_mining(self) -> None:
-        """Stop choosing frames; what is already spooled keeps uploading."""
-        old, self.miner = self.miner, None
-        if old is not None:
-            self.loop.sinks[:] = [s for s in self.loop.sinks if s is not old]
-            self.loop.disagreement_hooks[:] = [h for h in self.loop.disagreement_hooks if h != old.on_disagreement]
-
-    def _apply_mining(self, data: dict[str, Any]) -> None:
-        try:
-            cfg = MiningConfig.model_validate(data)
-        except ValueError as exc:
-            log.warning("mining settings from the server refused, keeping the current ones: %s", exc)
-            return
-        if cfg == self._mining and (self.miner is not None) == cfg.enabled:
-            return
-        try:
-            if cfg.enabled:
-                self._start_mining(cfg)
-            else:
-                self._stop_mining()
-        except ValueError as exc:
-            log.warning("mining settings from the server refused: %s", exc)
-            return
-        self._mining = cfg
-        log.info("mining %s (%s)", "on" if cfg.enabled else "off", ", ".join(cfg.strategies) or "no strategies")
-
     def _classes_of(self, model: str, version: int) -> tuple[str, ...]:
         for lm in (self.loop.model, self.loop.shadow.model if self.loop.shadow else None, self.installer.previous):
             if lm is not None and lm.manifest.model == model and lm.manifest.version == version:
                 return lm.manifest.classes
         return ()
-
-    def _flywheel_counters(self) -> dict[str, int] | None:
-        if self.miner is None or self.spool is None or self.uploader is None:
-            return None
-        return {
-            **self.miner.counters,
-            "pending": self.spool.pending(),
-            "spool_bytes": self.spool.bytes_used(),
-            "evicted": self.spool.evicted,
-            "uploaded": self.uploader.uploaded,
-            "refused": self.uploader.rejected,
-        }
 
     def _event_sink(self, fr: FrameResult) -> None:
         """Publish a detection event when what is seen changes (at most twice a second)."""
