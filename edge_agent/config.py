@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from edge_agent.camera.sources import csi_pipeline
 from edge_agent.flywheel.config import MiningConfig
+from edge_agent.protocol.messages import SLOT_PATTERN
 from edge_agent.protocol.topics import valid_device_id
 from edge_agent.runtimes.base import RuntimeOptions
 
@@ -20,6 +22,11 @@ class SourceConfig(BaseModel):
     uri: str = Field(
         description="File path, USB index (0), /dev/videoN, rtsp://, http:// MJPEG, GStreamer pipeline, or a "
         "Jetson CSI camera: csi://0?width=1280&height=720&fps=30[&flip=0]."
+    )
+    slot: str = Field(
+        "default",
+        pattern=SLOT_PATTERN,
+        description="The model slot this camera feeds (see `slots`); the desired state may reassign it.",
     )
     loop_file: bool = Field(True, description="Restart a file source at its end.")
     pace_file: bool = Field(True, description="Play a file source at its native frame rate.")
@@ -66,7 +73,14 @@ class AgentConfig(BaseModel):
     sources: list[SourceConfig] = Field(
         min_length=1,
         max_length=16,
-        description="Cameras this agent watches; they share one model. `source: URI` is accepted for a single camera.",
+        description="Cameras this agent watches; each feeds one slot's model. `source: URI` is accepted for a single "
+        "camera.",
+    )
+    slots: list[str] | None = Field(
+        None,
+        max_length=8,
+        description="Model slots this agent serves, each with its own model, cameras and update state; unset: "
+        "`default` and every slot a camera names.",
     )
     data_dir: Path = Field(Path("/var/lib/edgeloop"), description="Models, update and trust state.")
     mqtt_keepalive_s: int = Field(
@@ -116,6 +130,27 @@ class AgentConfig(BaseModel):
         if twice:
             raise ValueError(f"sources: two cameras are named {', '.join(twice)}; give each its own name")
         return self
+
+    @model_validator(mode="after")
+    def _slots(self) -> AgentConfig:
+        for slot in self.slots or []:
+            if not re.fullmatch(SLOT_PATTERN, slot):
+                raise ValueError(f"slots: {slot!r} is not a slot name (a-z 0-9 _ -, up to 32)")
+        if self.slots is not None:
+            for i, src in enumerate(self.sources):
+                if src.slot not in self.slots:
+                    name = src.name or f"cam{i}"
+                    raise ValueError(
+                        f"sources: camera {name!r} feeds slot {src.slot!r}, which is not one of slots: "
+                        + ", ".join(self.slots)
+                    )
+        return self
+
+    def slot_names(self) -> list[str]:
+        """The slots this agent serves, `default` first where it is one."""
+        named = self.slots if self.slots is not None else ["default", *(s.slot for s in self.sources)]
+        unique = list(dict.fromkeys(named))
+        return sorted(unique, key=lambda s: (s != "default", unique.index(s)))
 
     @field_validator("device_id")
     @classmethod

@@ -17,7 +17,6 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import defer
@@ -34,62 +33,17 @@ from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_
 from edge_agent.transport.mqtt import Ack, MqttTransport
 from fleet_server.devices import problems
 from fleet_server.devices.desired import desired_message
+from fleet_server.devices.slots import SlotRows
 from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
 from fleet_server.registry import measurements
-from fleet_server.rollouts.tables import SUM_COLUMNS, TelemetryAgg
+from fleet_server.rollouts.sums import fold, upsert_sums
 from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
-_UPSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # INSERT ... ON CONFLICT, per dialect
 _MODELS = {"reported": ReportedState, "status": StatusMessage, "telemetry": Telemetry}
 
 
 BATCH = 500
-
-
-def fold(pending: dict[tuple[str, str, int], dict[str, float]], device_id: str, msg: Telemetry) -> None:
-    """Add one telemetry message to the batch's sums for (device, model, version)."""
-    key = (device_id, msg.model or "", int(msg.version or 0))
-    row = pending.setdefault(key, dict.fromkeys(SUM_COLUMNS, 0.0))
-    row["n"] += 1
-    row["fps_sum"] += msg.fps
-    row["p95_sum"] += msg.latency_ms_p95
-    row["err_sum"] += msg.errors / max(1, msg.frames + msg.errors)
-    row["det_sum"] += float(len(msg.last_prediction))
-    if msg.last_prediction:
-        row["conf_sum"] += sum(p.score for p in msg.last_prediction) / len(msg.last_prediction)
-        row["conf_n"] += 1
-    if msg.shadow is not None and msg.shadow.agreement is not None:
-        row["agree_sum"] += msg.shadow.agreement
-        row["agree_n"] += 1
-
-
-def upsert_sums(session: Session, pending: dict[tuple[str, str, int], dict[str, float]]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, one row per (device, model, version)."""
-    if not pending:
-        return
-    now = datetime.now(timezone.utc)
-    rows = [
-        {
-            "device_id": k[0],
-            "model": k[1],
-            "version": k[2],
-            "updated_at": now,
-            **{c: (int(v) if c in ("n", "conf_n", "agree_n") else v) for c, v in sums.items()},
-        }
-        for k, sums in pending.items()
-    ]
-    table = TelemetryAgg.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    insert = _UPSERT.get(dialect)
-    if insert is None:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise RuntimeError(f"telemetry aggregation needs SQLite or PostgreSQL, not {dialect}")
-    stmt: Any = insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["device_id", "model", "version"],
-        set_={**{c: table.c[c] + stmt.excluded[c] for c in SUM_COLUMNS}, "updated_at": stmt.excluded.updated_at},
-    )
-    session.execute(stmt, rows)  # executemany of one cached statement
 
 
 class _Item(NamedTuple):
@@ -360,6 +314,7 @@ class MqttBridge:
             query = select(Device).where(col(Device.id).in_(ids)).options(*(defer(c) for c in wide))  # type: ignore[arg-type]
             devices = {d.id: d for d in session.exec(query).all()}
             pending: dict[tuple[str, str, int], dict[str, float]] = {}
+            slots = SlotRows(session, ids)
             last_telemetry: dict[str, Telemetry] = {}
             now = datetime.now(timezone.utc)
             for item, msg in items:
@@ -370,9 +325,9 @@ class MqttBridge:
                 if isinstance(msg, StatusMessage):
                     self._status_seq[item.device_id] = item.seq
                 self._apply_one(
-                    session, pending, device, msg, now, online=item.seq >= self._status_seq.get(item.device_id, -1)
+                    session, pending, slots, device, msg, now, item.seq >= self._status_seq.get(item.device_id, -1)
                 )
-                if isinstance(msg, Telemetry):
+                if isinstance(msg, Telemetry) and msg.slot == "default":
                     last_telemetry[item.device_id] = msg
             for device_id, msg in last_telemetry.items():
                 devices[device_id].telemetry_json = msg.model_dump_json(by_alias=True)
@@ -410,6 +365,7 @@ class MqttBridge:
         self,
         session: Session,
         pending: dict[tuple[str, str, int], dict[str, float]],
+        slots: SlotRows,
         device: Device,
         msg: object,
         now: datetime,
@@ -434,14 +390,18 @@ class MqttBridge:
                 stored = got is not None and measurements.record(session, device.id, got)
                 if stored and got is not None and (got.model, got.version) == (slot.model, slot.version):
                     device.target_reason = got.reason
+            slots.reported(msg, now)
             device.reported_revision = msg.revision
             if msg.capabilities is not None:
                 device.capabilities_json = msg.capabilities.model_dump_json()
         elif isinstance(msg, Telemetry):
             if online:
                 device.online = True
-            device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
-            device.staleness_ms_p99 = msg.staleness_ms_p99
-            problems.from_telemetry(device, msg)
+            if msg.slot != "default":  # another slot's model: its own row; the device's columns are the default's
+                slots.telemetry(msg, now)
+            else:
+                device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
+                device.staleness_ms_p99 = msg.staleness_ms_p99
+                problems.from_telemetry(device, msg)
             if msg.model and msg.version is not None and msg.frames > 0:
                 fold(pending, device.id, msg)

@@ -272,7 +272,7 @@ class InferenceLoop:
         """Make `model` serve from the next batch on; returns the one it replaces. A batching model first runs
         each batch shape it will see (on this caller's thread: the old model serves meanwhile)."""
         if model is not None and self.auto_batch and model.batch_choice is None:
-            model.batch_choice = model.choose_batch(min(self.batch, len(self.sources)))
+            model.batch_choice = model.choose_batch(max(1, min(self.batch, len(self.sources))))
             log.info(
                 "%s: batch %d chosen by measurement (%d cameras)", model.ref, model.batch_choice, len(self.sources)
             )
@@ -290,6 +290,16 @@ class InferenceLoop:
                 )
         log.info("serving model %s (was %s)", model.ref if model else None, old.ref if old else None)
         return old
+
+    def set_sources(self, sources: list[FrameSource]) -> None:
+        """Serve these cameras from the next batch on (a slot's cameras reassigned by the desired state)."""
+        for s in sources:
+            if s.name not in self._last_index:
+                s.add_listener(self._wake)
+                self._last_index[s.name] = 0
+                self.source_stats[s.name] = Stats()
+        self.sources = list(sources)  # one reference swap: the inference thread reads the list once per turn
+        self._wake.set()
 
     def set_shadow(self, model: LoadedModel | None, share: float = 0.1) -> ShadowRun | None:
         old = self.shadow

@@ -19,6 +19,9 @@ SCHEMA_VERSION: Literal[1] = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 
 
+SLOT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
 class MessageError(ValueError):
     """A payload that is not a valid message of the expected kind; the text says why in one line."""
 
@@ -67,7 +70,13 @@ class MeasureSpec(BaseModel):
 
 class Deployment(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    slot: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Camera/model slot.")
+    slot: str = Field("default", pattern=SLOT_PATTERN, description="Camera/model slot.")
+    revision: int | None = Field(
+        None,
+        ge=0,
+        description="The desired revision this slot's deployment was made at: a slot acts only when it changes, "
+        "so a change to another slot does not retry this one's failed update. Unset: the message's revision.",
+    )
     manifest: SignedManifest = Field(description="Signed manifest of the model version to run.")
     health_window_s: float = Field(10.0, ge=0, le=3600, description="Seconds a new model must stay healthy.")
     min_fps_ratio: float = Field(
@@ -75,6 +84,12 @@ class Deployment(BaseModel):
     )
     shadow: ShadowSpec | None = Field(None, description="A candidate to score beside the active model.")
     measure: MeasureSpec | None = Field(None, description="Timing of the candidate targets on the device.")
+    sources: list[str] | None = Field(
+        None,
+        max_length=64,
+        description="Cameras (by name) this slot serves, taken from the slot agent.yaml gave them; unset: as "
+        "configured.",
+    )
 
 
 class DesiredState(_Msg):
@@ -121,6 +136,7 @@ class SlotReport(BaseModel):
         None, max_length=200, description="What the running update step is doing (building an engine, timing)."
     )
     measured: MeasuredTargets | None = Field(None, description="The last timing of a version's candidate targets.")
+    sources: list[str] = Field(default_factory=list, max_length=64, description="The cameras this slot serves.")
 
 
 class Capabilities(BaseModel):
@@ -143,6 +159,7 @@ class Capabilities(BaseModel):
         None, max_length=200, description="Processor and engine versions: devices with equal keys rank targets alike."
     )
     preview_url: str | None = Field(None, max_length=300, description="The agent's /preview, where advertised.")
+    slots: list[str] = Field(default_factory=list, max_length=8, description="The model slots this agent serves.")
 
 
 class ReportedState(_Msg):

@@ -49,9 +49,11 @@ class Installer:
         trust: TrustStore,
         stop_event: threading.Event,
         report: Callable[[], None],
+        models_dir: Path | None = None,
     ) -> None:
         self.cfg, self.caps, self.device_kind = cfg, caps, device_kind
         self.data_dir = cfg.data_dir
+        self.models_dir = models_dir or cfg.data_dir / "models"  # one folder per slot: no slot prunes another's
         self.loop, self.trust = loop, trust
         self.stop_event, self.report = stop_event, report
         self.candidate: LoadedModel | None = None
@@ -60,7 +62,7 @@ class Installer:
 
     def artifact(self, m: Manifest, target: str) -> dict[str, Any]:
         entry = m.artifacts[target]  # type: ignore[index]
-        path = self.data_dir / "models" / m.model / str(m.version) / f"{target}.onnx"
+        path = self.models_dir / m.model / str(m.version) / f"{target}.onnx"
         return {"url": entry.url, "sha256": entry.sha256, "length": entry.length, "path": str(path)}
 
     def plan(self, m: Manifest, static: str, spec: MeasureSpec) -> tuple[str, list[str], dict[str, Any] | None]:

@@ -147,12 +147,12 @@ class UpdateMachine:
             self.record.job = job
             self._fire(Event.FAIL, reason)
 
-    def adopt_revision(self, revision: int) -> None:
+    def adopt_revision(self, revision: int, **noted: Any) -> None:
         """The desired revision changed but asks for what is already committed: note it, do nothing."""
         with self._lock:
             if self.record.current is None or self.busy:
                 raise RuntimeError("adopt_revision() needs a committed model and no update running")
-            self.record.current = {**self.record.current, "revision": revision}
+            self.record.current = {**self.record.current, "revision": revision, **noted}
             self.record.job = self.record.current
             self._fire(Event.ADOPT, None)
 

@@ -224,6 +224,15 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
             f"{d['version'] if d['version'] is not None else '-':>4} {d['state'] or '-':<12} {fps:>6} "
             f"{p95:>7}  {d['last_seen'] or '-'}"
         )
+        for sl in d.get("slots") or []:
+            if sl["slot"] == "default":
+                continue
+            sfps = f"{sl['fps']:.1f}" if sl["fps"] is not None else "-"
+            cams = ",".join(sl["sources"]) or "no camera"
+            lines.append(
+                f"{'':<20} slot {sl['slot']}: {sl['model'] or '-'}:{sl['version'] if sl['version'] else '-'} "
+                f"{sl['state'] or '-'}, {sfps} fps, {cams}" + (f" ({sl['reason']})" if sl.get("reason") else "")
+            )
         if d.get("problem"):
             problems += 1
             lines.append(f"{'':<20} ! {d['problem']}")
@@ -242,12 +251,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         body["min_fps_ratio"] = args.min_fps_ratio
     if args.measure_budget is not None:
         body["measure_budget_s"] = args.measure_budget
+    if args.sources is not None:
+        body["sources"] = [c for c in args.sources.split(",") if c]
     if args.shadow:
         body["shadow_model"], body["shadow_version"] = parse_ref(args.shadow)
         body["shadow_share"] = args.shadow_share
     r = AdminClient(args.server_url, args.token).request("PUT", f"/api/v1/devices/{args.device}/deployment", json=body)
     note = " (signed rollback)" if r.get("rollback") else ""
-    out(args, r, f"{args.device}: desired {name}:{version}{note}, revision {r['revision']}")
+    where = "" if args.slot == "default" else f" in slot {args.slot}"
+    out(args, r, f"{args.device}: desired {name}:{version}{where}{note}, revision {r['revision']}")
     return 0
 
 
@@ -359,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("deploy", help="set a device's desired model version")
     dp.add_argument("ref", help="NAME:VERSION")
     dp.add_argument("--device", required=True, help="device id")
-    dp.add_argument("--slot", default="default", help="model slot on the device")
+    dp.add_argument("--slot", default="default", help="model slot on the device (agent.yaml `slots:`)")
+    dp.add_argument(
+        "--sources", metavar="CAM,CAM", help="cameras this slot serves from now on (by name); unset: as configured"
+    )
     dp.add_argument("--health-window", type=float, help="seconds the new model must stay healthy (default 10)")
     dp.add_argument(
         "--min-fps-ratio",

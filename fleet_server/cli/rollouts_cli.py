@@ -91,6 +91,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         "model": name,
         "version": version,
         "selector": args.selector,
+        "slot": args.slot,
         "canary": args.canary,
         "waves": [w for w in args.waves.split(",") if w],
         "bake_s": args.bake,
@@ -163,6 +164,7 @@ def add_parsers(sub: Any, devices_sub: Any, admin_flags: Any) -> None:
     c = ro.add_parser("create", help="roll a version out: canary, then waves, with gates and automatic rollback")
     c.add_argument("ref", help="NAME:VERSION")
     c.add_argument("--selector", required=True, help="all | site=berlin,camera=dock | device=cam-1|cam-2")
+    c.add_argument("--slot", default="default", help="the model slot it updates on each device (default)")
     c.add_argument("--canary", default="1", help="canary size: a count (5) or a share (2%%); default 1")
     c.add_argument("--waves", default="100%", help="cumulative shares after the canary, e.g. 10%%,50%%,100%%")
     c.add_argument("--bake", type=duration, default=600.0, help="time each wave runs before it is judged (10m)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -9,6 +10,7 @@ from typing import Protocol
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from fleet_server.devices.slots import device_slots
 from fleet_server.devices.tables import Deployment, DeployRequest, Device
 from fleet_server.keys import KeyRing
 from fleet_server.registry.service import rollback_manifest
@@ -45,6 +47,9 @@ def deploy_version(
     device = session.get(Device, device_id)
     if device is None:
         raise DeployError(f"no device {device_id!r}; enroll it first", 404)
+    has = device_slots(device)
+    if req.slot != "default" and has and req.slot not in has:
+        raise DeployError(f"device {device_id} has no slot {req.slot!r} (its slots: {', '.join(has)})", 422)
     mv = session.exec(
         select(ModelVersion).where(ModelVersion.model == req.model, ModelVersion.version == req.version)
     ).first()
@@ -53,7 +58,7 @@ def deploy_version(
     highest = session.exec(
         select(func.max(ModelVersion.version))
         .join(Deployment, col(Deployment.version_id) == col(ModelVersion.id))
-        .where(Deployment.device_id == device_id, ModelVersion.model == req.model)
+        .where(Deployment.device_id == device_id, Deployment.slot == req.slot, ModelVersion.model == req.model)
     ).one()
     rollback = highest is not None and mv.version < int(highest)
     shadow_mv = None
@@ -84,6 +89,7 @@ def deploy_version(
         shadow_version_id=shadow_mv.id if shadow_mv else None,
         shadow_share=req.shadow_share if shadow_mv else None,
         measure_budget_s=req.measure_budget_s,
+        sources_json=json.dumps(req.sources) if req.sources is not None else None,
         created_by=actor,
     )
     session.add(device)
@@ -91,10 +97,11 @@ def deploy_version(
     session.commit()
     session.refresh(dep)
     log.info(
-        "desired %s:%s -> %s (revision %d%s) by %s",
+        "desired %s:%s -> %s%s (revision %d%s) by %s",
         req.model,
         req.version,
         device_id,
+        "" if req.slot == "default" else f" slot {req.slot}",
         dep.revision,
         ", signed rollback" if rollback else "",
         actor,

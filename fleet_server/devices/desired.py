@@ -39,10 +39,12 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
             DeploymentMsg(
                 measure=_measure_spec(session, device, d),
                 slot=d.slot,
+                revision=d.revision,
                 manifest=SignedManifest.model_validate_json(d.signed_manifest),
                 health_window_s=d.health_window_s,
                 min_fps_ratio=d.min_fps_ratio,
                 shadow=shadow,
+                sources=json.loads(d.sources_json) if d.sources_json else None,
             )
         )
     mining = json.loads(device.mining_json) if device.mining_json else None

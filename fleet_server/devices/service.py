@@ -14,7 +14,8 @@ from edge_agent.protocol.topics import valid_device_id
 from fleet_server.audit import audit
 from fleet_server.broker import Broker
 from fleet_server.devices import problems
-from fleet_server.devices.tables import Deployment, Device, DevicePublic, TelemetryPoint
+from fleet_server.devices import slots as slot_rows
+from fleet_server.devices.tables import Deployment, Device, DevicePublic, DeviceSlot, TelemetryPoint
 from fleet_server.keys import new_device_token, token_hash
 from fleet_server.rollouts.states import LIVE
 from fleet_server.rollouts.tables import Rollout, RolloutDevice, TelemetryAgg
@@ -90,7 +91,7 @@ def delete_device(session: Session, broker: Broker, device_id: str, actor: str) 
     ).first()
     if live is not None:
         raise DeviceError(f"device {device_id} is in live rollout {live}: abort it or let it finish first", 409)
-    for table in (RolloutDevice, Deployment, TelemetryPoint, TelemetryAgg):
+    for table in (RolloutDevice, Deployment, DeviceSlot, TelemetryPoint, TelemetryAgg):
         session.exec(delete(table).where(col(table.device_id) == device_id))
     session.delete(d)
     audit(session, actor, "device.deleted", f"device/{device_id}")
@@ -117,7 +118,7 @@ def set_mining(session: Session, device_id: str, body: dict[str, Any], actor: st
     return d
 
 
-def device_public(d: Device, shed: int = 0) -> DevicePublic:
+def device_public(d: Device, shed: int = 0, slots: list[DeviceSlot] | None = None) -> DevicePublic:
     tel: dict[str, Any] = {}
     if d.telemetry_json:
         try:
@@ -151,5 +152,6 @@ def device_public(d: Device, shed: int = 0) -> DevicePublic:
         detail=d.detail,
         flywheel=tel.get("flywheel"),
         telemetry_shed=shed,
+        slots=[slot_rows.public(r, d) for r in slots or []],
         problem=problems.describe(d),
     )

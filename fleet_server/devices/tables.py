@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
+from pydantic import StringConstraints
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
-from edge_agent.protocol.messages import UpdateStateName
+from edge_agent.protocol.messages import SLOT_PATTERN, UpdateStateName
 from fleet_server.db import EnumText, utcnow
 
 
@@ -45,6 +47,31 @@ class Device(DeviceBase, table=True):
     # what is wrong, from its telemetry (a camera down, fps under half its usual); None when nothing is
     problem: str | None = Field(default=None, max_length=300)
     fps_baseline: float | None = None  # its usual fps: a slow average of its healthy telemetry
+
+
+CAMERA_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+
+
+class DeviceSlot(SQLModel, table=True):
+    """What a device reports per model slot: each slot has its own model, cameras and update state. The
+    default slot's report is also kept on Device itself (the fleet page and most rollouts read that)."""
+
+    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
+    slot: str = Field(primary_key=True, max_length=32)
+    model: str | None = Field(default=None, max_length=64)
+    version: int | None = None
+    state: UpdateStateName | None = Field(default=None, sa_type=EnumText(UpdateStateName, 32))
+    target_version: int | None = None
+    reason: str | None = None
+    shadow_version: int | None = None
+    shadow_reason: str | None = None
+    target: str | None = Field(default=None, max_length=16)
+    sources_json: str = "[]"  # the cameras it serves, by name
+    fps: float | None = None
+    latency_ms_p95: float | None = None
+    staleness_ms_p99: float | None = None
+    telemetry_json: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class TelemetryPoint(SQLModel, table=True):
@@ -90,6 +117,7 @@ class DevicePublic(DeviceBase):
     target_reason: str | None = None
     detail: str | None = None
     flywheel: dict | None = None
+    slots: list[dict] = []  # every slot the device reports: model, version, state, cameras, fps
     telemetry_shed: int = 0  # telemetry points the answering replica shed under overload (state is never shed)
     problem: str | None = None  # why the fleet page counts it "with a problem" (None: it is fine, or offline)
 
@@ -118,6 +146,7 @@ class Deployment(SQLModel, table=True):
     shadow_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
     shadow_share: float | None = None
     measure_budget_s: float | None = None  # seconds per candidate target on the device; 0: none; None: its own
+    sources_json: str | None = None  # the cameras the slot serves, by name (JSON list); None: as configured
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = Field(default="admin", max_length=64)
 
@@ -125,7 +154,13 @@ class Deployment(SQLModel, table=True):
 class DeployRequest(SQLModel):
     model: str = Field(max_length=64)
     version: int = Field(ge=1, le=2**31 - 1)
-    slot: str = "default"
+    slot: str = Field(default="default", regex=SLOT_PATTERN, description="The device's model slot.")
+    sources: list[Annotated[str, StringConstraints(pattern=CAMERA_PATTERN)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="Cameras (by name) the slot serves from now on, taken from the slots agent.yaml gave them; "
+        "unset: as configured.",
+    )
     health_window_s: float | None = Field(default=None, ge=0, le=3600)
     min_fps_ratio: float = Field(default=0.5, ge=0, le=1)
     shadow_model: str | None = None

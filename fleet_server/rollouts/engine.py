@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from edge_agent.protocol.messages import UpdateStateName
 from fleet_server.audit import audit
+from fleet_server.devices import slots
 from fleet_server.devices.deploy import Deployer, DeployError
 from fleet_server.devices.tables import DeployRequest, Device
 from fleet_server.registry.tables import ModelVersion
@@ -233,6 +234,7 @@ class RolloutEngine:
         s.commit()
         ids = [d.device_id for d in rows if d.id in taken]
         devices = {x.id: x for x in s.exec(select(Device).where(col(Device.id).in_(ids))).all()} if ids else {}
+        devices = slots.views(s, r.slot, devices)  # a rollout to another slot reads that slot's report
         aggs = (
             {
                 (a.device_id, a.version): a
@@ -291,6 +293,7 @@ class RolloutEngine:
             if waiting
             else {}
         )
+        devices = slots.views(s, r.slot, devices)
         for d in waiting:
             moved = self._device_event(r, d, devices.get(d.device_id), timed_out)
             if moved is None:
@@ -303,7 +306,7 @@ class RolloutEngine:
             s.add(d)
 
     def _device_event(
-        self, r: Rollout, d: RolloutDevice, dev: Device | None, timed_out: bool
+        self, r: Rollout, d: RolloutDevice, dev: Device | slots.SlotView | None, timed_out: bool
     ) -> tuple[DeviceEvent, str | None] | None:
         """What a deploying device's report means for the rollout, with the reason; None: keep waiting."""
         committed = UpdateStateName.committed

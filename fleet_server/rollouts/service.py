@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from edge_agent.capabilities import device_kind
-from edge_agent.protocol.messages import Capabilities
+from edge_agent.protocol.messages import SLOT_PATTERN, Capabilities
 from edge_agent.update.checks import TARGET_PREFERENCE
 from fleet_server.audit import audit
+from fleet_server.devices.slots import device_slots
+from fleet_server.devices.slots import views as slot_views
 from fleet_server.devices.tables import Device
 from fleet_server.registry.tables import Artifact, ModelVersion
 from fleet_server.rollouts.gates import DEFAULT_GATES, GateError, parse_gate
@@ -44,7 +46,7 @@ class RolloutCreate(BaseModel):
     model: str = Field(max_length=64)
     version: int = Field(ge=1, le=2**31 - 1)
     selector: str
-    slot: str = "default"
+    slot: str = Field("default", pattern=SLOT_PATTERN, description="The model slot it updates on each device.")
     canary: str = Field("1", description="devices in the canary: a count (5) or a share (2%)")
     waves: list[str] = Field(default_factory=lambda: ["100%"], description="cumulative shares after the canary")
     bake_s: float = Field(600.0, ge=0)
@@ -139,6 +141,10 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
             detail=incompatible,
         )
     devices = [d for d in devices if d.id not in incompatible]
+    if req.slot != "default":  # devices that say which slots they serve and lack this one cannot take it
+        devices = [d for d in devices if req.slot in (device_slots(d) or [req.slot])]
+        if not devices:
+            raise RolloutError(f"no selected device serves slot {req.slot!r}; nothing was created")
     if not devices:
         raise RolloutError("every selected device is incompatible; nothing was created")
     sizes = wave_sizes(req.canary, req.waves, len(devices))
@@ -179,12 +185,13 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
     # a stable, spread-out order so canaries are not always the alphabetically first devices; online devices
     # first, so that the canary is made of devices that can be judged
     order = sorted(devices, key=lambda d: (not d.online, hashlib.sha256(f"{r.id}:{d.id}".encode()).hexdigest()))
+    running = slot_views(session, req.slot, {d.id: d for d in order})  # what each serves in that slot
     for i, d in enumerate(order):
         wave = next(k for k, n in enumerate(sizes) if i < n)
-        prev = None
-        if d.model == req.model and d.version is not None:
+        prev, now = None, running[d.id]
+        if now.model == req.model and now.version is not None:
             prev = session.exec(
-                select(ModelVersion).where(ModelVersion.model == d.model, ModelVersion.version == d.version)
+                select(ModelVersion).where(ModelVersion.model == now.model, ModelVersion.version == now.version)
             ).first()
         session.add(
             RolloutDevice(
@@ -192,7 +199,7 @@ def create_rollout(session: Session, req: RolloutCreate, actor: str) -> tuple[Ro
                 device_id=d.id,
                 wave=wave,
                 prev_version_id=prev.id if prev else None,
-                prev_version=d.version if prev else None,
+                prev_version=now.version if prev else None,
                 state=DeviceRolloutState.PENDING,
             )
         )

@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from fleet_server.api.deps import AdminDep, Limit, Offset, OperatorDep, ServicesDep, SessionDep, ViewerDep
 from fleet_server.devices import service
+from fleet_server.devices import slots as slot_rows
 from fleet_server.devices.deploy import DeployError
 from fleet_server.devices.service import DeviceError, device_public
 from fleet_server.devices.tables import DeployRequest, Device, DeviceEnrolled, DevicePublic
@@ -82,13 +83,15 @@ def list_devices(
     session: SessionDep, services: ServicesDep, _: ViewerDep, limit: Limit = 500, offset: Offset = 0
 ) -> list[DevicePublic]:
     rows = session.exec(select(Device).order_by(Device.id).offset(offset).limit(limit)).all()
-    return [device_public(d, services.bridge.shed.get(d.id, 0)) for d in rows]
+    by_device = slot_rows.rows_of(session, [d.id for d in rows])
+    return [device_public(d, services.bridge.shed.get(d.id, 0), by_device.get(d.id)) for d in rows]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
 def get_device(device_id: str, session: SessionDep, services: ServicesDep, _: ViewerDep) -> DevicePublic:
     try:
-        return device_public(service.get_device(session, device_id), services.bridge.shed.get(device_id, 0))
+        d = service.get_device(session, device_id)
+        return device_public(d, services.bridge.shed.get(device_id, 0), slot_rows.rows_of(session, [d.id]).get(d.id))
     except DeviceError as exc:
         raise _fail(exc) from None
 

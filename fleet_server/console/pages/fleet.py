@@ -13,6 +13,7 @@ from edge_agent.protocol.messages import Capabilities
 from fleet_server.api.deps import ServicesDep, SessionDep
 from fleet_server.console import queries
 from fleet_server.console.base import ConsoleUser, get_or_404, render
+from fleet_server.devices import slots as slot_rows
 from fleet_server.devices.service import device_public
 from fleet_server.devices.tables import Device
 
@@ -58,7 +59,7 @@ def device(
         request,
         who,
         "device.html",
-        d=device_public(d, services.bridge.shed.get(device_id, 0)),
+        d=device_public(d, services.bridge.shed.get(device_id, 0), slot_rows.rows_of(session, [d.id]).get(d.id)),
         caps=caps,
         kind=kind,
         revoked=d.token_hash == "revoked",
@@ -74,7 +75,8 @@ def device_live(
     request: Request, device_id: str, session: SessionDep, services: ServicesDep, who: ConsoleUser
 ) -> HTMLResponse:
     d = get_or_404(session, Device, device_id, f"device {device_id!r}")
-    return render(request, who, "_device_live.html", d=device_public(d, services.bridge.shed.get(device_id, 0)))
+    slots = slot_rows.rows_of(session, [d.id]).get(d.id)
+    return render(request, who, "_device_live.html", d=device_public(d, services.bridge.shed.get(device_id, 0), slots))
 
 
 @router.get("/devices/{device_id}/series")
