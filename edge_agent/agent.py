@@ -74,6 +74,10 @@ class Agent:
                 src.stall_timeout_s,
                 name=src.name or f"cam{i}",
                 decode_threads=src.decode_threads,
+                decode=src.decode,
+                gpu=self.caps.gpu is not None,
+                jetson=self.caps.jetson_l4t is not None,
+                codec=src.codec,
             )
             for i, src in enumerate(config.sources)
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -212,12 +213,23 @@ def raw_batch_fps(bm: BenchModel, sizes: tuple[int, ...], seconds: float, option
 
 
 def cameras_run(
-    bm: BenchModel, source: str, cameras: int, seconds: float, options: RuntimeOptions, batch: int, fps: float
+    bm: BenchModel,
+    source: str,
+    cameras: int,
+    seconds: float,
+    options: RuntimeOptions,
+    batch: int,
+    fps: float,
+    decode: str = "cpu",
+    gpu: bool = False,
 ) -> dict[str, Any]:
     """`cameras` copies of `source`, each its own camera paced at `fps`, through one loop with `batch`:
-    frames offered and served, dropped (overwritten before inference took them), staleness, batch sizes."""
+    frames offered and served, dropped (overwritten before inference took them), staleness, batch sizes,
+    and where the frames were decoded (`decode`/`gpu` as a camera's config and the box's GPU say)."""
     srcs = [
-        FrameSource(source, loop_file=True, pace_file=True, pace_fps=fps, name=f"cam{i}").start()
+        FrameSource(
+            source, loop_file=True, pace_file=True, pace_fps=fps, name=f"cam{i}", decode=decode, gpu=gpu
+        ).start()
         for i in range(cameras)
     ]
     loop = InferenceLoop(srcs, batch=batch)
@@ -253,6 +265,8 @@ def cameras_run(
         "latency_ms_p50": snap["latency_ms_p50"],
         "slowest_camera_fps": round(min(per_camera), 1) if per_camera else 0.0,
         "batch_histogram": hist,
+        "decoders": dict(Counter(s.decoder for s in srcs)),
+        "decoder_note": next((s.decoder_note for s in srcs if s.decoder_note), None),
     }
 
 

@@ -39,6 +39,13 @@ class SourceConfig(BaseModel):
         "raise it for a high-resolution stream one core cannot decode in time; 0 = FFmpeg's choice.",
     )
 
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="Where to decode: auto = on the GPU where the box has one (Jetson nvv4l2decoder, OpenCV "
+        "cudacodec, FFmpeg hardware acceleration), else the CPU; gpu = try it and report why not; cpu = never.",
+    )
+    codec: Literal["h264", "h265"] = Field("h264", description="The stream's codec, for a Jetson's decode pipeline.")
+
     @field_validator("uri")
     @classmethod
     def _csi(cls, v: str) -> str:

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for n in cams:
         one = cameras_run(bm, str(video), n, seconds, options, 1, a.fps)
-        many = cameras_run(bm, str(video), n, seconds, options, n, a.fps)
+        many = cameras_run(bm, str(video), n, seconds, options, n, a.fps, decode="auto", gpu=on_gpu)
         runs.append({"cameras": n, "batch_1": one, "batched": many})
     report = {
         "device": "gpu" if on_gpu else "cpu",
@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{o['staleness_ms_p99']:>7.1f} | {m['served_fps']:>10.1f} / {m['offered_fps']:<10.1f} {m['dropped']:>6} "
             f"{m['staleness_ms_p99']:>7.1f}  {m['batch_histogram']}"
         )
+    if runs:
+        last = runs[-1]["batched"]
+        note = f" ({last['decoder_note']})" if last["decoder_note"] else ""
+        print(f"batched loop decoded with {last['decoders']}{note}")
     for t, rows in report["compile"]["targets"].items():
         cells = ", ".join(f"{m['device_class']} b{m['batch']} {m.get('p50_ms', 'failed')} ms" for m in rows)
         print(f"compile {t}: {cells}")

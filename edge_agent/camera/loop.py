@@ -504,6 +504,8 @@ class InferenceLoop:
                     "staleness_ms_p50": snap["staleness_ms_p50"],
                     "staleness_ms_p99": snap["staleness_ms_p99"],
                     "reconnects": s.reconnects,
+                    "decoder": s.decoder,
+                    "decoder_note": s.decoder_note,
                     "queue_depth": s.pending(),
                 }
             )

@@ -14,9 +14,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+
+from edge_agent.camera.gpu_decode import (
+    CudaCodecCapture,
+    cudacodec_available,
+    ffmpeg_hw_params,
+    ffmpeg_hw_used,
+    jetson_decode_pipeline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +85,17 @@ class FrameSource:
         name: str = "cam0",
         pace_fps: float | None = None,
         decode_threads: int = 1,
+        decode: str = "cpu",
+        gpu: bool = False,
+        jetson: bool = False,
+        codec: str = "h264",
     ) -> None:
         self.pace_fps = pace_fps
+        # where frames are decoded (camera/gpu_decode.py): "cpu", "gpu" (try it, say why not), or "auto" (the
+        # GPU where the box has one); `decoder` says which path runs, `decoder_note` why a GPU one does not
+        self.decode, self.gpu, self.jetson, self.codec = decode, gpu, jetson, codec
+        self.decoder = "cpu"
+        self.decoder_note: str | None = None
         # one decoding thread by default: FFmpeg's frame threads cost more CPU per frame (1.22 vs 0.95 ms
         # for 640x480 MPEG-4 here) and take the core the model runs on
         self.decode_threads = decode_threads
@@ -165,7 +183,7 @@ class FrameSource:
         return None
 
     # -- capture thread ----------------------------------------------------------------------
-    def _open(self) -> cv2.VideoCapture:
+    def _open(self) -> Any:  # a cv2.VideoCapture, or an object with its calls (CudaCodecCapture)
         if self.spec.isdigit():
             cap = cv2.VideoCapture(int(self.spec))
         elif self.spec.startswith("csi://"):
@@ -183,11 +201,55 @@ class FrameSource:
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(wait_ms, 5000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, wait_ms]
             if self.decode_threads > 0:
                 params += [cv2.CAP_PROP_N_THREADS, self.decode_threads]
+            gpu_cap = self._open_gpu(params) if self.decode == "gpu" or (self.decode == "auto" and self.gpu) else None
+            if gpu_cap is not None:
+                return gpu_cap
+            self.decoder = "cpu"
             cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
             self.decoder_threads = int(cap.get(cv2.CAP_PROP_N_THREADS))  # what FFmpeg actually uses
         if not cap.isOpened():
             cap.release()
             raise OSError(f"cannot open source {describe_source(self.spec)}")
+        return cap
+
+    def _open_gpu(self, params: list[int]) -> Any:
+        """The first GPU decode path that opens (see gpu_decode.py), or None: then the CPU path runs, and
+        `decoder_note` says why (logged once per reason)."""
+        notes = []
+        if self.jetson:
+            pipeline = jetson_decode_pipeline(self.spec, self.codec)
+            if pipeline is None:
+                notes.append("no nvv4l2decoder pipeline for this kind of source")
+            else:
+                cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+                if cap.isOpened():
+                    return self._gpu_ok(cap, "nvv4l2decoder")
+                cap.release()
+                notes.append("the nvv4l2decoder pipeline did not open (GStreamer support in OpenCV?)")
+        if cudacodec_available():
+            try:
+                return self._gpu_ok(CudaCodecCapture(self.spec), "cudacodec")
+            except cv2.error as exc:
+                notes.append(f"cudacodec: {str(exc).strip().splitlines()[-1][:120]}")
+        hw = ffmpeg_hw_params()
+        if hw:
+            cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params + hw)
+            used = ffmpeg_hw_used(cap) if cap.isOpened() else None
+            if used is not None:
+                self.decoder_threads = int(cap.get(cv2.CAP_PROP_N_THREADS))
+                return self._gpu_ok(cap, f"ffmpeg-{used}")
+            cap.release()
+            notes.append("OpenCV's FFmpeg took no hardware decoder")
+        note = "; ".join(notes) or "no GPU decode path in this OpenCV"
+        if note != self.decoder_note:
+            log.warning("source %s: decoding on the CPU: %s", describe_source(self.spec), note)
+        self.decoder_note = note
+        return None
+
+    def _gpu_ok(self, cap: Any, decoder: str) -> Any:
+        if decoder != self.decoder:
+            log.info("source %s: decoding with %s", describe_source(self.spec), decoder)
+        self.decoder, self.decoder_note = decoder, None
         return cap
 
     def _publish(self, image: np.ndarray) -> None:
@@ -228,7 +290,7 @@ class FrameSource:
             if not self._stop.is_set():
                 self.reconnects += 1
 
-    def _read_until_broken(self, cap: cv2.VideoCapture) -> None:
+    def _read_until_broken(self, cap: Any) -> None:
         fps = (self.pace_fps or cap.get(cv2.CAP_PROP_FPS)) if self.is_file else 0.0
         period = 1.0 / fps if (self.pace_file and fps and 1.0 <= fps <= 2000.0) else 0.0
         next_t = time.monotonic()

@@ -192,6 +192,10 @@ class SourceTelemetry(BaseModel):
     staleness_ms_p50: float = 0.0
     staleness_ms_p99: float = 0.0
     reconnects: int = 0
+    decoder: str = Field(
+        "cpu", max_length=32, description="Where frames are decoded: cpu, nvv4l2decoder, cudacodec or ffmpeg-<hwaccel>."
+    )
+    decoder_note: str | None = Field(None, max_length=300, description="Why a GPU decode asked for is not used.")
     queue_depth: int = Field(0, description="Frames waiting for inference (0 or 1: only the newest is kept).")
 
 
