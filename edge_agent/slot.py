@@ -37,6 +37,7 @@ from edge_agent.runtimes import RuntimeError_
 from edge_agent.update.checks import ManifestRejected, check_manifest
 from edge_agent.update.download import sha256_file
 from edge_agent.update.installer import Installer
+from edge_agent.update.job import Job, serve
 from edge_agent.update.machine import Record, StepFailed, UpdateMachine
 from edge_agent.update.states import State
 from edge_agent.update.trust import TrustStore
@@ -94,7 +95,7 @@ class ModelSlot:
         self.installer = Installer(cfg, caps, device_kind, self.loop, trust, stop, report, models_dir=models_dir)
         self.machine = UpdateMachine(state_path, steps=self.installer, on_change=self._on_state)
         self._desired: queue.Queue[DesiredState] = queue.Queue(maxsize=1)
-        self._shadow_job: dict[str, Any] | None = None
+        self._shadow_job: Job | None = None
         self._shadow_reason: str | None = None
         self.startup_error: str | None = None
         self._last_event: tuple[float, tuple[str, ...]] = (0.0, ())
@@ -173,7 +174,7 @@ class ModelSlot:
 
     def _apply_main(self, msg: DesiredState, dep: DeploymentMsg, made_at: int) -> None:
         rec = self.machine.record
-        job: dict[str, Any] = {
+        job: Job = {
             "revision": msg.revision,
             "made_at": made_at,
             "slot": dep.slot,
@@ -182,7 +183,7 @@ class ModelSlot:
         }
         try:
             shown = dep.manifest.unverified_manifest()  # for the report only; trusted after check_manifest
-            job.update(model=shown.model, version=shown.version)
+            job["model"], job["version"] = shown.model, shown.version
         except ValueError:
             pass
         try:
@@ -198,7 +199,8 @@ class ModelSlot:
             )
         except ManifestRejected as exc:
             log.warning("slot %s: refused %s:%s: %s", self.name, job.get("model"), job.get("version"), exc)
-            self.machine.refuse({**job, "refused": True}, str(exc))
+            job["refused"] = True
+            self.machine.refuse(job, str(exc))
             return
         m = ok.manifest
         cur = rec.current
@@ -209,18 +211,13 @@ class ModelSlot:
             self._report()
             return
         target, candidates, choice = self.installer.plan(m, ok.target, dep.measure or MeasureSpec())
-        job.update(
-            model=m.model,
-            version=m.version,
-            rollback=m.rollback,
-            manifest=dep.manifest.model_dump(mode="json"),
-            candidates={t: self.installer.artifact(m, t) for t in candidates},
-            measure_budget_s=self.cfg.measure_budget_s
-            if (dep.measure is None or dep.measure.budget_s is None)
-            else dep.measure.budget_s,
-            choice=choice,
-        )
-        job.update(target=target, **job["candidates"][target])
+        budget = dep.measure.budget_s if dep.measure is not None else None
+        job["model"], job["version"], job["rollback"] = m.model, m.version, m.rollback
+        job["manifest"] = dep.manifest.model_dump(mode="json")
+        job["candidates"] = {t: self.installer.artifact(m, t) for t in candidates}
+        job["measure_budget_s"] = self.cfg.measure_budget_s if budget is None else budget
+        job["choice"] = choice
+        serve(job, target, job["candidates"][target])
         self.machine.start(job)
 
     def _apply_shadow(self, dep: DeploymentMsg) -> None:
@@ -247,7 +244,7 @@ class ModelSlot:
             if self._shadow_job and self._shadow_job["sha256"] == entry.sha256 and self.loop.shadow:
                 self.loop.shadow.share = spec.share
                 return
-            job = {
+            job: Job = {
                 "model": m.model,
                 "version": m.version,
                 "target": ok.target,
@@ -302,7 +299,7 @@ class ModelSlot:
             sources=[s.name for s in self.loop.sources],
         )
 
-    def _measured(self, job: dict[str, Any]) -> MeasuredTargets | None:
+    def _measured(self, job: Job) -> MeasuredTargets | None:
         choice = job.get("choice")
         if not choice or job.get("refused") or "version" not in job:
             return None

@@ -30,6 +30,7 @@ from edge_agent.runtimes import RuntimeError_, create_runtime
 from edge_agent.runtimes.base import extract_trt_calibration, trt_quantization
 from edge_agent.update.checks import runnable_targets
 from edge_agent.update.download import DownloadError, download, resolve_url, sha256_file
+from edge_agent.update.job import ArtifactRef, Job, artifact_of, serve
 from edge_agent.update.machine import StepFailed
 from edge_agent.update.measure import Timing, choose, time_runs
 from edge_agent.update.trust import TrustStore
@@ -60,7 +61,7 @@ class Installer:
         self.previous: LoadedModel | None = None
         self.detail: str | None = None  # what the running step is doing, for the reported state
 
-    def artifact(self, m: Manifest, target: str) -> dict[str, Any]:
+    def artifact(self, m: Manifest, target: str) -> ArtifactRef:
         entry = m.artifacts[target]  # type: ignore[index]
         path = self.models_dir / m.model / str(m.version) / f"{target}.onnx"
         return {"url": entry.url, "sha256": entry.sha256, "length": entry.length, "path": str(path)}
@@ -81,11 +82,11 @@ class Installer:
         )
         return static, [static], {"chosen": static, "reason": why, "timings": []}
 
-    def download(self, job: dict[str, Any]) -> None:
-        for entry in (job.get("candidates") or {"": job}).values():
+    def download(self, job: Job) -> None:
+        for entry in (job.get("candidates") or {"": artifact_of(job)}).values():
             self.download_one(entry)
 
-    def download_one(self, job: dict[str, Any]) -> None:
+    def download_one(self, job: ArtifactRef) -> None:
         path = Path(job["path"])
         if path.exists() and path.stat().st_size == job["length"]:
             if sha256_file(path) == job["sha256"]:
@@ -113,22 +114,22 @@ class Installer:
                 self.stop_event.wait(delay * (0.8 + 0.4 * random.random()))
                 delay = min(delay * 2, 30.0)
 
-    def check_sha(self, job: dict[str, Any]) -> None:
+    def check_sha(self, job: ArtifactRef | Job) -> None:
         path = Path(job["path"])
         got = sha256_file(path)
         if got != job["sha256"]:
             path.unlink(missing_ok=True)
             raise StepFailed(f"sha256 mismatch: manifest says {job['sha256'][:16]}…, artifact is {got[:16]}…")
 
-    def verify(self, job: dict[str, Any]) -> None:
-        for entry in (job.get("candidates") or {"": job}).values():
+    def verify(self, job: Job) -> None:
+        for entry in (job.get("candidates") or {"": artifact_of(job)}).values():
             self.check_sha(entry)
         if job.get("rollback"):
             self.trust.lower_to(job["model"], job["version"])
         else:
             self.trust.record(job["model"], job["version"])
 
-    def prepare(self, job: dict[str, Any]) -> None:
+    def prepare(self, job: Job) -> None:
         """A TensorRT engine is built here, before it is needed (minutes on a Jetson), and cached under
         (artifact sha256, TensorRT version, GPU, precision): the warm step then loads it in seconds. The
         reported state says so meanwhile (`detail`). ONNX artifacts for other providers need nothing."""
@@ -171,7 +172,7 @@ class Installer:
             raise StepFailed(f"model input {runtime.input_shape} differs from manifest {manifest.input.shape}")
         return runtime
 
-    def load(self, job: dict[str, Any]) -> LoadedModel:
+    def load(self, job: Job) -> LoadedModel:
         manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
         target = job.get("target", "onnx-fp32")
         runtime = self._open(target, Path(job["path"]), job.get("sha256"), manifest)
@@ -184,7 +185,7 @@ class Installer:
             raise StepFailed(f"decoder {manifest.decoder.type}: {exc}") from exc
         return LoadedModel(manifest, runtime, Preprocessor(manifest.input), decode, target=target)
 
-    def _measure(self, job: dict[str, Any]) -> None:
+    def _measure(self, job: Job) -> None:
         """Time each candidate on a ready input, keep the chosen one (see update/measure.py)."""
         manifest: Manifest = SignedManifest.model_validate(job["manifest"]).unverified_manifest()
         budget = float(job.get("measure_budget_s") or self.cfg.measure_budget_s)
@@ -209,11 +210,11 @@ class Installer:
         for target, entry in job["candidates"].items():
             if target != choice.target:  # only what serves stays on disk
                 Path(entry["path"]).unlink(missing_ok=True)
-        job.update(target=choice.target, **chosen)
+        serve(job, choice.target, chosen)
         job["candidates"] = {choice.target: chosen}  # a crash after this resumes without timing again
         job["choice"] = {"chosen": choice.target, "reason": choice.reason, "timings": [t.to_json() for t in timings]}
 
-    def warm(self, job: dict[str, Any]) -> None:
+    def warm(self, job: Job) -> None:
         if len(job.get("candidates") or {}) > 1:
             self._measure(job)
         try:
@@ -221,7 +222,7 @@ class Installer:
         except RuntimeError_ as exc:
             raise StepFailed(f"load: {exc}") from exc
 
-    def activate_and_watch(self, job: dict[str, Any]) -> None:
+    def activate_and_watch(self, job: Job) -> None:
         cand = self.candidate
         if cand is None:
             raise StepFailed("no warmed candidate to activate")
@@ -243,12 +244,12 @@ class Installer:
             if new_fps < ratio * old_fps:
                 raise StepFailed(f"health: {new_fps:.1f} fps is below {ratio:g} × the previous model's {old_fps:.1f}")
 
-    def commit(self, job: dict[str, Any]) -> None:
+    def commit(self, job: Job) -> None:
         if self.previous is not None:
             self.previous.runtime.close()
         self.previous, self.candidate = None, None
 
-    def rollback(self, job: dict[str, Any]) -> None:
+    def rollback(self, job: Job) -> None:
         if self.candidate is not None and self.loop.model is self.candidate:
             self.loop.swap(self.previous)
         if self.candidate is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.fsutil import atomic_write_json, read_json
+from edge_agent.update.job import Job
 from edge_agent.update.states import RESTING, Event, State, next_state
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,13 @@ class StepFailed(Exception):
 
 
 class Steps(Protocol):
-    def download(self, job: dict[str, Any]) -> None: ...
-    def verify(self, job: dict[str, Any]) -> None: ...
-    def prepare(self, job: dict[str, Any]) -> None: ...
-    def warm(self, job: dict[str, Any]) -> None: ...
-    def activate_and_watch(self, job: dict[str, Any]) -> None: ...
-    def commit(self, job: dict[str, Any]) -> None: ...
-    def rollback(self, job: dict[str, Any]) -> None: ...
+    def download(self, job: Job) -> None: ...
+    def verify(self, job: Job) -> None: ...
+    def prepare(self, job: Job) -> None: ...
+    def warm(self, job: Job) -> None: ...
+    def activate_and_watch(self, job: Job) -> None: ...
+    def commit(self, job: Job) -> None: ...
+    def rollback(self, job: Job) -> None: ...
 
 
 @dataclass
@@ -41,8 +42,8 @@ class Record:
     """What is persisted: the state, the job (candidate) being installed, and what is committed."""
 
     state: State = State.IDLE
-    job: dict[str, Any] | None = None
-    current: dict[str, Any] | None = None
+    job: Job | None = None
+    current: Job | None = None
     reason: str | None = None
     entries: dict[str, int] = field(default_factory=dict)
 
@@ -139,7 +140,7 @@ class UpdateMachine:
     def busy(self) -> bool:
         return self.record.state not in RESTING
 
-    def refuse(self, job: dict[str, Any], reason: str) -> None:
+    def refuse(self, job: Job, reason: str) -> None:
         """A deployment that failed the manifest checks: report it; nothing that runs changes."""
         with self._lock:
             if self.busy:
@@ -147,16 +148,20 @@ class UpdateMachine:
             self.record.job = job
             self._fire(Event.FAIL, reason)
 
-    def adopt_revision(self, revision: int, **noted: Any) -> None:
+    def adopt_revision(self, revision: int, made_at: int | None = None) -> None:
         """The desired revision changed but asks for what is already committed: note it, do nothing."""
         with self._lock:
             if self.record.current is None or self.busy:
                 raise RuntimeError("adopt_revision() needs a committed model and no update running")
-            self.record.current = {**self.record.current, "revision": revision, **noted}
+            current = self.record.current.copy()
+            current["revision"] = revision
+            if made_at is not None:
+                current["made_at"] = made_at
+            self.record.current = current
             self.record.job = self.record.current
             self._fire(Event.ADOPT, None)
 
-    def start(self, job: dict[str, Any]) -> None:
+    def start(self, job: Job) -> None:
         """Begin installing `job` (manifest already checked) and run to a resting state."""
         with self._lock:
             if self.busy:
