@@ -4,7 +4,7 @@
    active (no bake), and the server's CPU seconds and peak memory meanwhile;
 2. telemetry ingest: messages/s the server stores vs the raw broker rate a plain paho subscriber sees in
    the same run (target >= 0.5x);
-3. with --replicas: 1 vs 2 server replicas on one PostgreSQL, sharing the load through $share.
+3. with --replicas [1,2,4]: that many server replicas on one PostgreSQL, sharing the load through $share.
 Prints a table, writes JSON (default bench-results/bench_fleet.json).
 """
 
@@ -162,7 +162,13 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,5000", help="fleet sizes for the rollout run")
     ap.add_argument("--ingest-devices", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--replicas", action="store_true", help="also compare 1 vs 2 replicas on PostgreSQL")
+    ap.add_argument(
+        "--replicas",
+        nargs="?",
+        const="1,2",
+        default="",
+        help="also measure ingest with these numbers of server replicas on one PostgreSQL (default 1,2; e.g. 1,2,4)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_fleet.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgeloop-fleet-"))
@@ -183,16 +189,19 @@ def main() -> int:
             from tests.pg import PostgresServer
 
             pg = PostgresServer()
+            servers: list[Server] = []
             try:
                 db = pg.create_database("edgeloop_bench")
-                pair = [Server(work / "rep", mqtt_url, extra=["--database-url", db]) for _ in range(2)]
-                try:
-                    out["ingest"].append(ingest_run(pair[:1], port, args.ingest_devices, args.seconds))
-                    out["ingest"].append(ingest_run(pair, port, args.ingest_devices, args.seconds))
-                finally:
-                    for s in pair:
-                        s.stop()
+                # each count is measured with exactly that many replicas running: a replica that runs but is not
+                # counted would take its share of the traffic ($share) and halve the figure
+                for count in sorted({int(x) for x in args.replicas.split(",")}):
+                    while len(servers) < count:
+                        servers.append(Server(work / f"rep{len(servers)}", mqtt_url, extra=["--database-url", db]))
+                    out["ingest"].append(ingest_run(servers, port, args.ingest_devices, args.seconds))
+                    print(f"ingest, {count} replica(s): {out['ingest'][-1]}", flush=True)
             finally:
+                for s in servers:
+                    s.stop()
                 pg.stop()
     finally:
         broker.stop()
