@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -40,6 +40,9 @@ class Deployer:
     def deploy(self, session: Session, device_id: str, req: DeployRequest, actor: str) -> tuple[Deployment, bool]:
         return deploy_version(session, self, device_id, req, actor)
 
+    def deploy_many(self, session: Session, items: list[tuple[str, DeployRequest]], actor: str) -> dict[str, str]:
+        return deploy_many(session, self, items, actor)
+
 
 def deploy_version(
     session: Session, deployer: Deployer, device_id: str, req: DeployRequest, actor: str
@@ -47,12 +50,67 @@ def deploy_version(
     device = session.get(Device, device_id)
     if device is None:
         raise DeployError(f"no device {device_id!r}; enroll it first", 404)
+    dep, rollback = _record(session, deployer, device, req, actor, {})
+    session.commit()
+    session.refresh(dep)
+    log.info(
+        "desired %s:%s -> %s%s (revision %d%s) by %s",
+        req.model,
+        req.version,
+        device_id,
+        "" if req.slot == "default" else f" slot {req.slot}",
+        dep.revision,
+        ", signed rollback" if rollback else "",
+        actor,
+    )
+    deployer.publisher.publish_desired(session, device_id)
+    return dep, rollback
+
+
+def deploy_many(
+    session: Session, deployer: Deployer, items: list[tuple[str, DeployRequest]], actor: str
+) -> dict[str, str]:
+    """Set the desired state of many devices in one transaction (a rollout wave takes its devices in chunks),
+    then publish each. Returns the devices refused, with why; the others were deployed."""
+    ids = [device_id for device_id, _ in items]
+    devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+    refused: dict[str, str] = {}
+    done: list[str] = []
+    cache: dict[Any, Any] = {}
+    with session.no_autoflush:  # one flush for the batch: each device's lookups do not need the others' rows
+        for device_id, req in items:
+            device = devices.get(device_id)
+            try:
+                if device is None:
+                    raise DeployError(f"no device {device_id!r}; enroll it first", 404)
+                _record(session, deployer, device, req, actor, cache)  # validates before it changes anything
+                done.append(device_id)
+            except DeployError as exc:
+                refused[device_id] = str(exc)
+    session.commit()
+    if items:
+        req = items[0][1]
+        log.info("desired %s:%s -> %d device(s) by %s", req.model, req.version, len(done), actor)
+    for device_id in done:
+        deployer.publisher.publish_desired(session, device_id)
+    return refused
+
+
+def _record(
+    session: Session, deployer: Deployer, device: Device, req: DeployRequest, actor: str, cache: dict[Any, Any]
+) -> tuple[Deployment, bool]:
+    """Validate, then add the Deployment row and the device's next revision (not committed). `cache` keeps
+    the versions looked up across the devices of one batch."""
+    device_id = device.id
     has = device_slots(device)
     if req.slot != "default" and has and req.slot not in has:
         raise DeployError(f"device {device_id} has no slot {req.slot!r} (its slots: {', '.join(has)})", 422)
-    mv = session.exec(
-        select(ModelVersion).where(ModelVersion.model == req.model, ModelVersion.version == req.version)
-    ).first()
+    key = (req.model, req.version)
+    if key not in cache:
+        cache[key] = session.exec(
+            select(ModelVersion).where(ModelVersion.model == req.model, ModelVersion.version == req.version)
+        ).first()
+    mv = cache[key]
     if mv is None:
         raise DeployError(f"no model version {req.model}:{req.version}", 404)
     highest = session.exec(
@@ -94,17 +152,4 @@ def deploy_version(
     )
     session.add(device)
     session.add(dep)
-    session.commit()
-    session.refresh(dep)
-    log.info(
-        "desired %s:%s -> %s%s (revision %d%s) by %s",
-        req.model,
-        req.version,
-        device_id,
-        "" if req.slot == "default" else f" slot {req.slot}",
-        dep.revision,
-        ", signed rollback" if rollback else "",
-        actor,
-    )
-    deployer.publisher.publish_desired(session, device_id)
     return dep, rollback

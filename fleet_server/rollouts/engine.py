@@ -43,6 +43,7 @@ from fleet_server.webhooks import service as webhooks
 log = logging.getLogger(__name__)
 MIN_SAMPLES = 3  # telemetry messages on the new version before gates are judged
 LEASE = timedelta(seconds=30)  # a replica that dies mid-step blocks the rollout at most this long
+WAVE_CHUNK = 500  # devices a wave deploys per transaction
 
 
 def _now() -> datetime:
@@ -245,33 +246,30 @@ class RolloutEngine:
             if ids
             else {}
         )
-        for d in rows:
-            if d.id not in taken:
-                continue
-            d.state = deploying  # the bulk update above may have set it in the session already
-            dev = devices.get(d.device_id)
-            if dev is not None and d.prev_version is not None and dev.model == r.model:
-                d.baseline_json = json.dumps(agg_dict(aggs.get((d.device_id, d.prev_version))))
-            stale = aggs.get((d.device_id, r.version))
-            if stale is not None:
-                s.delete(stale)  # judge the new version on fresh telemetry only
-            if _is_shadow_wave(r) and d.prev_version is not None:
-                req = DeployRequest(
-                    model=r.model,
-                    version=d.prev_version,
-                    slot=r.slot,
-                    shadow_model=r.model,
-                    shadow_version=r.version,
-                    shadow_share=r.shadow_share,
-                )
-            else:
-                req = DeployRequest(model=r.model, version=r.version, slot=r.slot)
-            try:
-                self.deployer.deploy(s, d.device_id, req, actor)
-            except DeployError as exc:
-                d.state, d.reason = next_device_state(d.state, DeviceEvent.DEPLOY_REFUSED), str(exc)
-            d.updated_at = _now()
-            s.add(d)
+        todo = [d for d in rows if d.id in taken]
+        # in chunks: one transaction and one flush per chunk, never one per device nor one for the whole wave,
+        # and the claim renewed after each so that a long wave keeps it
+        for i in range(0, len(todo), WAVE_CHUNK):
+            chunk, items = todo[i : i + WAVE_CHUNK], []
+            for d in chunk:
+                d.state = deploying  # the bulk update above may have set it in the session already
+                dev = devices.get(d.device_id)
+                if dev is not None and d.prev_version is not None and dev.model == r.model:
+                    d.baseline_json = json.dumps(agg_dict(aggs.get((d.device_id, d.prev_version))))
+                stale = aggs.get((d.device_id, r.version))
+                if stale is not None:
+                    s.delete(stale)  # judge the new version on fresh telemetry only
+                d.updated_at = _now()
+                s.add(d)
+                items.append((d.device_id, self._request(r, d)))
+            refused = self.deployer.deploy_many(s, items, actor)
+            for d in chunk:
+                if d.device_id in refused:
+                    d.state = next_device_state(d.state, DeviceEvent.DEPLOY_REFUSED)
+                    d.reason = refused[d.device_id]
+                    s.add(d)
+            s.commit()
+            self._renew(s, r)
         r.wave_started_at = _now()
         s.add(r)
         audit(
@@ -280,6 +278,27 @@ class RolloutEngine:
             "wave_started",
             f"rollout/{r.id}",
             f"{_wave_name(r.wave)}: {len(rows)} device(s)",
+        )
+        s.commit()
+
+    def _request(self, r: Rollout, d: RolloutDevice) -> DeployRequest:
+        if _is_shadow_wave(r) and d.prev_version is not None:
+            return DeployRequest(
+                model=r.model,
+                version=d.prev_version,
+                slot=r.slot,
+                shadow_model=r.model,
+                shadow_version=r.version,
+                shadow_share=r.shadow_share,
+            )
+        return DeployRequest(model=r.model, version=r.version, slot=r.slot)
+
+    def _renew(self, s: Session, r: Rollout) -> None:
+        """Extend this replica's claim on the rollout while a long step runs."""
+        s.execute(
+            update(Rollout)
+            .where(col(Rollout.id) == r.id, col(Rollout.lease_owner) == self.name)
+            .values(lease_until=_now() + LEASE)
         )
         s.commit()
 
