@@ -180,8 +180,8 @@ class MqttBridge:
         return self.transport.wait_connected(timeout)
 
     # -- desired state -----------------------------------------------------------------------
-    def publish_desired(self, session: Session, device_id: str) -> None:
-        msg = desired_message(session, device_id)
+    def publish_desired(self, session: Session, device_id: str, cache: dict[Any, Any] | None = None) -> None:
+        msg = desired_message(session, device_id, cache)
         if msg is None:
             return
         self.transport.publish(DeviceTopics(device_id).desired, encode_message(msg), qos=1, retain=True)
@@ -194,8 +194,9 @@ class MqttBridge:
         """On (re)connect: the database is the source of truth for every retained desired state."""
         with Session(self.engine) as session:
             ids = sorted(set(session.exec(select(Deployment.device_id)).all()))
+            shared: dict[Any, Any] = {}
             for device_id in ids:
-                self.publish_desired(session, device_id)
+                self.publish_desired(session, device_id, shared)
         log.info("re-published desired state for %d device(s)", len(ids))
 
     # -- device traffic (paho's network thread: enqueue only) ---------------------------------

@@ -26,7 +26,7 @@ class DeployError(Exception):
 
 
 class DesiredPublisher(Protocol):
-    def publish_desired(self, session: Session, device_id: str) -> None: ...
+    def publish_desired(self, session: Session, device_id: str, cache: dict[Any, Any] | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,9 @@ def deploy_many(
     if items:
         req = items[0][1]
         log.info("desired %s:%s -> %d device(s) by %s", req.model, req.version, len(done), actor)
+    shared: dict[Any, Any] = {}  # what every device of the batch looks up, looked up once
     for device_id in done:
-        deployer.publisher.publish_desired(session, device_id)
+        deployer.publisher.publish_desired(session, device_id, shared)
     return refused
 
 

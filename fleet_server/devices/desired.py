@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -14,7 +15,8 @@ from fleet_server.registry.measurements import preferred_target
 from fleet_server.registry.tables import Artifact, ModelVersion
 
 
-def desired_message(session: Session, device_id: str) -> DesiredState | None:
+def desired_message(session: Session, device_id: str, cache: dict[Any, Any] | None = None) -> DesiredState | None:
+    """`cache`: shared by the messages of one batch (a wave's chunk), for what every device of it looks up."""
     device = session.get(Device, device_id)
     if device is None:
         return None
@@ -37,7 +39,7 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
                 )
         deps.append(
             DeploymentMsg(
-                measure=_measure_spec(session, device, d),
+                measure=_measure_spec(session, device, d, {} if cache is None else cache),
                 slot=d.slot,
                 revision=d.revision,
                 manifest=SignedManifest.model_validate_json(d.signed_manifest),
@@ -51,16 +53,19 @@ def desired_message(session: Session, device_id: str) -> DesiredState | None:
     return DesiredState(device_id=device_id, revision=device.desired_revision, deployments=deps, mining=mining)
 
 
-def _measure_spec(session: Session, device: Device, d: Deployment) -> MeasureSpec | None:
+def _measure_spec(session: Session, device: Device, d: Deployment, cache: dict[Any, Any]) -> MeasureSpec | None:
     """The deployment's timing budget, and the target this device's hardware chose for an earlier version
     (only where the deployment asked for no budget of its own: a budget asked for is a wish to measure)."""
     hardware = json.loads(device.capabilities_json).get("hardware_key") if device.capabilities_json else None
     prefer = None
     if hardware and d.measure_budget_s is None:
-        mv = session.get(ModelVersion, d.version_id)
-        if mv is not None:
-            targets = set(session.exec(select(Artifact.target).where(Artifact.version_id == mv.id)).all())
-            prefer = preferred_target(session, mv.model, mv.version, hardware, targets)
+        key = ("prefer", hardware, d.version_id)
+        if key not in cache:
+            mv = session.get(ModelVersion, d.version_id)
+            if mv is not None:
+                targets = set(session.exec(select(Artifact.target).where(Artifact.version_id == mv.id)).all())
+                cache[key] = preferred_target(session, mv.model, mv.version, hardware, targets)
+        prefer = cache.get(key)
     if prefer is None and d.measure_budget_s is None:
         return None
     return MeasureSpec(
