@@ -334,6 +334,7 @@ class MqttBridge:
                 devices[device_id].telemetry_json = msg.model_dump_json(by_alias=True)
                 self._history(session, device_id, msg, now)
             upsert_sums(session, pending)
+            slots.flush()
             session.commit()
 
     def _history(self, session: Session, device_id: str, msg: Telemetry, now: datetime) -> None:

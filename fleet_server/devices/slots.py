@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from edge_agent.protocol.messages import ReportedState, Telemetry, UpdateStateName
 from fleet_server.devices.tables import Device, DeviceSlot
@@ -24,6 +24,12 @@ class SlotRows:
         self.session = session
         self._ids = device_ids
         self._rows: dict[tuple[str, str], DeviceSlot] | None = None
+        self.single: set[str] = set()  # devices that now report one slot only: their slot rows go
+
+    def flush(self) -> None:
+        """Remove the slot rows of devices that serve one slot again (one statement for the batch)."""
+        if self.single:
+            self.session.exec(delete(DeviceSlot).where(col(DeviceSlot.device_id).in_(sorted(self.single))))
 
     def get(self, device_id: str, slot: str) -> DeviceSlot:
         if self._rows is None:  # only batches that carry slot reports pay for the query
@@ -36,6 +42,10 @@ class SlotRows:
         return row
 
     def reported(self, msg: ReportedState, now: datetime) -> None:
+        if set(msg.slots) <= {"default"}:  # a one-slot agent: the device row says it all; no slot rows to keep
+            self.single.add(msg.device_id)
+            return
+        self.single.discard(msg.device_id)
         for name, rep in msg.slots.items():
             row = self.get(msg.device_id, name)
             row.model, row.version, row.state = rep.model, rep.version, rep.state
