@@ -186,7 +186,8 @@ class MqttBridge:
         msg = desired_message(session, device_id, cache)
         if msg is None:
             return
-        self.transport.publish(DeviceTopics(device_id).desired, encode_message(msg), qos=1, retain=True)
+        # waits for room in the outgoing queue rather than drop a desired state: a wave publishes thousands
+        self.transport.publish(DeviceTopics(device_id).desired, encode_message(msg), qos=1, retain=True, wait_s=30)
 
     def clear_desired(self, device_id: str) -> None:
         """An empty retained message removes the device's retained desired state from the broker."""

@@ -10,6 +10,7 @@ import functools
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
@@ -127,10 +128,20 @@ class MqttTransport(Transport):
             self._client.loop_stop()
             self._connected.clear()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, wait_s: float = 0.0) -> bool:
+        """Queue a message for the broker. The outgoing queue holds 1,000: when it is full the message is
+        dropped, unless `wait_s` > 0, which waits up to that long for room (flow control for a sender of
+        many, such as a rollout wave's desired states). Returns whether it was queued."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+            return False
+        return True
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         self._add_sub(topic_filter, handler, qos, False)
