@@ -5,6 +5,7 @@ on an Agent built from its config (nothing connects: it is never started)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.protocol.messages import Deployment, DesiredState
 from tests.factories import Keys, signed
-from tests.helpers import Server, start_agent, wait_for
+from tests.helpers import Proc, Server, start_agent, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,21 +38,29 @@ def _serving(fleet: Server, device_id: str, name: str, model: str, version: int,
     )
 
 
-def test_two_slots_two_models_one_rolled_back_alone_and_cameras_reassigned(
-    tmp_path: Path, mosquitto: str, assets: dict[str, Path]
-) -> None:
-    fleet = Server(tmp_path / "server", mosquitto)
-    agent = None
-    try:
-        fleet.push(assets["model_v1"])  # colors:1
-        fleet.push(assets["model_slow"])  # colors:2: right, but far slower than the camera
-        fleet.push(assets["model_v3"], name="tint")  # tint:1, a second model
-        enrolled = fleet.enroll("box-1")
-        video = str(assets["video"])
-        sources = [{"uri": video, "name": "gate"}, {"uri": video, "name": "dock", "slot": "dock"}]
-        agent = start_agent(tmp_path, enrolled, video, config={"sources": sources})
-        wait_for(lambda: fleet.device("box-1")["online"], 20, "agent online")
+@pytest.fixture()
+def fleet(tmp_path: Path, mosquitto: str) -> Iterator[Server]:
+    s = Server(tmp_path / "server", mosquitto)
+    yield s
+    s.stop()
 
+
+def _box(tmp_path: Path, fleet: Server, device_id: str, video: Path, cameras: tuple[str, str]) -> Proc:
+    """An agent with two cameras of the same video: the first feeds the default slot, the second `dock`."""
+    sources = [{"uri": str(video), "name": cameras[0]}, {"uri": str(video), "name": cameras[1], "slot": "dock"}]
+    agent = start_agent(tmp_path, fleet.enroll(device_id), str(video), config={"sources": sources})
+    wait_for(lambda: fleet.device(device_id)["online"], 20, "agent online")
+    return agent
+
+
+def test_two_slots_two_models_one_rolled_back_alone_and_cameras_reassigned(
+    tmp_path: Path, fleet: Server, assets: dict[str, Path]
+) -> None:
+    fleet.push(assets["model_v1"])  # colors:1
+    fleet.push(assets["model_slow"])  # colors:2: right, but far slower than the camera
+    fleet.push(assets["model_v3"], name="tint")  # tint:1, a second model
+    agent = _box(tmp_path, fleet, "box-1", assets["video"], ("gate", "dock"))
+    try:
         fleet.cli("deploy", "colors:1", "--device", "box-1", "--health-window", "0.5")
         out = fleet.cli("deploy", "tint:1", "--device", "box-1", "--slot", "dock", "--health-window", "0.5")
         assert "in slot dock" in out.stdout
@@ -95,25 +104,17 @@ def test_two_slots_two_models_one_rolled_back_alone_and_cameras_reassigned(
         page = fleet.http.get("/console/devices/box-1/live").text
         assert 'data-slot="dock"' in page and "tint:1" in page
     finally:
-        if agent:
-            agent.stop()
-        fleet.stop()
+        agent.stop()
 
 
 def test_a_slot_rollout_updates_that_slot_and_leaves_the_default_alone(
-    tmp_path: Path, mosquitto: str, assets: dict[str, Path]
+    tmp_path: Path, fleet: Server, assets: dict[str, Path]
 ) -> None:
-    fleet = Server(tmp_path / "server", mosquitto)
-    agent = None
+    fleet.push(assets["model_v1"])  # colors:1
+    fleet.push(assets["model_v1"], name="tint")  # tint:1
+    fleet.push(assets["model_v3"], name="tint")  # tint:2
+    agent = _box(tmp_path, fleet, "box-2", assets["video"], ("a", "b"))
     try:
-        fleet.push(assets["model_v1"])  # colors:1
-        fleet.push(assets["model_v1"], name="tint")  # tint:1
-        fleet.push(assets["model_v3"], name="tint")  # tint:2
-        enrolled = fleet.enroll("box-2")
-        video = str(assets["video"])
-        config = {"sources": [{"uri": video, "name": "a"}, {"uri": video, "name": "b", "slot": "dock"}]}
-        agent = start_agent(tmp_path, enrolled, video, config=config)
-        wait_for(lambda: fleet.device("box-2")["online"], 20, "agent online")
         fleet.cli("deploy", "colors:1", "--device", "box-2", "--health-window", "0.5")
         fleet.cli("deploy", "tint:1", "--device", "box-2", "--slot", "dock", "--health-window", "0.5")
         _serving(fleet, "box-2", "dock", "tint", 1)
@@ -135,9 +136,7 @@ def test_a_slot_rollout_updates_that_slot_and_leaves_the_default_alone(
         dev = fleet.device("box-2")
         assert (dev["model"], dev["version"], dev["state"]) == ("colors", 1, "committed")
     finally:
-        if agent:
-            agent.stop()
-        fleet.stop()
+        agent.stop()
 
 
 def _agent(tmp_path: Path, keys: Keys, **over: Any) -> Agent:

@@ -18,7 +18,21 @@ class DeviceBase(SQLModel):
     id: str = Field(primary_key=True, max_length=64)
 
 
-class Device(DeviceBase, table=True):
+class SlotState(SQLModel):
+    """What a device reports of one model slot: Device holds its default slot's, DeviceSlot every slot's of
+    an agent that serves several."""
+
+    model: str | None = Field(default=None, max_length=64)
+    version: int | None = None  # serving frames
+    state: UpdateStateName | None = Field(default=None, sa_type=EnumText(UpdateStateName, 32))
+    target_version: int | None = None  # being installed, or the last that failed
+    reason: str | None = None
+    shadow_version: int | None = None
+    shadow_reason: str | None = None
+    target: str | None = Field(default=None, max_length=16)  # the artifact target serving frames
+
+
+class Device(DeviceBase, SlotState, table=True):
     token_hash: str = Field(max_length=64, index=True)
     mining_json: str | None = None  # hard-sample mining settings sent in the desired state
     tags_json: str = "{}"
@@ -26,17 +40,8 @@ class Device(DeviceBase, table=True):
     online: bool = False
     last_seen: datetime | None = None
     desired_revision: int = 0
-    # reported state, default slot
-    model: str | None = Field(default=None, max_length=64)
-    version: int | None = None
-    state: UpdateStateName | None = Field(default=None, sa_type=EnumText(UpdateStateName, 32))
-    target_version: int | None = None
-    reason: str | None = None
-    shadow_version: int | None = None
-    shadow_reason: str | None = None
     reported_revision: int | None = None
     capabilities_json: str | None = None
-    target: str | None = Field(default=None, max_length=16)  # the artifact target serving frames
     target_reason: str | None = Field(default=None, max_length=500)  # why that one (its own timing, or not)
     detail: str | None = Field(default=None, max_length=200)  # what its running update step is doing
     # latest telemetry
@@ -52,20 +57,12 @@ class Device(DeviceBase, table=True):
 CAMERA_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
 
 
-class DeviceSlot(SQLModel, table=True):
+class DeviceSlot(SlotState, table=True):
     """What a device reports per model slot: each slot has its own model, cameras and update state. The
     default slot's report is also kept on Device itself (the fleet page and most rollouts read that)."""
 
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=64)
     slot: str = Field(primary_key=True, max_length=32)
-    model: str | None = Field(default=None, max_length=64)
-    version: int | None = None
-    state: UpdateStateName | None = Field(default=None, sa_type=EnumText(UpdateStateName, 32))
-    target_version: int | None = None
-    reason: str | None = None
-    shadow_version: int | None = None
-    shadow_reason: str | None = None
-    target: str | None = Field(default=None, max_length=16)
     sources_json: str = "[]"  # the cameras it serves, by name
     fps: float | None = None
     latency_ms_p95: float | None = None
