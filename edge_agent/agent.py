@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 from edge_agent import capabilities
@@ -83,6 +84,7 @@ class Agent:
         ]
         self._configured = {s.name: c.slot for s, c in zip(self.sources, config.sources, strict=True)}
         self._stop = threading.Event()
+        self._boot, self._report_seq, self._report_lock = uuid.uuid4().hex[:12], 0, threading.Lock()
         self.slots = {
             name: ModelSlot(
                 name, config, self.caps, self.device_kind, self.trust,
@@ -206,14 +208,18 @@ class Agent:
 
     # -- reporting ---------------------------------------------------------------------------
     def _report(self) -> None:
-        slots = {**self._refused, **{name: slot.report() for name, slot in self.slots.items()}}
-        msg = ReportedState(
-            device_id=self.cfg.device_id,
-            revision=max(slot.revision for slot in self.slots.values()),
-            slots=slots,
-            capabilities=self.caps,
-        )
-        self.transport.publish(self.topics.reported, encode_message(msg), qos=1, retain=True)
+        with self._report_lock:  # slots report from their own threads: numbered in the order they are sent
+            self._report_seq += 1
+            slots = {**self._refused, **{name: slot.report() for name, slot in self.slots.items()}}
+            msg = ReportedState(
+                device_id=self.cfg.device_id,
+                revision=max(slot.revision for slot in self.slots.values()),
+                boot=self._boot,
+                seq=self._report_seq,
+                slots=slots,
+                capabilities=self.caps,
+            )
+            self.transport.publish(self.topics.reported, encode_message(msg), qos=1, retain=True)
 
     def _publish_event(self, ev: DetectionEvent) -> None:
         self.transport.publish(self.topics.events, encode_message(ev), qos=1)

@@ -55,6 +55,30 @@ class _Item(NamedTuple):
     at: float  # monotonic time it arrived
 
 
+def _report_order(msg: ReportedState, item: _Item) -> tuple[int, int]:
+    return (msg.seq, item.seq)
+
+
+def _newest_reports(decoded: list[tuple[_Item, Any]]) -> tuple[list[tuple[_Item, Any]], list[_Item]]:
+    """A device's `reported` is its whole state: of several in one batch only its newest is applied (a
+    rollout sends about seven per device), by the agent's own numbering, since the broker may deliver two
+    reports out of order; arrival decides between different agent processes. Returns (to apply, superseded:
+    acknowledged with the batch)."""
+    best: dict[str, tuple[_Item, ReportedState]] = {}
+    for item, msg in decoded:
+        if isinstance(msg, ReportedState):
+            have = best.get(item.device_id)
+            if have is None or (
+                _report_order(msg, item) > _report_order(have[1], have[0]) if msg.boot == have[1].boot else True
+            ):
+                best[item.device_id] = (item, msg)
+    if len(best) == sum(isinstance(m, ReportedState) for _, m in decoded):
+        return decoded, []
+    keep = {id(best[d][0]) for d in best}
+    applied = [(i, m) for i, m in decoded if not isinstance(m, ReportedState) or id(i) in keep]
+    return applied, [i for i, m in decoded if isinstance(m, ReportedState) and id(i) not in keep]
+
+
 def _retryable(exc: BaseException) -> bool:
     """The database is away or busy (locked, restarting, connection lost): try the same messages again later."""
     return isinstance(exc, OperationalError | InterfaceError) or (
@@ -110,6 +134,7 @@ class MqttBridge:
         self.shed_count = 0
         self.applied = 0
         self.superseded = 0  # `reported` messages a newer one of the same device in the same batch replaced
+        self.stale = 0  # `reported` messages older than one already applied (delivered late), not applied
         self.errors = 0  # unexpected errors the worker survived
         self.db_retries = 0  # state batches tried again because the database was away
         self.restarts = 0  # times the watchdog had to start a new worker
@@ -167,6 +192,7 @@ class MqttBridge:
             "persistent_session": self.persistent,
             "applied": self.applied,
             "superseded": self.superseded,
+            "stale": self.stale,
             "rejected": self.rejected,
             "telemetry_shed": self.shed_count,
             "errors": self.errors,
@@ -274,14 +300,8 @@ class MqttBridge:
         return False
 
     def _store(self, batch: list[_Item], state: bool) -> None:
-        # a device's `reported` is its whole state, retained: of several in one batch only the newest is
-        # applied (a 20,000-device rollout sends about seven each); the older are acknowledged with the batch
-        newest = {item.device_id: item.seq for item in batch if item.kind == "reported"}
-        old = [item for item in batch if item.kind == "reported" and newest[item.device_id] != item.seq]
         decoded: list[tuple[_Item, Any]] = []
         for item in batch:
-            if old and item.kind == "reported" and newest[item.device_id] != item.seq:
-                continue
             try:
                 model: Any = _MODELS[item.kind]
                 decoded.append((item, decode_message(item.payload, model, expect_device=item.device_id)))
@@ -290,9 +310,8 @@ class MqttBridge:
                 item.ack()
                 log.warning("ignored %s from %s: %s", item.kind, item.device_id, str(exc)[:200])
         if not decoded:
-            for item in old:  # superseded by a message that was refused: nothing of theirs to store either
-                item.ack()
             return
+        decoded, old = _newest_reports(decoded)
         try:
             self._apply_batch(decoded)
             self.applied += len(decoded)
@@ -396,6 +415,10 @@ class MqttBridge:
                 webhooks.emit(session, "device.offline", gone)
             device.online = msg.status == "online"
         elif isinstance(msg, ReportedState):  # retained: may be old, so it says nothing about online
+            if msg.boot and msg.boot == device.reported_boot and msg.seq <= (device.reported_seq or 0):
+                self.stale += 1  # delivered late: the device has reported since
+                return
+            device.reported_boot, device.reported_seq = msg.boot, msg.seq
             slot = msg.slots.get("default")
             if slot is not None:
                 device.model, device.version = slot.model, slot.version

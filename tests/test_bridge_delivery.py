@@ -167,3 +167,34 @@ def test_state_messages_received_but_not_stored_come_back_after_a_server_kill(
             pub.disconnect()
         s.stop()
         broker.stop()
+
+
+def test_a_report_delivered_late_does_not_undo_a_newer_one(tmp_path: Path, mosquitto: str) -> None:
+    """Two reports of one agent process reach the server in the wrong order (the broker may deliver them
+    so: it happened in a 5,000-device rollout). The agent numbers its reports; the older is not applied,
+    whether it comes in the same batch or a later one."""
+    s = Server(tmp_path / "server", mosquitto)
+    pub = _client(mosquitto, "late-reporter")
+    try:
+        s.enroll("late-1")
+        topics = DeviceTopics("late-1")
+
+        def report(seq: int, state: UpdateStateName, boot: str = "b1") -> bytes:
+            version = 1 if state == "committed" else None
+            slot = SlotReport(model="colors", version=version, state=state, target_version=1)
+            return encode_message(
+                ReportedState(device_id="late-1", revision=1, boot=boot, seq=seq, slots={"default": slot})
+            )
+
+        pub.publish(topics.reported, report(2, UpdateStateName.committed), qos=1).wait_for_publish(5)
+        wait_for(lambda: s.device("late-1")["state"] == "committed", 10, "committed applied")
+        pub.publish(topics.reported, report(1, UpdateStateName.downloading), qos=1).wait_for_publish(5)
+        wait_for(lambda: s.http.get("/healthz").json()["bridge"]["stale"] == 1, 10, "the late report counted")
+        assert s.device("late-1")["state"] == "committed"
+        # a new agent process numbers from 1 again: its reports apply
+        pub.publish(topics.reported, report(1, UpdateStateName.downloading, boot="b2"), qos=1).wait_for_publish(5)
+        wait_for(lambda: s.device("late-1")["state"] == "downloading", 10, "a restarted agent's report applied")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        s.stop()

@@ -28,6 +28,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ class SimDevice:
     measured: MeasuredTargets | None = None
     manifest: object | None = None  # the verified manifest being installed
     prefer: tuple[str | None, str | None] = (None, None)
+    boot: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    report_seq: int = 0
 
 
 class FleetSim:
@@ -201,9 +204,12 @@ class FleetSim:
         self.client.publish(DeviceTopics(d.id).status, encode_message(msg), qos=1, retain=True)
 
     def _report(self, d: SimDevice) -> None:
+        d.report_seq += 1
         msg = ReportedState(
             device_id=d.id,
             revision=d.revision,
+            boot=d.boot,
+            seq=d.report_seq,
             slots={
                 "default": SlotReport(
                     model=d.model,

@@ -164,6 +164,13 @@ class Capabilities(BaseModel):
 
 class ReportedState(_Msg):
     revision: int = Field(ge=0, description="Desired revision the agent last acted on.")
+    boot: str | None = Field(None, max_length=32, description="Random per agent process: `seq` counts within it.")
+    seq: int = Field(
+        0,
+        ge=0,
+        description="Counts this process's reports: the server applies none older than one it has (a report the "
+        "broker delivers late must not undo a newer one).",
+    )
     slots: dict[str, SlotReport] = Field(default_factory=dict)
     capabilities: Capabilities | None = None
     ts: float = Field(default_factory=time.time)

@@ -41,6 +41,8 @@ class Device(DeviceBase, SlotState, table=True):
     last_seen: datetime | None = None
     desired_revision: int = 0
     reported_revision: int | None = None
+    reported_boot: str | None = Field(default=None, max_length=32)  # the agent process of the last report applied
+    reported_seq: int | None = None  # and its number there: an older one is not applied
     capabilities_json: str | None = None
     target_reason: str | None = Field(default=None, max_length=500)  # why that one (its own timing, or not)
     detail: str | None = Field(default=None, max_length=200)  # what its running update step is doing

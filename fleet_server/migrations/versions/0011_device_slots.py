@@ -1,4 +1,4 @@
-"""per-slot reported state of a device, the cameras a deployment assigns to its slot
+"""per-slot reported state of a device, the cameras a deployment assigns to its slot, the order of reports
 
 Revision ID: 0011
 Revises: 0010
@@ -39,9 +39,15 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("deployment", schema=None) as batch_op:
         batch_op.add_column(sa.Column("sources_json", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
+    with op.batch_alter_table("device", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("reported_boot", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True))
+        batch_op.add_column(sa.Column("reported_seq", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("device", schema=None) as batch_op:
+        batch_op.drop_column("reported_seq")
+        batch_op.drop_column("reported_boot")
     with op.batch_alter_table("deployment", schema=None) as batch_op:
         batch_op.drop_column("sources_json")
     op.drop_table("deviceslot")
