@@ -76,6 +76,8 @@ class FleetCollector(Collector):
             ("applied", "Device messages stored."),
             ("rejected", "Device messages refused (malformed, hostile, wrong device)."),
             ("telemetry_shed", "Telemetry points shed because the bridge was overloaded (state messages never are)."),
+            ("superseded", "Reported states replaced by a newer one of the same device in the same batch."),
+            ("stale", "Reported states older than one already applied (delivered late), not applied."),
             ("db_retries", "State batches tried again because the database was unavailable."),
             ("errors", "Unexpected errors the bridge worker survived."),
             ("restarts", "Times the watchdog restarted the bridge worker."),
