@@ -120,7 +120,7 @@ def rollout_run(work: Path, mqtt_url: str, model: Path, n: int) -> dict:
         server.stop()
 
 
-def ingest_run(servers: list[Server], mqtt_port: int, n: int, seconds: float) -> dict:
+def ingest_run(servers: list[Server], mqtt_port: int, n: int, seconds: float, db: str) -> dict:
     first = servers[0]
     sim = FleetSim(
         first.url,
@@ -140,14 +140,18 @@ def ingest_run(servers: list[Server], mqtt_port: int, n: int, seconds: float) ->
     def applied() -> int:
         return sum(httpx.get(s.url + "/healthz").json()["bridge"].get("applied", 0) for s in servers)
 
-    a0, r0, t0 = applied(), raw.n, time.monotonic()
+    def shed() -> int:
+        return sum(httpx.get(s.url + "/healthz").json()["bridge"].get("telemetry_shed", 0) for s in servers)
+
+    a0, r0, t0, s0 = applied(), raw.n, time.monotonic(), shed()
     time.sleep(seconds)
     a1, r1, t1 = applied(), raw.n, time.monotonic()
     sim.stop()
     raw.close()
-    overflow = sum(httpx.get(s.url + "/healthz").json()["bridge"].get("telemetry_shed", 0) for s in servers)
+    overflow = shed() - s0
     server_rate, raw_rate = (a1 - a0) / (t1 - t0), (r1 - r0) / (t1 - t0)
     return {
+        "database": db,
         "replicas": len(servers),
         "devices": n,
         "server_msgs_per_s": round(server_rate, 1),
@@ -182,7 +186,7 @@ def main() -> int:
             print(f"rollout to {n}: {out['rollouts'][-1]}", flush=True)
         s1 = Server(work / "ingest", mqtt_url)
         try:
-            out["ingest"].append(ingest_run([s1], port, args.ingest_devices, args.seconds))
+            out["ingest"].append(ingest_run([s1], port, args.ingest_devices, args.seconds, "sqlite"))
         finally:
             s1.stop()
         if args.replicas:
@@ -197,7 +201,7 @@ def main() -> int:
                 for count in sorted({int(x) for x in args.replicas.split(",")}):
                     while len(servers) < count:
                         servers.append(Server(work / f"rep{len(servers)}", mqtt_url, extra=["--database-url", db]))
-                    out["ingest"].append(ingest_run(servers, port, args.ingest_devices, args.seconds))
+                    out["ingest"].append(ingest_run(servers, port, args.ingest_devices, args.seconds, "postgresql"))
                     print(f"ingest, {count} replica(s): {out['ingest'][-1]}", flush=True)
             finally:
                 for s in servers:
@@ -213,10 +217,11 @@ def main() -> int:
             f"{r['state']:<22}{r['devices']:>8}{r['create_to_all_active_s']:>16}{r['server_cpu_s']:>8}"
             f"{r['server_peak_rss_mib']:>10}{r['enroll_s']:>10}"
         )
-    print(f"\n{'telemetry ingest':<22}{'devices':>8}{'server msg/s':>14}{'raw msg/s':>11}{'ratio':>8}{'shed':>9}")
+    print(f"\n{'telemetry ingest':<26}{'devices':>8}{'server msg/s':>14}{'raw msg/s':>11}{'ratio':>8}{'shed':>9}")
     for r in out["ingest"]:
+        where = f"{r['database']}, {r['replicas']} replica(s)"
         print(
-            f"{str(r['replicas']) + ' replica(s)':<22}{r['devices']:>8}{r['server_msgs_per_s']:>14}"
+            f"{where:<26}{r['devices']:>8}{r['server_msgs_per_s']:>14}"
             f"{r['raw_broker_msgs_per_s']:>11}{r['server_over_raw']:>8}{r['telemetry_shed']:>9}"
         )
     out["machine"] = {"python": platform.python_version(), "platform": platform.platform()}
