@@ -95,10 +95,13 @@ class MosquittoAuth:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _edit(self, drop: str | None, add: str | None) -> None:
+        self._edit_many({drop} if drop else set(), [add] if add else [])
+
+    def _edit_many(self, drop: set[str], add: list[str]) -> None:
         passwd = self.dir / "passwd"
         text = passwd.read_text() if passwd.exists() else ""
-        keep = [ln for ln in text.splitlines() if ln and not (drop and ln.startswith(drop + ":"))]
-        atomic_write_bytes(passwd, ("\n".join([*keep, *([add] if add else [])]) + "\n").encode(), mode=self.mode)
+        keep = [ln for ln in text.splitlines() if ln and ln.split(":", 1)[0] not in drop]
+        atomic_write_bytes(passwd, ("\n".join([*keep, *add]) + "\n").encode(), mode=self.mode)
 
     def write_base(self) -> None:
         """The server's own account and the ACL (devices' lines stay as they are)."""
@@ -122,6 +125,11 @@ class MosquittoAuth:
         with self._locked():
             self._edit(device_id, f"{device_id}:{mosquitto_hash(token)}" if token is not None else None)
 
+    def set_devices(self, tokens: dict[str, str]) -> None:
+        """Many devices' credentials in one write (a batch enrolment)."""
+        with self._locked():
+            self._edit_many(set(tokens), [f"{d}:{mosquitto_hash(t)}" for d, t in tokens.items()])
+
 
 class Broker:
     url: str  # how the server connects (may carry credentials)
@@ -136,6 +144,11 @@ class Broker:
     def stop(self) -> None: ...
 
     def add_device(self, device_id: str, token: str) -> None: ...
+
+    def add_devices(self, tokens: dict[str, str]) -> None:
+        """Many credentials at once: one write and one broker reload, not one per device."""
+        for device_id, token in tokens.items():
+            self.add_device(device_id, token)
 
     def remove_device(self, device_id: str) -> None: ...
 
@@ -168,6 +181,10 @@ class ExternalBroker(Broker):
     def add_device(self, device_id: str, token: str) -> None:
         if self.auth is not None:
             self.auth.set_device(device_id, token)
+
+    def add_devices(self, tokens: dict[str, str]) -> None:
+        if self.auth is not None:
+            self.auth.set_devices(tokens)
 
     def remove_device(self, device_id: str) -> None:
         if self.auth is not None:
@@ -289,6 +306,10 @@ class MosquittoBroker(Broker):
 
     def add_device(self, device_id: str, token: str) -> None:
         self.auth.set_device(device_id, token)
+        self._reload()
+
+    def add_devices(self, tokens: dict[str, str]) -> None:
+        self.auth.set_devices(tokens)
         self._reload()
 
     def remove_device(self, device_id: str) -> None:

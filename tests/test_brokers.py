@@ -12,6 +12,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
 from tests.helpers import Proc, Server, free_port, start_agent, wait_for
 
@@ -185,3 +186,32 @@ def test_an_external_mosquitto_takes_its_accounts_from_the_server(tmp_path: Path
     finally:
         fleet.stop()
         broker.stop()
+
+
+def test_a_batch_enrolment_admits_every_device_at_once_or_none(tmp_path: Path) -> None:
+    """`edgeloop devices enroll ID ID ... --out-dir` on the Mosquitto the server runs: one request, one
+    broker update; each device connects with its own token; a batch naming an enrolled or invalid id
+    creates nothing."""
+    fleet = Server(tmp_path / "server", None, extra=["--mqtt-broker", "mosquitto"])
+    try:
+        ids = [f"yard-{i}" for i in range(3)]
+        (tmp_path / "more.txt").write_text("# one per line\nyard-3\n")
+        out = tmp_path / "creds"
+        r = fleet.cli("devices", "enroll", *ids, "--from-file", str(tmp_path / "more.txt"), "--out-dir", str(out))
+        assert "enrolled 4 device(s)" in r.stdout
+        for device_id in [*ids, "yard-3"]:
+            path = out / f"{device_id}.yaml"
+            assert path.stat().st_mode & 0o777 == 0o600
+            cfg = yaml.safe_load(path.read_text())
+            assert cfg["device_id"] == device_id
+            assert wait_for(lambda c=cfg: _admitted(c["mqtt_url"], c["device_id"], c["token"]), 10, "admitted")
+        assert _admitted(cfg["mqtt_url"], "yard-0", cfg["token"]) is False  # yard-3's token is not yard-0's
+
+        bad = fleet.cli("devices", "enroll", "yard-9", "yard-1", "--json", check=False)
+        assert bad.returncode != 0 and "already enrolled (1): yard-1" in bad.stderr
+        bad = fleet.cli("devices", "enroll", "yard-9", "edgeloop-x", "--json", check=False)
+        assert bad.returncode != 0 and "reserved" in bad.stderr
+        listed = {d["id"] for d in fleet.http.get("/api/v1/devices").json()}
+        assert listed == {*ids, "yard-3"}  # neither refused batch created yard-9
+    finally:
+        fleet.stop()

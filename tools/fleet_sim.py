@@ -151,12 +151,23 @@ class FleetSim:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def enroll(self, tags: dict[str, str] | None = None, tag_fn=None) -> None:  # type: ignore[no-untyped-def]
-        for d in self.devices.values():
-            r = self.http.post("/api/v1/devices", json={"device_id": d.id})
+        ids = list(self.devices)
+        fresh: set[str] = set()
+        for i in range(0, len(ids), 1000):  # batch enrolment, all or nothing; one by one where some exist
+            chunk = ids[i : i + 1000]
+            r = self.http.post("/api/v1/devices/batch", json={"device_ids": chunk})
             if r.status_code == 409:
                 continue
             r.raise_for_status()
-            self.root_public_key = r.json()["root_public_key"]
+            self.root_public_key = r.json()[0]["root_public_key"]
+            fresh.update(chunk)
+        for d in self.devices.values():
+            if d.id not in fresh:
+                r = self.http.post("/api/v1/devices", json={"device_id": d.id})
+                if r.status_code == 409:
+                    continue
+                r.raise_for_status()
+                self.root_public_key = r.json()["root_public_key"]
             t = dict(tags or {})
             if tag_fn is not None:
                 t.update(tag_fn(d.id))

@@ -162,11 +162,48 @@ def _host_text(h: dict[str, Any]) -> str:
 # -- devices --------------------------------------------------------------------------------------
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
     c = AdminClient(args.server_url, args.token)
+    ids = args.device_id if isinstance(args.device_id, list) else [args.device_id]
+    if args.from_file is not None:
+        ids += [ln.strip() for ln in args.from_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not ids:
+        raise SystemExit("give one or more device ids (or --from-file)")
     if getattr(args, "rotate", False):
-        r = c.request("POST", f"/api/v1/devices/{args.device_id}/rotate-token")
+        r = c.request("POST", f"/api/v1/devices/{ids[0]}/rotate-token")
+    elif len(ids) > 1:
+        return _enroll_many(args, c, ids)
     else:
-        r = c.request("POST", "/api/v1/devices", json={"device_id": args.device_id})
-    text = "\n".join(
+        r = c.request("POST", "/api/v1/devices", json={"device_id": ids[0]})
+    text = _agent_yaml(r)
+    if args.out is not None:  # the token is a secret: readable by its owner only
+        _write_secret(args.out, text)
+        print(f"wrote {args.out} (mode 0600)")
+        return 0
+    out(args, r, text)
+    return 0
+
+
+def _enroll_many(args: argparse.Namespace, c: AdminClient, ids: list[str]) -> int:
+    """One batch request (all or nothing); each device's agent.yaml written to --out-dir as ID.yaml."""
+    if args.out_dir is None and not args.json:
+        raise SystemExit("enrolling several devices: give --out-dir DIR (one agent.yaml each) or --json")
+    rows = c.request("POST", "/api/v1/devices/batch", json={"device_ids": ids})
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            _write_secret(args.out_dir / f"{r['device_id']}.yaml", _agent_yaml(r))
+    out(args, rows, f"enrolled {len(rows)} device(s); agent.yaml for each in {args.out_dir} (mode 0600)")
+    return 0
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
+def _agent_yaml(r: dict[str, Any]) -> str:
+    return "\n".join(
         [
             "# agent.yaml for this device (the token is shown once; keep it secret)",
             f"device_id: {r['device_id']}",
@@ -179,15 +216,6 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
         ]
         + (["mqtt_ca: |", *(f"  {line}" for line in r["mqtt_ca"].strip().splitlines())] if r.get("mqtt_ca") else [])
     )
-    if args.out is not None:  # the token is a secret: readable by its owner only
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.chmod(args.out, 0o600)
-        print(f"wrote {args.out} (mode 0600)")
-        return 0
-    out(args, r, text)
-    return 0
 
 
 def cmd_devices_show(args: argparse.Namespace) -> int:
@@ -330,16 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     ms.set_defaults(func=cmd_models_show)
 
     d = sub.add_parser("devices", help="devices").add_subparsers(dest="sub", required=True)
-    de = d.add_parser("enroll", help="create a device credential (printed once, as agent.yaml)")
-    de.add_argument("device_id")
+    de = d.add_parser("enroll", help="create device credentials (printed once, as agent.yaml)")
+    de.add_argument("device_id", nargs="*", help="one or more device ids (several: one request, all or nothing)")
+    de.add_argument("--from-file", type=Path, help="also the ids in this file, one per line")
     de.add_argument("--out", type=Path, help="write the agent.yaml here, readable by its owner only (mode 0600)")
+    de.add_argument("--out-dir", type=Path, help="several devices: write DIR/ID.yaml for each (mode 0600)")
     _admin_flags(de)
     de.set_defaults(func=cmd_devices_enroll)
     dr = d.add_parser("rotate-token", help="a new credential for a device (printed once, as agent.yaml)")
     dr.add_argument("device_id")
     dr.add_argument("--out", type=Path, help="write the agent.yaml here, readable by its owner only (mode 0600)")
     _admin_flags(dr)
-    dr.set_defaults(func=cmd_devices_enroll, rotate=True)
+    dr.set_defaults(func=cmd_devices_enroll, rotate=True, from_file=None, out_dir=None)
     ds = d.add_parser("show", help="one device: state, version, figures, tags, sources")
     ds.add_argument("device_id")
     _admin_flags(ds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,13 +37,43 @@ def get_device(session: Session, device_id: str) -> Device:
     return d
 
 
-def enroll(session: Session, broker: Broker, device_id: str) -> str:
-    """A new device and its token (returned once; only its hash is stored)."""
+def _check_id(device_id: str) -> None:
     if not valid_device_id(device_id):
-        raise DeviceError("device_id must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
+        raise DeviceError(
+            f"{device_id[:70]!r}: a device_id is 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
+        )
     if device_id.lower().startswith(RESERVED_PREFIX):
         # the broker account of the server itself (readwrite on every device's topics) lives in this namespace
         raise DeviceError(f"device ids starting with {RESERVED_PREFIX!r} are reserved for the server's own accounts")
+
+
+MAX_BATCH_ENROLL = 10_000
+
+
+def enroll_many(session: Session, broker: Broker, device_ids: list[str], actor: str) -> dict[str, str]:
+    """Many new devices and their tokens in one transaction and one broker update (a fleet provisioned at
+    once). All or nothing: any invalid, repeated or already enrolled id refuses the whole batch, naming it."""
+    if not 1 <= len(device_ids) <= MAX_BATCH_ENROLL:
+        raise DeviceError(f"enrol 1 to {MAX_BATCH_ENROLL} devices at once, not {len(device_ids)}")
+    for device_id in device_ids:
+        _check_id(device_id)
+    twice = sorted(d for d, n in Counter(device_ids).items() if n > 1)
+    if twice:
+        raise DeviceError(f"named more than once: {', '.join(twice[:10])}")
+    have = session.exec(select(Device.id).where(col(Device.id).in_(device_ids))).all()
+    if have:
+        raise DeviceError(f"already enrolled ({len(have)}): {', '.join(sorted(have)[:10])}", 409)
+    tokens = {device_id: new_device_token() for device_id in device_ids}
+    session.add_all(Device(id=device_id, token_hash=token_hash(token)) for device_id, token in tokens.items())
+    audit(session, actor, "devices.enrolled", "devices", f"{len(tokens)} device(s)")
+    session.commit()
+    broker.add_devices(tokens)
+    return tokens
+
+
+def enroll(session: Session, broker: Broker, device_id: str) -> str:
+    """A new device and its token (returned once; only its hash is stored)."""
+    _check_id(device_id)
     if session.get(Device, device_id) is not None:
         raise DeviceError(
             f"device {device_id!r} is already enrolled; a new credential: edgeloop devices rotate-token {device_id}",

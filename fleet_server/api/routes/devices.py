@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field, StringConstraints
 from sqlmodel import select
 
 from fleet_server.api.deps import AdminDep, Limit, Offset, OperatorDep, ServicesDep, SessionDep, ViewerDep
@@ -17,6 +18,12 @@ from fleet_server.devices.tables import DeployRequest, Device, DeviceEnrolled, D
 from fleet_server.services import Services
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+
+
+class EnrollBatch(BaseModel):
+    device_ids: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        min_length=1, max_length=service.MAX_BATCH_ENROLL
+    )
 
 
 def _credential(services: Services, device_id: str, token: str) -> DeviceEnrolled:
@@ -42,6 +49,16 @@ def enroll(body: dict, session: SessionDep, services: ServicesDep, _: AdminDep) 
     except DeviceError as exc:
         raise _fail(exc) from None
     return _credential(services, device_id, token)
+
+
+@router.post("/batch", status_code=status.HTTP_201_CREATED, response_model=list[DeviceEnrolled])
+def enroll_batch(body: EnrollBatch, session: SessionDep, services: ServicesDep, who: AdminDep) -> list[DeviceEnrolled]:
+    """Enrol many devices at once (all or nothing): one transaction and one broker update."""
+    try:
+        tokens = service.enroll_many(session, services.broker, body.device_ids, who.actor)
+    except DeviceError as exc:
+        raise _fail(exc) from None
+    return [_credential(services, device_id, token) for device_id, token in tokens.items()]
 
 
 @router.post("/{device_id}/rotate-token", response_model=DeviceEnrolled)
