@@ -32,6 +32,7 @@ class Remote(Protocol):
     def fetch(self, key: str, dest: Path) -> bool: ...
     def delete(self, key: str) -> None: ...
     def describe(self) -> str: ...
+    def list(self, prefix: str, delimiter: str | None = None) -> list[str]: ...
 
 
 class S3Remote:
@@ -102,6 +103,19 @@ class S3Remote:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str, delimiter: str | None = None) -> list[str]:
+        """Keys under `prefix` (relative to the URL's prefix); with a delimiter, the keys and the common
+        prefixes one level down (ending in the delimiter), as S3 lists them."""
+        strip = len(self._key(""))
+        args: dict[str, str] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        if delimiter:
+            args["Delimiter"] = delimiter
+        out: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(**args):
+            out += [o["Key"][strip:] for o in page.get("Contents", [])]
+            out += [c["Prefix"][strip:] for c in page.get("CommonPrefixes", [])]
+        return out
 
 
 def open_remote(url: str | None) -> Remote | None:

@@ -27,6 +27,7 @@ from fleet_server.devices.deploy import Deployer
 from fleet_server.flywheel.phash_index import PhashIndex
 from fleet_server.flywheel.policy import check_policies
 from fleet_server.jobs.backends import backend_for
+from fleet_server.jobs.files import JobFiles
 from fleet_server.jobs.results import job_result_registrar
 from fleet_server.jobs.runner import JobRunner
 from fleet_server.keys import WARN_DAYS, KeyRing, ensure_admin_token, ensure_keys
@@ -34,6 +35,7 @@ from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore, datasets_dir
 from fleet_server.webhooks.dispatcher import WebhookDispatcher
+from model_zoo.datasets.store import DatasetStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class Services:
     @property
     def datasets_dir(self) -> Path:
         return datasets_dir(self.settings.data_dir)
+
+    @property
+    def datasets(self) -> DatasetStore:
+        """Dataset versions: the local folder, a read-through cache of the bucket's when there is one."""
+        return DatasetStore(self.datasets_dir, self.store.blobs.remote)
 
     @property
     def mqtt_public_url(self) -> str:
@@ -115,9 +122,12 @@ class Services:
             job_result_registrar(settings, keys, store),
             settings.data_dir / "jobs",
             replica,
-            periodic=lambda: check_policies(engine, settings, datasets_dir(settings.data_dir), sample_blobs, store),
+            periodic=lambda: check_policies(
+                engine, settings, DatasetStore(datasets_dir(settings.data_dir), remote), sample_blobs, store
+            ),
             lease=timedelta(seconds=settings.job_lease_s),
             backend=backend_for(settings.jobs_url) if settings.run_jobs else None,
+            files=JobFiles(settings.data_dir, remote),
         )
         return cls(
             settings=settings,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def train(
     hard_share: float = 0.0,
     workers: int | None = None,
     compile: bool = False,
+    on_checkpoint: Callable[[list[Path]], None] | None = None,
 ) -> dict[str, Any]:
     """Train; returns the summary written to out_dir/summary.json (rank 0). See TrainConfig for each setting."""
     cfg = TrainConfig(
@@ -53,7 +55,7 @@ def train(
         seed=seed, max_minutes=max_minutes, device=device_name, hard_share=hard_share, workers=workers,
         compile=compile,
     )  # fmt: skip
-    return run(dv, cfg, Path(out_dir), progress, progress_mode)
+    return run(dv, cfg, Path(out_dir), progress, progress_mode, on_checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +93,38 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="repeat reviewed hard samples (source sample:<id>) until they are this share of an epoch",
     )
+    p.add_argument(
+        "--storage-url",
+        default=None,
+        help="object storage (s3://BUCKET/PREFIX?endpoint=…): --data is a read-through cache of its datasets/, and "
+        "with --sync-prefix each checkpoint is uploaded as it is written (and fetched from there to --resume)",
+    )
+    p.add_argument("--sync-prefix", default=None, help="the bucket folder of OUT, e.g. jobs/12/run")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="with --storage-url: relative --data, --out and --from are under this local copy of the bucket "
+        "(default EDGELOOP_CACHE_DIR, or ~/.cache/edgeloop)",
+    )
     a = p.parse_args(argv)
     if a.epochs < 1 or a.batch < 1 or not math.isfinite(a.lr) or a.lr <= 0:
         p.error("--epochs and --batch must be >= 1 and --lr > 0")
     name, ver = parse_ref_latest(a.dataset)
     try:
-        dv = DatasetStore(a.data).load(name, ver)
+        remote, on_checkpoint = None, None
+        if a.storage_url:
+            from fleet_server.jobs.files import JobFiles, cache_root  # the server's client, only with a bucket
+
+            files = JobFiles.open(a.root or cache_root(), a.storage_url)
+            a.data, a.out = files.path(a.data), files.path(a.out)
+            if a.init_from is not None and not a.init_from.is_absolute():
+                a.init_from = files.fetch(a.init_from, "checkpoint to fine-tune from")
+            remote = files.remote
+            on_checkpoint = _sync(remote, a.sync_prefix, a.out, a.resume)
+        store = DatasetStore(a.data, remote)
+        dv = store.load(name, ver)
+        store.materialize(dv)  # on a host that lacks them: every image before the first step
         train(
             dv,
             a.model,
@@ -114,11 +142,29 @@ def main(argv: list[str] | None = None) -> int:
             hard_share=a.hard_share,
             workers=a.workers,
             compile=a.compile,
+            on_checkpoint=on_checkpoint,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _sync(remote: Any, prefix: str | None, out: Path, resume: bool) -> Callable[[list[Path]], None] | None:
+    """The upload callback of --sync-prefix (rank 0 calls it as it writes). With --resume on a host that has no
+    OUT/last.pt, it is fetched from the bucket first: a run resumes on any host."""
+    if not prefix:
+        return None
+    prefix = prefix.strip("/")
+    if resume and not (out / "last.pt").is_file():
+        remote.fetch(f"{prefix}/last.pt", out / "last.pt")
+
+    def upload(paths: list[Path]) -> None:
+        for p in paths:
+            if p.is_file():
+                remote.put_file(f"{prefix}/{p.name}", p)
+
+    return upload
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from model_zoo.builders.color_classifier import build_color_classifier, build_slow_color_classifier
 from model_zoo.datasets.synthetic_video import write_color_video
-from tests.helpers import Proc, start_mosquitto
+from tests.helpers import Proc, free_port, start_mosquitto, start_s3
 from tests.pg import PostgresServer
 
 # The suite runs on two workers, a file at a time each (`make test`: pytest -n 2 --dist loadfile). The longest
@@ -34,6 +34,15 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Mosquitto on a free port for the whole session; yields its URL."""
     proc, port = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
     yield f"mqtt://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on a free port for the session (each test makes its own bucket); yields its URL."""
+    port = free_port()
+    proc = start_s3(port, tmp_path_factory.mktemp("s3") / "s3.log")
+    yield f"http://127.0.0.1:{port}"
     proc.stop()
 
 

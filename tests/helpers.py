@@ -204,3 +204,29 @@ def deploy_all(server: Server, sim: Any, version: int, model: str = "colors") ->
         r.raise_for_status()
     wait_for(lambda: all(v == version for v in sim.versions().values()), 20, f"simulated fleet on v{version}")
     wait_for(lambda: all((server.device(d)["fps"] or 0) > 0 for d in sim.devices), 20, "baseline telemetry")
+
+
+# object storage in tests: moto's S3 server (see tests/test_storage.py for why moto), these credentials
+S3_CREDS = {"AWS_ACCESS_KEY_ID": "edgeloop-test", "AWS_SECRET_ACCESS_KEY": "edgeloop-test-secret"}
+
+
+def start_s3(port: int, log: Path) -> Proc:
+    proc = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(url, timeout=1).status_code < 500, 30, f"S3 endpoint on {url}")
+    return proc
+
+
+def make_bucket(endpoint: str, name: str) -> Any:
+    """A new bucket on the S3 endpoint; returns a boto3 client for looking into it."""
+    import boto3
+
+    creds = {k.lower(): v for k, v in S3_CREDS.items()}
+    c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **creds)
+    c.create_bucket(Bucket=name)
+    return c
+
+
+def bucket_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]

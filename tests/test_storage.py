@@ -9,41 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
-import pytest
 
-from tests.helpers import Proc, Server, free_port, wait_for
+from tests.helpers import S3_CREDS, Proc, Server, bucket_keys, free_port, make_bucket, start_s3, wait_for
 
-CREDS = {"AWS_ACCESS_KEY_ID": "edgeloop-test", "AWS_SECRET_ACCESS_KEY": "edgeloop-test-secret"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    d = tmp_path_factory.mktemp("s3")
-    proc = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], d / "s3.log")
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(url, timeout=1).status_code < 500, 30, f"S3 endpoint on {url}")
-    yield url
-    proc.stop()
-
-
-def _bucket(endpoint: str, name: str):  # type: ignore[no-untyped-def]
-    import boto3
-
-    c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{k.lower(): v for k, v in CREDS.items()})
-    c.create_bucket(Bucket=name)
-    return c
-
-
-def _keys(client, bucket: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+CREDS = S3_CREDS
+_bucket, _keys = make_bucket, bucket_keys
 
 
 def test_artifacts_and_samples_live_in_the_bucket_and_come_back_to_an_empty_disk(
@@ -105,13 +80,12 @@ def test_storage_outage_refuses_uploads_cleanly_and_recovers(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
-    def start_s3() -> Proc:
-        p = Proc([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], tmp_path / "s3.log")
-        wait_for(lambda: httpx.get(url, timeout=1).status_code < 500, 30, "S3 endpoint")
+    def s3_up() -> Proc:
+        p = start_s3(port, tmp_path / "s3.log")
         _bucket(url, "fleet-b")
         return p
 
-    s3proc = start_s3()
+    s3proc = s3_up()
     env = {**CREDS, "EDGELOOP_STORAGE_URL": f"s3://fleet-b?endpoint={url}"}
     srv = Server(tmp_path / "data", mosquitto, env=env)
     try:
@@ -141,7 +115,7 @@ def test_storage_outage_refuses_uploads_cleanly_and_recovers(
         assert r.status_code == 503 and "push again" in r.json()["detail"]
         assert srv.http.get("/api/v1/models").json() == []
         assert srv.http.get("/healthz").status_code == 200
-        s3proc = start_s3()
+        s3proc = s3_up()
         assert upload().status_code == 201
         assert srv.push(assets["model_v1"])["version"] == 1
     finally:

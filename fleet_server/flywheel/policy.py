@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -15,6 +14,7 @@ from fleet_server.blobs import Blobs
 from fleet_server.flywheel.drift import confidence_drift, retrain_trigger
 from fleet_server.flywheel.samples import dataset_from_samples, labelled_samples
 from fleet_server.flywheel.tables import RetrainPolicy
+from fleet_server.jobs.service import artifact_path, locations
 from fleet_server.jobs.states import PENDING
 from fleet_server.jobs.tables import Job
 from fleet_server.registry.tables import Artifact, ModelVersion
@@ -22,6 +22,7 @@ from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore
 from fleet_server.webhooks import service as webhooks
 from model_zoo.compile import TARGETS
+from model_zoo.datasets.store import DatasetStore
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def policies_public(session: Session) -> list[dict[str, Any]]:
 
 
 def check_policies(
-    engine: Engine, settings: Settings, store_root: Path, blobs: Blobs, artifacts: LocalStore
+    engine: Engine, settings: Settings, datasets: DatasetStore, blobs: Blobs, artifacts: LocalStore
 ) -> list[int]:
     """Queue a retrain for every enabled policy whose threshold is met; returns the new job ids."""
     queued: list[int] = []
@@ -78,7 +79,7 @@ def check_policies(
             if fp32 is None:
                 continue
             try:
-                dv = dataset_from_samples(store_root, pol.dataset, rows, blobs)
+                dv = dataset_from_samples(datasets, pol.dataset, rows, blobs)
             except ValueError as exc:
                 log.warning("retrain policy %s: cannot build the dataset: %s", pol.model, exc)
                 continue
@@ -89,13 +90,13 @@ def check_policies(
                 "name": pol.model,
                 "model": report["model"],
                 "from_ref": f"{current.model}:{current.version}",
-                "init_from": str(settings.data_dir / str(current.checkpoint)),
+                "init_from": str(current.checkpoint),
                 "dataset": dv.name,
                 "dataset_version": dv.version,
                 "dataset_ref": dv.ref,
-                "datasets_dir": str(store_root),
+                **locations(settings),
                 "holdout_dataset": lineage.get("holdout") or lineage.get("dataset") or dv.ref,
-                "current_onnx": str(artifacts.ensure(fp32.sha256) or artifacts.path(fp32.sha256)),
+                "current_onnx": artifact_path(fp32.sha256),
                 "epochs": pol.epochs,
                 "batch": 16,
                 "lr": 1e-3,

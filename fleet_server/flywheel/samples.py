@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -132,10 +131,9 @@ def labelled_samples(session: Session, model: str | None = None, unused_only: bo
 
 
 def dataset_from_samples(
-    datasets: Path, name: str, rows: list[Sample], blobs: Blobs, val_fraction: float = 0.2
+    store: DatasetStore, name: str, rows: list[Sample], blobs: Blobs, val_fraction: float = 0.2
 ) -> DatasetVersion:
     """A new version of dataset `name`: its latest version plus these labelled samples (source sample:<id>)."""
-    store = DatasetStore(datasets)
     parent = store.load(name) if store.versions(name) else None
     if parent is None:
         raise DatasetError(f"no dataset named {name!r} to extend; create it first (synth or import)")

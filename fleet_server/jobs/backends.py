@@ -5,8 +5,10 @@ Either way the worker is the same program (`python -m fleet_server.jobs.worker J
 object per line; the runner reads the lines, and registers the result in the server. On Ray the job keeps
 running when the server stops or dies: the next server to claim it re-attaches to it (by the submission id
 kept in the job folder) instead of starting it again, and reads its log from where the last one stopped.
-The job folder must be reachable from the Ray nodes at the same path (the same machine, or a shared
-filesystem).
+With object storage (`EDGELOOP_STORAGE_URL`) a Ray job needs nothing from the server's disk: it reads its
+parameters, dataset and checkpoints from the bucket into the node's cache (`EDGELOOP_CACHE_DIR`) and writes
+its checkpoints, compiled files and result back (see files.py). Without one, the job folder must be
+reachable from the Ray nodes at the same path (the same machine, or a shared filesystem).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -82,8 +85,8 @@ class LocalHandle:
 class LocalBackend:
     name = "local"
 
-    def launch(self, job_id: int, jd: Path) -> Handle:
-        return LocalHandle(jd)
+    def launch(self, job_id: int, jd: Path, storage_url: str | None = None) -> Handle:
+        return LocalHandle(jd)  # on this replica: the data dir is its root, the bucket (if any) its mirror
 
 
 _TERMINAL = {"SUCCEEDED": 0, "STOPPED": -signal.SIGTERM, "FAILED": 1}
@@ -180,7 +183,9 @@ class RayBackend:
         except Exception as exc:  # noqa: BLE001 - any failure means the cluster cannot take jobs
             raise JobsBackendError(f"the Ray cluster at {self.address} does not answer: {exc}") from exc
 
-    def launch(self, job_id: int, jd: Path) -> Handle:
+    def launch(self, job_id: int, jd: Path, storage_url: str | None = None) -> Handle:
+        """With object storage the Ray job reads its parameters and inputs from the bucket and writes its
+        checkpoints and result there (any node will do); without, it reads JD on a filesystem it shares."""
         sid_file = jd / "ray_submission"
         if sid_file.is_file():
             sid = sid_file.read_text().strip()
@@ -193,8 +198,10 @@ class RayBackend:
                 return RayHandle(self.client, sid, jd)
         sid = f"edgeloop-job-{job_id}-{int(time.time())}"
         (jd / "ray_offset").write_text("0")
+        worker = f"{sys.executable} -m fleet_server.jobs.worker"
+        entry = f"{worker} --job {job_id} --storage-url {shlex.quote(storage_url)}" if storage_url else f"{worker} {jd}"
         self.client.submit_job(
-            entrypoint=f"{sys.executable} -m fleet_server.jobs.worker {jd}",
+            entrypoint=entry,
             submission_id=sid,
             entrypoint_num_cpus=0,  # the driver coordinates; the training workers ask for their own CPUs / GPUs
             # every worker's lines in the log as they are (Ray folds repeated lines across workers by default)

@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from edge_agent.protocol.manifest import ArtifactEntry, DecoderSpec, InputSpec
 from fleet_server.audit import audit
+from fleet_server.blobs import Remote
 from fleet_server.jobs.tables import Job
 from fleet_server.keys import KeyRing
 from fleet_server.registry.service import register_artifacts
@@ -23,8 +24,9 @@ from fleet_server.storage import LocalStore
 log = logging.getLogger(__name__)
 
 
-def store_checkpoint(data_dir: Path, src: Path, name: str, version: int) -> str:
-    """Keep the weights (not the optimizer state) of a version, for fine-tuning and recompiling."""
+def store_checkpoint(data_dir: Path, src: Path, name: str, version: int, remote: Remote | None = None) -> str:
+    """Keep the weights (not the optimizer state) of a version, for fine-tuning and recompiling; in the bucket
+    too when there is one (under the same relative path: a job on any host fetches it from there)."""
     import torch
 
     ck = torch.load(src, map_location="cpu", weights_only=False)
@@ -35,6 +37,8 @@ def store_checkpoint(data_dir: Path, src: Path, name: str, version: int) -> str:
     tmp = dest.with_suffix(".tmp")
     torch.save(ck, tmp)
     os.replace(tmp, dest)
+    if remote is not None:
+        remote.put_file(rel.as_posix(), dest)
     return str(rel)
 
 
@@ -84,7 +88,7 @@ def register_compiled(
         lineage=lineage,
         report=report,
     )
-    mv.checkpoint = store_checkpoint(data_dir, checkpoint, name, mv.version)
+    mv.checkpoint = store_checkpoint(data_dir, checkpoint, name, mv.version, store.blobs.remote)
     session.add(mv)
     return mv
 

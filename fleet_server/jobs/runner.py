@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from fleet_server.jobs.backends import Handle, LocalBackend, RayBackend
+from fleet_server.jobs.files import JobFiles
 from fleet_server.jobs.states import MAX_ATTEMPTS, JobEvent, JobState, next_job_state
 from fleet_server.jobs.tables import Job
 from fleet_server.webhooks import service as webhooks
@@ -49,7 +50,9 @@ class JobRunner:
         periodic_s: float = 2.0,
         lease: timedelta = LEASE,
         backend: LocalBackend | RayBackend | None = None,
+        files: JobFiles | None = None,
     ) -> None:
+        self.files = files or JobFiles(jobs_dir.parent)  # the data root: jobs_dir is DATA_DIR/jobs
         self.lease = lease
         self.engine, self.register, self.jobs_dir, self.name = engine, register, jobs_dir, name
         self.interval_s, self.periodic, self.periodic_s = interval_s, periodic, periodic_s
@@ -138,9 +141,11 @@ class JobRunner:
         jd = self.job_dir(job_id)
         jd.mkdir(parents=True, exist_ok=True)
         (jd / "params.json").write_text(json.dumps({"kind": kind, **params}))
+        self.files.put(jd / "params.json")
         (jd / "result.json").unlink(missing_ok=True)
         log.info("job %d (%s) started on %s", job_id, kind, self.backend.name)
-        self._handle = handle = self.backend.launch(job_id, jd)
+        remote_url = params.get("storage_url") if self.files.remote is not None else None
+        self._handle = handle = self.backend.launch(job_id, jd, remote_url)
         watcher = threading.Thread(target=self._watch, args=(job_id, handle), daemon=True)
         watcher.start()
         last_error = None
@@ -161,6 +166,7 @@ class JobRunner:
         rc = handle.returncode()
         watcher.join(2)
         self._handle = None
+        self._keep_logs(jd)
         with Session(self.engine) as s:
             job = s.get(Job, job_id)
             assert job is not None
@@ -179,9 +185,11 @@ class JobRunner:
                 s.commit()
                 log.info("job %d requeued: the server is stopping", job_id)
                 return
-            elif rc == 0 and (jd / "result.json").is_file():
+            elif rc == 0 and self._result(jd) is not None:
                 try:
-                    result = self.register(s, job, json.loads((jd / "result.json").read_text()))
+                    raw = self._result(jd)
+                    assert raw is not None
+                    result = self.register(s, job, self.files.localize(json.loads(raw.read_text())))
                 except Exception as exc:  # noqa: BLE001 - the job fails with the reason, the server lives on
                     log.exception("job %d: registering its result failed", job_id)
                     s.rollback()
@@ -192,6 +200,23 @@ class JobRunner:
                 tail = _tail(jd / "stderr.log")
                 self._finish(s, job, JobEvent.FAIL, error=last_error or tail or f"worker exited with {rc}")
         log.info("job %d (%s) ended", job_id, kind)
+
+    def _result(self, jd: Path) -> Path | None:
+        """The worker's result.json: here, or in the bucket when the worker ran on another host."""
+        try:
+            return self.files.fetch_optional(self.files.rel(jd / "result.json"))
+        except Exception:  # noqa: BLE001 - an unreachable bucket: the job fails with the worker's own words
+            log.exception("reading %s from object storage failed", jd / "result.json")
+            return None
+
+    def _keep_logs(self, jd: Path) -> None:
+        """The job's log and stderr go to the bucket too, for whoever looks at the job later, on any replica."""
+        for name in ("log.jsonl", "stderr.log"):
+            try:
+                if (jd / name).is_file():
+                    self.files.put(jd / name)
+            except Exception:  # noqa: BLE001 - the local copy stays; the job's outcome does not depend on it
+                log.warning("job log %s not uploaded to object storage", jd / name, exc_info=True)
 
     def _watch(self, job_id: int, handle: Handle) -> None:
         """Renew the lease while the worker runs; stop it when a cancel is requested."""

@@ -17,7 +17,17 @@ from fleet_server.registry.tables import ModelVersion
 from model_zoo.compile import TARGETS
 from model_zoo.datasets.store import DatasetError, DatasetStore
 
-SERVER_PATHS = ("datasets_dir", "checkpoint", "init_from", "current_onnx")  # not shown to API clients
+# where a job's inputs are (paths relative to the data root; see files.py): not shown to API clients
+SERVER_PATHS = ("datasets_dir", "checkpoint", "init_from", "current_onnx", "storage_url")
+
+
+def locations(settings: Any) -> dict[str, Any]:
+    """The parameters every job gets: where datasets are, and the bucket its worker reads and writes."""
+    return {"datasets_dir": "datasets", **({"storage_url": settings.storage_url} if settings.storage_url else {})}
+
+
+def artifact_path(sha256: str) -> str:
+    return f"artifacts/{sha256[:2]}/{sha256}"
 
 
 class JobError(Exception):
@@ -47,14 +57,14 @@ def job_public(job: Job, jobs_dir: Path | None = None, tail: int = 0) -> dict[st
     return out
 
 
-def dataset_of(datasets: Path, ref: str) -> tuple[str, int, str]:
+def dataset_of(datasets: DatasetStore, ref: str) -> tuple[str, int, str]:
     """NAME or NAME:VERSION of a stored dataset -> (name, version, task)."""
     try:
         name, version = parse_ref_latest(ref)
     except RefError:
         raise JobError(f"dataset must be NAME or NAME:VERSION, got {ref!r}") from None
     try:
-        dv = DatasetStore(datasets).load(name, version)
+        dv = datasets.load(name, version)
     except DatasetError as exc:
         raise JobError(str(exc), 404) from None
     return dv.name, dv.version, dv.task

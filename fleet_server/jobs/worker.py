@@ -1,8 +1,12 @@
-"""One job, in its own process: `python -m fleet_server.jobs.worker JOB_DIR`.
+"""One job, in its own process: `python -m fleet_server.jobs.worker JOB_DIR --root DATA_DIR` on the server's
+disk, or `python -m fleet_server.jobs.worker --job ID --storage-url URL` on a host that has only the bucket.
 
 Reads JOB_DIR/params.json, prints one JSON object per line (progress events the runner stores), writes
 JOB_DIR/result.json on success and exits 0; on a user error it prints {"event": "error", "message": …}
-and exits 2. It never touches the database: the runner, in the server, registers what it produced.
+and exits 2. It never touches the database: the runner, in the server, registers what it produced. The
+paths in params and result are relative to the data root, the same layout on every host and in the bucket
+(see files.py): with a bucket, inputs are fetched from it, and checkpoints (each epoch), compiled files and
+the result go back to it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.protocol.manifest import InputSpec, parse_ref
+from fleet_server.jobs.files import JobFiles, cache_root
 from fleet_server.procs import die_with_parent
 from model_zoo.compile import DEFAULT_TARGETS, compile_checkpoint
 from model_zoo.datasets.store import DatasetStore, synthesize
@@ -35,48 +40,51 @@ def _scaled(lo: float, hi: float):
     return cb
 
 
-def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+def _dataset(files: JobFiles, p: dict[str, Any], ref: tuple[str, int | None] | None = None) -> Any:
+    """The job's dataset version with every image on this host (fetched from the bucket), before any work."""
+    store = DatasetStore(files.path(p["datasets_dir"]), files.remote)
+    dv = store.load(*(ref or (p["dataset"], p.get("dataset_version"))))
+    if n := store.materialize(dv):
+        emit({"event": "step", "message": f"fetched {n} images of {dv.ref} from object storage"})
+    return dv
 
-    store = DatasetStore(Path(p["datasets_dir"]))
-    dv = store.load(p["dataset"], p.get("dataset_version"))
+
+def run_train(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[str, Any]:
+
+    dv = _dataset(files, p)
     run_dir = job_dir / "run"
     nproc = int(p.get("nproc", 1))
+    # with a bucket, paths go relative to the data root: a Ray worker on another node resolves them under its
+    # own cache, fetching what it lacks (the dataset, the checkpoint to fine-tune from or resume)
+    portable = files.remote is not None
+    where = (lambda x: files.rel(files.path(x))) if portable else (lambda x: str(files.path(x)))
     train_args = [
-        "--data",
-        str(store.root),
-        "--dataset",
-        dv.ref,
-        "--model",
-        p["model"],
-        "--epochs",
-        str(p["epochs"]),
-        "--batch",
-        str(p["batch"]),
-        "--lr",
-        str(p["lr"]),
-        "--out",
-        str(run_dir),
-        "--progress",
-        "json",
-        "--seed",
-        str(p.get("seed", 0)),
-    ]
+        "--data", where(p["datasets_dir"]), "--dataset", dv.ref, "--model", p["model"],
+        "--epochs", str(p["epochs"]), "--batch", str(p["batch"]), "--lr", str(p["lr"]),
+        "--out", where(files.rel(run_dir)), "--progress", "json", "--seed", str(p.get("seed", 0)),
+    ]  # fmt: skip
     if p.get("size"):
         train_args += ["--size", str(p["size"])]
     if p.get("init_from"):
-        train_args += ["--from", p["init_from"]]
+        src = files.fetch(p["init_from"], "checkpoint to fine-tune from")  # here, and named at once if it is gone
+        train_args += ["--from", files.rel(src) if portable else str(src)]
     if p.get("max_minutes"):
         train_args += ["--max-minutes", str(p["max_minutes"])]
     if p.get("hard_share"):
         train_args += ["--hard-share", str(p["hard_share"])]
+    if portable:
+        sync = files.rel(run_dir)
+        train_args += ["--storage-url", p["storage_url"], "--sync-prefix", sync]
+        files.fetch_optional(f"{sync}/last.pt")  # where another host left off
     if (run_dir / "last.pt").is_file():
         train_args.append("--resume")  # a job re-run after a server restart continues where it stopped
         emit({"event": "step", "message": "resuming from the last checkpoint"})
+    here = [*train_args, "--root", str(files.root)] if portable else train_args
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["-m", "model_zoo.train", *train_args]
+        cmd += ["-m", "model_zoo.train", *here]
     else:
-        cmd = [sys.executable, "-m", "model_zoo.train", *train_args]
+        cmd = [sys.executable, "-m", "model_zoo.train", *here]
     emit({"event": "step", "message": f"training {p['model']} on {dv.ref} for {p['epochs']} epochs", "progress": 0.0})
     scale = _scaled(0.0, 0.8)
     workers = int(p.get("workers", 1))
@@ -90,7 +98,8 @@ def run_train(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
 
         # Ray Train's workers print to this job's log themselves (rank 0 reports); nothing to relay here
         train_on_ray(train_args, workers, float(p.get("gpus_per_worker", 0)), job_dir / "ray")
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads(files.fetch(files.rel(run_dir / "summary.json"), "training summary").read_text())
+        files.fetch(files.rel(run_dir / "best.pt"), "best checkpoint")  # rank 0 may have run on another node
         return _compile_trained(job_dir, p, dv, run_dir, summary)
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
@@ -128,14 +137,13 @@ def _compile_trained(
 
 
 def evaluation_gate(
-    candidate_onnx: Path, current_onnx: Path, p: dict[str, Any], report: dict[str, Any]
+    candidate_onnx: Path, current_onnx: Path, p: dict[str, Any], report: dict[str, Any], files: JobFiles
 ) -> dict[str, Any]:
     """Candidate vs current on the fixed holdout (the val split of the dataset the current version was trained
     on) and on the newly labelled hard samples that fell in the val split; rejected past the budget."""
 
-    store = DatasetStore(Path(p["datasets_dir"]))
-    holdout = store.load(*parse_ref(p["holdout_dataset"]))
-    new = store.load(p["dataset"], p.get("dataset_version"))
+    holdout = _dataset(files, p, parse_ref(p["holdout_dataset"]))
+    new = _dataset(files, p)
     spec = InputSpec.model_validate(report["input_spec"])
     task, metric, budget = report["task"], report["metric"], float(p.get("budget_points", 1.0))
     out: dict[str, Any] = {"metric": metric, "budget_points": budget, "holdout_dataset": holdout.ref}
@@ -160,19 +168,21 @@ def evaluation_gate(
     return out
 
 
-def run_retrain(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
-    result = run_train(job_dir, p)
+def run_retrain(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[str, Any]:
+    current = files.fetch(p["current_onnx"], "current version's ONNX")
+    result = run_train(job_dir, p, files)
     fp32 = next(r for r in result["report"]["results"] if r["target"] == "onnx-fp32")
-    result["gate"] = evaluation_gate(Path(fp32["path"]), Path(p["current_onnx"]), p, result["report"])
+    result["gate"] = evaluation_gate(Path(fp32["path"]), current, p, result["report"], files)
     emit({"event": "step", "message": "gate: " + result["gate"]["reason"], "progress": 1.0})
     return result
 
 
-def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+def run_compile(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[str, Any]:
 
-    dv = DatasetStore(Path(p["datasets_dir"])).load(p["dataset"], p.get("dataset_version"))
+    dv = _dataset(files, p)
+    checkpoint = files.fetch(p["checkpoint"], "checkpoint")
     report = compile_checkpoint(
-        Path(p["checkpoint"]),
+        checkpoint,
         dv,
         job_dir / "compiled",
         tuple(p.get("targets") or ()) or _default_targets(),
@@ -180,12 +190,12 @@ def run_compile(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
         trt_int8=p.get("trt_int8", "explicit"),
         progress=_scaled(0.0, 1.0),
     )
-    return {"checkpoint": p["checkpoint"], "compiled": str(job_dir / "compiled"), "report": report.to_json()}
+    return {"checkpoint": str(checkpoint), "compiled": str(job_dir / "compiled"), "report": report.to_json()}
 
 
-def run_synthesize(job_dir: Path, p: dict[str, Any]) -> dict[str, Any]:
+def run_synthesize(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[str, Any]:
 
-    store = DatasetStore(Path(p["datasets_dir"]))
+    store = DatasetStore(files.path(p["datasets_dir"]), files.remote)
     parent = store.load(p["name"]) if p.get("extend") and store.versions(p["name"]) else None
     emit({"event": "step", "message": f"rendering {p['count']} {p['preset']} scenes", "progress": 0.0})
     dv = synthesize(
@@ -215,14 +225,56 @@ class UserError(Exception):
     pass
 
 
+def _portable(result: dict[str, Any], files: JobFiles) -> dict[str, Any]:
+    """The result with its paths relative to the data root, and what they name uploaded to the bucket."""
+    out = dict(result)
+    for key in ("checkpoint", "compiled"):
+        if out.get(key) and Path(out[key]).is_absolute():
+            out[key] = files.rel(Path(out[key]))
+    if str(out.get("checkpoint", "")).startswith("jobs/"):  # one this job made (an input is there already)
+        files.put(files.path(out["checkpoint"]))
+    if out.get("compiled"):
+        files.put_tree(files.path(out["compiled"]))
+    report = out.get("report")
+    if isinstance(report, dict):
+        rows = [{**r, "path": files.rel(Path(r["path"]))} if r.get("path") else r for r in report.get("results", [])]
+        out["report"] = {**report, "results": rows}
+    return out
+
+
+def _args(argv: list[str]) -> tuple[Path, JobFiles, dict[str, Any]]:
+    """(job folder, files, params) from `JOB_DIR [--root DATA_DIR]` or `--job ID --storage-url URL`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fleet_server.jobs.worker")
+    ap.add_argument("job_dir", nargs="?", type=Path)
+    ap.add_argument("--root", type=Path, default=None, help="the data root the job's relative paths are under")
+    ap.add_argument("--job", type=int, default=None, help="with --storage-url: read the job from the bucket")
+    ap.add_argument("--storage-url", default=None)
+    a = ap.parse_args(argv)
+    if a.job is not None:
+        if not a.storage_url:
+            ap.error("--job needs --storage-url")
+        root = a.root or cache_root()
+        files = JobFiles.open(root, a.storage_url)
+        job_dir = files.path(f"jobs/{a.job}")
+        params = json.loads(files.fetch(f"jobs/{a.job}/params.json", "job parameters").read_text())
+        # a result left by an earlier attempt on this host is not this attempt's
+        (job_dir / "result.json").unlink(missing_ok=True)
+        return job_dir, files, params
+    if a.job_dir is None:
+        ap.error("give JOB_DIR or --job ID")
+    params = json.loads((a.job_dir / "params.json").read_text())
+    root = a.root or a.job_dir.parent.parent  # DATA_DIR/jobs/ID
+    return a.job_dir, JobFiles.open(root, params.get("storage_url")), params
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    job_dir = Path(argv[0])
-    p = json.loads((job_dir / "params.json").read_text())
-    runners = {"train": run_train, "compile": run_compile, "synthesize": run_synthesize, "retrain": run_retrain}
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    job_dir, files, p = _args(sys.argv[1:] if argv is None else argv)
+    runners = {"train": run_train, "compile": run_compile, "synthesize": run_synthesize, "retrain": run_retrain}
     try:
-        result = runners[p["kind"]](job_dir, p)
+        result = _portable(runners[p["kind"]](job_dir, p, files), files)
     except UserError as exc:
         emit({"event": "error", "message": str(exc)})
         return 2
@@ -232,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = job_dir / ".result.json.tmp"
     tmp.write_text(json.dumps(result))
     os.replace(tmp, job_dir / "result.json")
+    files.put(job_dir / "result.json")  # last: the server reads it as the sign that everything is uploaded
     emit({"event": "done", "progress": 1.0})
     return 0
 

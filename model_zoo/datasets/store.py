@@ -6,7 +6,12 @@ Layout under a root folder:
     <name>/v<N>.json                  one version: classes, samples (sha256, size, boxes, labels, split)
 
 A version file is written once (temp → fsync → rename) and never changed; its `id` is the sha256 of its
-canonical content, so two versions with the same samples and labels have the same id. The train/val
+canonical content, so two versions with the same samples and labels have the same id.
+
+With object storage (a `remote` with `fleet_server.blobs.Remote`'s calls) the bucket holds the same layout
+under `datasets/`, and the local folder is a read-through cache: a version made on one host (a server
+replica, a Ray node) is uploaded, images first and its version file last, and any other host lists, loads
+and fetches it from there. The train/val
 split of a sample is a function of its image hash alone: a sample keeps its split in every later version,
 so a holdout never leaks into training as the dataset grows.
 """
@@ -18,9 +23,11 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -185,31 +192,56 @@ class NewSample:
     source: str = ""
 
 
+class ObjectStore(Protocol):
+    """What the store needs of object storage (fleet_server.blobs.S3Remote has it)."""
+
+    def put_file(self, key: str, path: Path) -> None: ...
+    def fetch(self, key: str, dest: Path) -> bool: ...
+    def list(self, prefix: str, delimiter: str | None = None) -> list[str]: ...
+    def describe(self) -> str: ...
+
+
+def _version_of(fname: str) -> int | None:
+    stem = fname.rsplit("/", 1)[-1].removesuffix(".json")
+    return int(stem[1:]) if stem.startswith("v") and stem[1:].isdigit() and fname.endswith(".json") else None
+
+
 class DatasetStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: ObjectStore | None = None, key_prefix: str = "datasets/") -> None:
         self.root = Path(root)
+        self.remote, self.key_prefix = remote, key_prefix
+
+    def _rkey(self, path: Path) -> str:
+        return self.key_prefix + path.relative_to(self.root).as_posix()
 
     def versions(self, name: str) -> list[int]:
         d = self.root / name
-        if not d.is_dir():
-            return []
-        return sorted(int(p.stem[1:]) for p in d.glob("v*.json") if p.stem[1:].isdigit())
+        found = {int(p.stem[1:]) for p in d.glob("v*.json") if p.stem[1:].isdigit()} if d.is_dir() else set()
+        if self.remote is not None and NAME.match(name):
+            found |= {v for k in self.remote.list(f"{self.key_prefix}{name}/") if (v := _version_of(k)) is not None}
+        return sorted(found)
 
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and p.name != "objects" and self.versions(p.name)
-        )
+        local = {p.name for p in self.root.iterdir() if p.is_dir()} if self.root.is_dir() else set()
+        if self.remote is not None:
+            local |= {k[len(self.key_prefix) :].rstrip("/") for k in self.remote.list(self.key_prefix, "/")}
+        return sorted(n for n in local if n != "objects" and NAME.match(n) and self.versions(n))
 
     def load(self, name: str, version: int | None = None) -> DatasetVersion:
-        vs = self.versions(name)
+        vs = self.versions(name) if version is None or not NAME.match(name) else [version]
         if not vs:
             raise DatasetError(f"no dataset named {name!r}")
-        v = vs[-1] if version is None else version
+        v = vs[-1]
         path = self.root / name / f"v{v}.json"
+        if not path.is_file() and self.remote is not None and NAME.match(name):
+            self.remote.fetch(self._rkey(path), path)
         if not path.is_file():
-            raise DatasetError(f"no dataset version {name}:{v} (have {', '.join(map(str, vs))})")
+            where = f" in object storage ({self.remote.describe()})" if self.remote is not None else ""
+            have = self.versions(name)
+            raise DatasetError(
+                f"no dataset version {name}:{v}{where}"
+                + (f" (have {', '.join(map(str, have))})" if have else f": no dataset named {name!r}")
+            )
         d = json.loads(path.read_text())
         return DatasetVersion(
             name=d["name"],
@@ -262,8 +294,10 @@ class DatasetStore:
         stored: dict[str, Sample] = {}
         if parent is not None:
             stored.update({s.sha256: s for s in parent.samples})
+        added: list[Path] = []  # this version's new images (the parent's are in the bucket already)
         for s in new:
             sha, ext = put_image(self.root, s.data)
+            added.append(object_path(self.root, sha, ext))
             stored[sha] = Sample(
                 sha,
                 ext,
@@ -303,8 +337,39 @@ class DatasetStore:
         path = self.root / name / f"v{version}.json"
         if path.exists():
             raise DatasetError(f"dataset version {name}:{version} was created concurrently; try again")
-        _write_atomic(path, json.dumps(body, indent=1).encode())
+        data = json.dumps(body, indent=1).encode()
+        if self.remote is not None:  # the bucket first (images, then the version file): it is the source of truth
+            remote = self.remote
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda p: remote.put_file(self._rkey(p), p), sorted(set(added))))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.up")
+            _write_atomic(tmp, data)
+            try:
+                remote.put_file(self._rkey(path), tmp)
+            finally:
+                tmp.unlink(missing_ok=True)
+        _write_atomic(path, data)
         return dv
+
+    def materialize(self, dv: DatasetVersion, threads: int = 8) -> int:
+        """Fetch the version's images this host lacks from object storage (before training, so a missing one
+        fails the job at once, naming it); returns how many were fetched."""
+        missing = [s for s in dv.samples if not dv.image_path(s).is_file()]
+        if not missing:
+            return 0
+        remote = self.remote
+        if remote is None:
+            raise DatasetError(f"{dv.ref}: {len(missing)} image(s) missing from {self.root / 'objects'}, "
+                               f"e.g. {missing[0].sha256}{missing[0].ext}")  # fmt: skip
+        with ThreadPoolExecutor(threads) as pool:
+            got = list(pool.map(lambda s: remote.fetch(self._rkey(dv.image_path(s)), dv.image_path(s)), missing))
+        lost = [s for s, ok in zip(missing, got, strict=True) if not ok]
+        if lost:
+            raise DatasetError(
+                f"{dv.ref}: {len(lost)} image(s) are in neither {self.root / 'objects'} nor object storage "
+                f"({remote.describe()}), e.g. {self._rkey(dv.image_path(lost[0]))}"
+            )
+        return len(missing)
 
 
 def encode_image(img: np.ndarray, ext: str = ".png") -> bytes:

@@ -131,9 +131,15 @@ def _train_split(dv: DatasetVersion, hard_share: float) -> list[Sample]:
 
 
 def run(
-    dv: DatasetVersion, cfg: TrainConfig, out_dir: Path, progress: Progress | None = None, progress_mode: str = "bar"
+    dv: DatasetVersion,
+    cfg: TrainConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    progress_mode: str = "bar",
+    on_checkpoint: Callable[[list[Path]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train; returns the summary written to out_dir/summary.json (rank 0)."""
+    """Train; returns the summary written to out_dir/summary.json (rank 0). Rank 0 calls `on_checkpoint` with
+    the files it has just written (checkpoints, metrics, summary) before it reports the epoch."""
     import torch.distributed as dist
 
     mk = kind(cfg.model)
@@ -281,6 +287,7 @@ def run(
                 **metrics,
             }
             history.append(rec)
+            written: list[Path] = []
             with open(out_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
             ck = {
@@ -302,6 +309,9 @@ def run(
                 best = metrics[metric_name]
                 torch.save(ck, out_dir / ".best.pt.tmp")
                 os.replace(out_dir / ".best.pt.tmp", out_dir / "best.pt")
+                written.append(out_dir / "best.pt")
+            if on_checkpoint is not None:
+                on_checkpoint([*written, last, out_dir / "metrics.jsonl"])
             _emit(progress, json_mode, {**rec, "progress": round((epoch + 1) / plan["epochs"], 4)})
             if bar is not None:
                 bar.write(json.dumps(rec))
@@ -334,6 +344,8 @@ def run(
             "checkpoint": str(out_dir / "best.pt"),
         }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        if on_checkpoint is not None:
+            on_checkpoint([out_dir / "summary.json"])
         _emit(progress, json_mode, summary)
     if world > 1:
         # replicas must hold identical weights after every step; check it once at the end

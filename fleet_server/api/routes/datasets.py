@@ -38,7 +38,7 @@ MAX_MEMBERS = 200_000
 
 
 def _store(services: Services) -> DatasetStore:
-    return DatasetStore(services.datasets_dir)
+    return services.datasets
 
 
 @router.get("")

@@ -70,7 +70,7 @@ def list_policies(session: SessionDep, _: ViewerDep) -> list[dict[str, Any]]:
 def check_now(services: ServicesDep, _: OperatorDep) -> dict[str, Any]:
     return {
         "queued": check_policies(
-            services.engine, services.settings, services.datasets_dir, services.sample_blobs, services.store
+            services.engine, services.settings, services.datasets, services.sample_blobs, services.store
         )
     }
 

@@ -18,6 +18,7 @@ from fleet_server.jobs.service import (
     dataset_of,
     enqueue,
     job_public,
+    locations,
     parse_state,
     version_of,
 )
@@ -88,7 +89,7 @@ def _train(req: TrainRequest, session: SessionDep, services: Services, actor: st
         raise JobError(f"unknown model {req.model!r}; choose one of {', '.join(KINDS)}")
     if not NAME.match(req.name):
         raise JobError("name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")
-    dname, dver, dtask = dataset_of(services.datasets_dir, req.dataset)
+    dname, dver, dtask = dataset_of(services.datasets, req.dataset)
     if KINDS[req.model].task != dtask:
         raise JobError(f"{req.model} is a {KINDS[req.model].task} model but {dname}:{dver} is {dtask} data")
     init_from = None
@@ -96,14 +97,14 @@ def _train(req: TrainRequest, session: SessionDep, services: Services, actor: st
         src = version_of(session, req.from_ref)
         if not src.checkpoint:
             raise JobError(f"{req.from_ref} has no training checkpoint (it was pushed as ONNX)")
-        init_from = str(services.settings.data_dir / src.checkpoint)
+        init_from = src.checkpoint
     params = {
         **req.model_dump(exclude={"dataset"}),
         "targets": check_targets(req.targets),
         "dataset": dname,
         "dataset_version": dver,
         "dataset_ref": f"{dname}:{dver}",
-        "datasets_dir": str(services.datasets_dir),
+        **locations(services.settings),
         "init_from": init_from,
     }
     return enqueue(session, "train", params, actor, req.name)
@@ -127,19 +128,19 @@ def _compile(req: CompileRequest, session: SessionDep, services: Services, actor
     ds_ref = req.dataset or lineage.get("dataset")
     if not ds_ref:
         raise JobError(f"{req.ref} records no dataset: give --dataset for calibration and evaluation")
-    dname, dver, _ = dataset_of(services.datasets_dir, ds_ref)
+    dname, dver, _ = dataset_of(services.datasets, ds_ref)
     settings = services.settings
     params = {
         "name": mv.model,
         "source_ref": f"{mv.model}:{mv.version}",
-        "checkpoint": str(settings.data_dir / mv.checkpoint),
+        "checkpoint": mv.checkpoint,
         "targets": check_targets(req.targets),
         "calibration": req.calibration,
         "trt_int8": req.trt_int8,
         "dataset": dname,
         "dataset_version": dver,
         "dataset_ref": f"{dname}:{dver}",
-        "datasets_dir": str(services.datasets_dir),
+        **locations(settings),
     }
     return enqueue(session, "compile", params, actor, req.ref)
 
@@ -152,7 +153,7 @@ def synthesize(
         raise HTTPException(422, "dataset name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")
     if req.preset not in PRESETS:
         raise HTTPException(422, f"unknown preset {req.preset!r}; choose one of {', '.join(PRESETS)}")
-    params = {**req.model_dump(), "name": name, "datasets_dir": str(services.datasets_dir)}
+    params = {**req.model_dump(), "name": name, **locations(services.settings)}
     job = enqueue(session, "synthesize", params, who.name, name)
     return job_public(job)
 

@@ -194,7 +194,7 @@ def from_samples(
 ) -> dict[str, Any]:
     rows = labelled_samples(session, body.model)
     try:
-        dv = dataset_from_samples(services.datasets_dir, name, rows, services.sample_blobs, body.val_fraction)
+        dv = dataset_from_samples(services.datasets, name, rows, services.sample_blobs, body.val_fraction)
     except DatasetError as exc:
         raise HTTPException(422, str(exc)) from None
     for s in rows:

@@ -24,7 +24,6 @@ from fleet_server.users.service import list_users
 from fleet_server.webhooks.service import delivery_public
 from fleet_server.webhooks.service import public as webhook_public
 from fleet_server.webhooks.tables import EVENTS, Webhook, WebhookDelivery
-from model_zoo.datasets.store import DatasetStore
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 SAMPLE_FILTERS = ("device", "model", "strategy", "state", "label")
@@ -63,7 +62,7 @@ def sample(request: Request, sample_id: Id, session: SessionDep, who: ConsoleUse
 
 @router.get("/datasets")
 def datasets(request: Request, session: SessionDep, services: ServicesDep, who: ConsoleUser) -> HTMLResponse:
-    store = DatasetStore(services.datasets_dir)
+    store = services.datasets
     out = [store.load(name, v).summary() for name in store.names() for v in reversed(store.versions(name))]
     reviewed = len(labelled_samples(session, unused_only=True))
     return render(request, who, "datasets.html", datasets=out, names=store.names(), reviewed=reviewed, nav="datasets")
