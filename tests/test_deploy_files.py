@@ -83,11 +83,15 @@ def test_every_overlay_renders_and_validates_against_the_kubernetes_schemas(over
         (gpu,) = ray["workerGroupSpecs"]
         worker = gpu["template"]["spec"]["containers"][0]
         assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 and worker["image"] == container["image"]
-        mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
-        server_mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        assert mounts["jobs"] == server_mounts["jobs"] == "/data/jobs"  # job folders at the same path everywhere
-        claim = objs[("PersistentVolumeClaim", "edgeloop-jobs")]["spec"]
-        assert claim["accessModes"] == ["ReadWriteMany"]
+        # job data comes from the bucket the servers use: every Ray pod has its credentials and its own cache
+        head = ray["headGroupSpec"]["template"]["spec"]["containers"][0]
+        for pod in (head, worker):
+            assert {"configMapRef": {"name": "edgeloop-config"}} in pod["envFrom"]
+            penv = {e["name"]: e for e in pod["env"]}
+            assert penv["EDGELOOP_CACHE_DIR"]["value"] == "/cache"
+            assert penv["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "aws-secret-access-key"
+            assert {"name": "cache", "mountPath": "/cache"} in pod["volumeMounts"]
+        assert ("PersistentVolumeClaim", "edgeloop-jobs") not in objs
     if overlay in ("production", "ray"):
         assert (
             server["replicas"] == 3 and objs[("HorizontalPodAutoscaler", "edgeloop-server")]["spec"]["minReplicas"] == 3
