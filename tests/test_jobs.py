@@ -332,3 +332,39 @@ def test_a_training_job_survives_a_clean_stop_and_a_crash_and_resumes_each_time(
         assert [m["version"] for m in d.http.get("/api/v1/models").json() if m["name"] == "crash"] == [1]
     finally:
         d.stop()
+
+
+def test_a_worker_that_dies_fails_the_job_with_its_log_tail_and_a_retry_resumes_it(server: Server) -> None:
+    """The training process is killed mid-run (the kernel's OOM killer, a node lost): the job fails at once,
+    saying how it died and what it printed last; `edgeloop jobs retry` runs it again under the same id, from its
+    last checkpoint, and every epoch is trained once in all."""
+    import os
+    import signal
+
+    jid = _training_past_its_first_epoch(server, "dies", 6)
+    run = server.data_dir / "jobs" / str(jid) / "run"
+
+    def trainers() -> list[int]:
+        pids = []
+        for d in os.listdir("/proc"):
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "model_zoo.train" in cmd and str(run) in cmd:
+                pids.append(int(d))
+        return pids
+
+    for pid in wait_for(trainers, 10, "the training process"):
+        os.kill(pid, signal.SIGKILL)
+    failed = wait_for(lambda: (j := _json(server, "jobs", "show", str(jid)))["state"] != "running" and j, 60, "fail")
+    assert failed["state"] == "failed" and failed["message"].startswith("training was killed by SIGKILL"), failed
+    r = server.cli("jobs", "retry", str(jid))
+    assert "queued" in r.stdout
+    _json(server, "jobs", "watch", str(jid))
+    done = server.http.get(f"/api/v1/jobs/{jid}", params={"tail": 1000}).json()
+    assert done["state"] == "succeeded" and done["result"]["model"] == "dies:1", done
+    assert any("resuming from the last checkpoint" in e.get("message", "") for e in done["log"])
+    epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").open()]
+    assert sorted(epochs) == list(range(1, 7)), epochs  # nothing trained twice, nothing skipped
+    assert server.http.post(f"/api/v1/jobs/{jid}/retry").status_code == 409  # a succeeded job is not retried

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BIN, Server, free_port, wait_for
+from tests.helpers import BIN, S3_CREDS, Server, bucket_keys, free_port, make_bucket, wait_for
 
 pytestmark = pytest.mark.e2e
 ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`")
 
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+NODE_CACHES: list[Path] = []  # the cluster's nodes' EDGELOOP_CACHE_DIR: head, second
 
 
 def _node_args() -> list[str]:
@@ -51,10 +52,16 @@ def ray_cluster() -> Iterator[str]:
     head = [exe, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
             "--include-dashboard=true", f"--ray-client-server-port={client}", f"--temp-dir={temp}"]  # fmt: skip
     head += _node_args()
-    subprocess.run(head, check=True, env=RAY_ENV, capture_output=True, timeout=180)
+    # each node has its own cache of the bucket (two hosts, as far as job data goes) and the bucket's credentials
+    # in its environment, as a Ray pod has them; the server never passes them on
+    env = {**RAY_ENV, **S3_CREDS}
+    subprocess.run(head, check=True, env={**env, "EDGELOOP_CACHE_DIR": f"{temp}/cache-head"}, capture_output=True,
+                   timeout=180)  # fmt: skip
     try:
         second = [exe, "start", f"--address=127.0.0.1:{port}", *_node_args()]
-        subprocess.run(second, check=True, env=RAY_ENV, capture_output=True, timeout=180)
+        subprocess.run(second, check=True, env={**env, "EDGELOOP_CACHE_DIR": f"{temp}/cache-second"},
+                       capture_output=True, timeout=180)  # fmt: skip
+        NODE_CACHES.extend([Path(f"{temp}/cache-head"), Path(f"{temp}/cache-second")])
         jobs = JobSubmissionClient(f"http://127.0.0.1:{dash}")
         wait_for(lambda: jobs.list_jobs() is not None, 60, "the Ray job API")
         yield f"ray://127.0.0.1:{dash}"
@@ -62,8 +69,10 @@ def ray_cluster() -> Iterator[str]:
         subprocess.run([exe, "stop", "--force"], env=RAY_ENV, capture_output=True, timeout=120)
 
 
-def _server(tmp_path: Path, mosquitto: str, jobs: str, data: Path | None = None, port: int | None = None) -> Server:
-    env = {"EDGELOOP_JOB_LEASE_S": "4"}
+def _server(
+    tmp_path: Path, mosquitto: str, jobs: str, data: Path | None = None, port: int | None = None, **env: str
+) -> Server:
+    env = {"EDGELOOP_JOB_LEASE_S": "4", **env}
     return Server(data or tmp_path / "server", mosquitto, extra=["--jobs", jobs], env=env, port=port)
 
 
@@ -160,5 +169,39 @@ def test_a_server_killed_mid_job_reattaches_and_registers_once(
         assert [v["version"] for v in versions] == [1]  # registered exactly once
         epochs = [e["epoch"] for e in _log(server, job) if e.get("event") == "epoch"]
         assert epochs == sorted(set(epochs)), epochs  # the log read on from where the killed server stopped
+    finally:
+        server.stop()
+
+
+def test_with_a_bucket_ray_nodes_need_nothing_from_the_servers_disk(
+    tmp_path: Path, mosquitto: str, ray_cluster: str, s3: str
+) -> None:
+    """EDGELOOP_STORAGE_URL set: the synthesis job writes the dataset to the bucket from a Ray node; a 2-worker
+    training job fetches it into each node's own cache, rank 0 uploads its checkpoints there, and the server
+    registers the version from what the bucket holds. The server's data dir never holds the dataset's images;
+    of the run, only the checkpoint it registers."""
+    client = make_bucket(s3, "ray-jobs")
+    storage = {**S3_CREDS, "EDGELOOP_STORAGE_URL": f"s3://ray-jobs/fleet?endpoint={s3}"}
+    server = _server(tmp_path, mosquitto, ray_cluster, **storage)
+    try:
+        _synth(server)
+        assert len(bucket_keys(client, "ray-jobs", "fleet/datasets/objects/")) == 60
+        job = _train(server, workers=2)
+        done = wait_for(lambda: (j := _job(server, job))["state"] in ("succeeded", "failed") and j, 600, "train job")
+        assert done["state"] == "succeeded", done
+        placed = {e["rank"]: e["node"] for e in _log(server, job) if e.get("event") == "ray_worker"}
+        assert len(set(placed.values())) == 2, placed  # one worker on each node
+        for cache in NODE_CACHES:  # each node read the dataset into its own cache
+            assert len(list((cache / "datasets" / "objects").rglob("*.jpg"))) == 60, cache
+        run = bucket_keys(client, "ray-jobs", f"fleet/jobs/{job}/run/")
+        assert {f"fleet/jobs/{job}/run/{f}" for f in ("last.pt", "best.pt", "metrics.jsonl", "summary.json")} <= set(
+            run
+        )
+        assert not (server.data_dir / "datasets" / "objects").exists()
+        # the server fetched only what it registers: the best checkpoint (its weights are kept with the version)
+        fetched = server.data_dir / "jobs" / str(job) / "run"
+        assert sorted(p.name for p in fetched.iterdir()) == ["best.pt"], list(fetched.iterdir())
+        assert "fleet/checkpoints/shapes/1.pt" in bucket_keys(client, "ray-jobs", "fleet/checkpoints/")
+        assert server.http.get("/api/v1/models/shapes/versions/1").status_code == 200
     finally:
         server.stop()

@@ -101,6 +101,8 @@ def test_devices_never_touched_are_not_sent_back() -> None:
         ([JE.CLAIM, JE.LEASE_LAPSED, JE.CLAIM, JE.FAIL], [J.QUEUED, J.RUNNING, J.QUEUED, J.RUNNING, J.FAILED]),
         ([JE.CLAIM, JE.ABANDON], [J.QUEUED, J.RUNNING, J.FAILED]),
         ([JE.CLAIM, JE.CANCEL], [J.QUEUED, J.RUNNING, J.CANCELLED]),
+        ([JE.CLAIM, JE.FAIL, JE.RETRY, JE.CLAIM], [J.QUEUED, J.RUNNING, J.FAILED, J.QUEUED, J.RUNNING]),
+        ([JE.CANCEL, JE.RETRY], [J.QUEUED, J.CANCELLED, J.QUEUED]),
     ],
 )
 def test_job_chains(events: list[JobEvent], chain: list[JobState]) -> None:
@@ -109,7 +111,10 @@ def test_job_chains(events: list[JobEvent], chain: list[JobState]) -> None:
 
 @pytest.mark.parametrize("state", sorted(FINISHED))
 @pytest.mark.parametrize("event", list(JobEvent))
-def test_a_finished_job_never_moves(state: JobState, event: JobEvent) -> None:
+def test_a_finished_job_moves_only_by_an_operators_retry(state: JobState, event: JobEvent) -> None:
+    if event == JobEvent.RETRY and state != JobState.SUCCEEDED:
+        assert next_job_state(state, event) == JobState.QUEUED  # failed or cancelled: queued again
+        return
     with pytest.raises(JobTransitionError):
         next_job_state(state, event)
 

@@ -9,6 +9,7 @@ training images per second, the detector's mAP50 after the last epoch, and the w
     python tools/bench_train.py --baseline HEAD~3 --scenes 800 --epochs 4 --workers 0,1
     python tools/bench_train.py --ray        # also: the same run as a Ray Train job, 1 and 2 workers, on a
                                              # two-node Ray cluster started here (one CPU per node)
+    python tools/bench_train.py --compile --no-baseline   # also: this tree with torch.compile (--compile)
 Writes JSON (default bench-results/bench_train.json).
 """
 
@@ -32,12 +33,16 @@ from model_zoo.datasets.store import DatasetStore, synthesize  # noqa: E402
 BASELINE = "b60148c"  # the last revision with the in-process, one-image-at-a-time loader
 
 
-def run_tree(tree: Path, store: Path, out: Path, a: argparse.Namespace, workers: int | None) -> dict:
+def run_tree(
+    tree: Path, store: Path, out: Path, a: argparse.Namespace, workers: int | None, compiled: bool = False
+) -> dict:
     cmd = [sys.executable, "-m", "model_zoo.train", "--data", str(store), "--dataset", "shapes:1", "--model", "eldet",
            "--epochs", str(a.epochs), "--batch", str(a.batch), "--size", str(a.size), "--out", str(out),
            "--progress", "none", "--device", "cpu", "--seed", "0"]  # fmt: skip
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    if compiled:
+        cmd.append("--compile")
     env = {**os.environ, "PYTHONPATH": str(tree)}
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=3600)
@@ -113,6 +118,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--workers", default="0", help="comma-separated loader worker counts for this tree")
     ap.add_argument("--ray", action="store_true", help="also train as a Ray Train job with 1 and 2 workers")
+    ap.add_argument("--compile", action="store_true", help="also this tree with torch.compile (first worker count)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline revision")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench_train.json")
     a = ap.parse_args()
@@ -131,6 +137,9 @@ def main() -> int:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
     for w in [int(x) for x in a.workers.split(",") if x]:
         rows[f"this tree, {w} workers"] = run_tree(ROOT, store, work / f"run-{w}", a, w)
+    if a.compile:
+        w = int(a.workers.split(",")[0])
+        rows[f"torch.compile, {w} workers"] = run_tree(ROOT, store, work / "run-compiled", a, w, compiled=True)
     if a.ray:
         address, stop = start_ray()
         try:

@@ -116,9 +116,19 @@ def train_check(work: Path, quick: bool) -> dict[str, Any]:
             "of_ceiling": round(s["images_per_s"] / ceiling, 3),
             "loader_workers": s["loader_workers"],
             "amp": s["amp"],
+            "seconds": s["seconds"],
         }
     if "cuda" in out["devices"]:
         out["gpu_over_cpu"] = round(out["devices"]["cuda"]["images_per_s"] / out["devices"]["cpu"]["images_per_s"], 2)
+        # torch.compile, chosen by measurement: the same GPU run compiled (its compile time is in the first epoch)
+        s = train(dv, "eldet", work / "train-cuda-compiled", epochs=1 if quick else 3, batch=batch, size=size,
+                  progress_mode="none", device_name="cuda", compile=True)  # fmt: skip
+        out["compiled"] = {
+            "images_per_s": s["images_per_s"],
+            "over_eager": round(s["images_per_s"] / out["devices"]["cuda"]["images_per_s"], 2),
+            "seconds": s["seconds"],
+            "eager_seconds": out["devices"]["cuda"].get("seconds"),
+        }
     return out
 
 
@@ -196,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{t['ceiling_images_per_s']} (forward + backward, batch {report['train']['batch']})")  # fmt: skip
     if "gpu_over_cpu" in report["train"]:
         print(f"train: GPU / this host's CPU = {report['train']['gpu_over_cpu']}x")
+    if "compiled" in report["train"]:
+        c = report["train"]["compiled"]
+        print(f"train with torch.compile: {c['images_per_s']} images/s, {c['over_eager']}x eager "
+              f"({c['seconds']} s in all against {c['eager_seconds']} s)")  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {a.out} in {report['seconds']} s")

@@ -254,6 +254,12 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    j = admin_client(args).request("POST", f"/api/v1/jobs/{args.id}/retry")
+    out(args, j, _job_line(j))
+    return 0
+
+
 def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     ds = sub.add_parser("datasets", help="dataset versions").add_subparsers(dest="sub", required=True)
     p = ds.add_parser("synth", help="a dataset of synthetic scenes with exact boxes (a server job)")
@@ -351,3 +357,7 @@ def add_parsers(sub: Any, admin_flags: Callable[[argparse.ArgumentParser], None]
     p.add_argument("id", type=int)
     admin_flags(p)
     p.set_defaults(func=cmd_jobs_cancel)
+    p = j.add_parser("retry", help="run a failed or cancelled job again; training resumes from its last checkpoint")
+    p.add_argument("id", type=int)
+    admin_flags(p)
+    p.set_defaults(func=cmd_jobs_retry)

@@ -109,6 +109,25 @@ def enqueue(session: Session, kind: str, params: dict[str, Any], actor: str, tar
     return job
 
 
+def retry(session: Session, job_id: int, actor: str) -> Job:
+    """A failed or cancelled job back in the queue, under the same id: a training run resumes from the last
+    checkpoint its worker wrote (here or, with a bucket, on any host)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobError(f"no job {job_id}", 404)
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise JobError(f"job {job_id} is {job.state}: only a failed or cancelled job can be retried", 409)
+    job.state = next_job_state(job.state, JobEvent.RETRY)
+    job.attempts, job.cancel_requested, job.owner, job.lease_until = 0, False, None, None
+    job.finished_at, job.error, job.result_json = None, None, None
+    job.message = "queued again: resumes from its last checkpoint"
+    session.add(job)
+    audit(session, actor, "job.retry", str(job_id))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
 def cancel(session: Session, job_id: int, actor: str) -> Job:
     """A queued job is cancelled at once; a running one is stopped by its runner, which records it."""
     job = session.get(Job, job_id)

@@ -2,7 +2,8 @@
 
 A job is queued, claimed by one replica (running), and ends succeeded, failed or cancelled. A running
 job whose lease lapsed (its replica died or stopped) goes back to the queue and resumes from its last
-checkpoint, up to `MAX_ATTEMPTS` claims; after that it is abandoned as failed.
+checkpoint, up to `MAX_ATTEMPTS` claims; after that it is abandoned as failed. An operator can retry a
+failed or cancelled job: it goes back to the queue and resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class JobEvent(StrEnum):
     SUCCEED = "succeed"
     FAIL = "fail"
     CANCEL = "cancel"
+    RETRY = "retry"  # an operator runs a failed or cancelled job again
 
 
 JOB_TRANSITIONS: dict[tuple[JobState, JobEvent], JobState] = {
@@ -35,9 +37,11 @@ JOB_TRANSITIONS: dict[tuple[JobState, JobEvent], JobState] = {
     (JobState.RUNNING, JobEvent.SUCCEED): JobState.SUCCEEDED,
     (JobState.RUNNING, JobEvent.FAIL): JobState.FAILED,
     (JobState.RUNNING, JobEvent.CANCEL): JobState.CANCELLED,
+    (JobState.FAILED, JobEvent.RETRY): JobState.QUEUED,
+    (JobState.CANCELLED, JobEvent.RETRY): JobState.QUEUED,
 }
-# No event leaves these.
-FINISHED = frozenset(s for s in JobState if not any(k[0] == s for k in JOB_TRANSITIONS))
+# Ended: only an operator's retry moves these again.
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # A job in these occupies the queue (a retrain policy waits for it).
 PENDING = frozenset({JobState.QUEUED, JobState.RUNNING})
 MAX_ATTEMPTS = 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -111,7 +112,7 @@ def run_train(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[str, An
             continue
     err = proc.stderr.read()
     if proc.wait() != 0:
-        raise UserError(_last_line(err) or f"training exited with {proc.returncode}")
+        raise UserError(_died(proc.returncode, err))
     summary = json.loads((run_dir / "summary.json").read_text())
     return _compile_trained(job_dir, p, dv, run_dir, summary)
 
@@ -137,10 +138,16 @@ def _compile_trained(
 
 
 def evaluation_gate(
-    candidate_onnx: Path, current_onnx: Path, p: dict[str, Any], report: dict[str, Any], files: JobFiles
+    candidate_onnx: Path,
+    current_onnx: Path,
+    p: dict[str, Any],
+    report: dict[str, Any],
+    files: JobFiles | None = None,
 ) -> dict[str, Any]:
     """Candidate vs current on the fixed holdout (the val split of the dataset the current version was trained
-    on) and on the newly labelled hard samples that fell in the val split; rejected past the budget."""
+    on) and on the newly labelled hard samples that fell in the val split; rejected past the budget. Paths in
+    `p` are under `files`' root (the working directory when none is given)."""
+    files = files or JobFiles(Path.cwd())
 
     holdout = _dataset(files, p, parse_ref(p["holdout_dataset"]))
     new = _dataset(files, p)
@@ -214,6 +221,20 @@ def run_synthesize(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[st
 def _default_targets() -> tuple[str, ...]:
 
     return DEFAULT_TARGETS
+
+
+def _died(rc: int, stderr: str) -> str:
+    """Why training stopped, first line first (the job's message), then the tail of what it printed."""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        head = f"training was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    else:
+        head = _last_line(stderr) or f"training exited with {rc}"
+    tail = [ln for ln in stderr.strip().splitlines() if ln.strip()][-10:]
+    return "\n".join([head, *(["last lines it printed:", *tail] if tail else [])])[:1800]
 
 
 def _last_line(text: str) -> str:

@@ -20,6 +20,7 @@ from fleet_server.jobs.service import (
     job_public,
     locations,
     parse_state,
+    retry,
     version_of,
 )
 from fleet_server.jobs.tables import Job
@@ -183,6 +184,15 @@ def show_job(
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     return job_public(job, services.jobs_dir, tail)
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry_job(job_id: Id, session: SessionDep, who: OperatorDep) -> dict[str, Any]:
+    """A failed or cancelled job runs again (the same id): training resumes from its last checkpoint."""
+    try:
+        return job_public(retry(session, job_id, who.name))
+    except JobError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
 
 
 @router.post("/jobs/{job_id}/cancel")
