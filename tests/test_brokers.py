@@ -215,3 +215,38 @@ def test_a_batch_enrolment_admits_every_device_at_once_or_none(tmp_path: Path) -
         assert listed == {*ids, "yard-3"}  # neither refused batch created yard-9
     finally:
         fleet.stop()
+
+
+def test_simulated_devices_each_connect_as_themselves_and_follow_a_rollout(
+    tmp_path: Path, assets: dict[str, Path]
+) -> None:
+    """The fleet simulator with one MQTT connection per device (what bench_fleet's `--connections own` runs at
+    scale): each device connects to the Mosquitto the server manages with its own id and token, reads only its
+    own desired state, and a rollout reaches every one of them."""
+    from tools.fleet_sim import FleetSim
+
+    fleet = Server(
+        tmp_path / "server", None, extra=["--mqtt-broker", "mosquitto"], env={"EDGELOOP_ROLLOUT_TICK_S": "0.2"}
+    )
+    sim = None
+    try:
+        fleet.push(assets["model_v1"])
+        # the URL given is never used: each device takes the broker's address from its enrolment
+        sim = FleetSim(fleet.url, fleet.token, "mqtt://127.0.0.1:1", 40, "own", telemetry_interval_s=0.5,
+                       connections="own")  # fmt: skip
+        sim.enroll()
+        sim.start()
+        wait_for(lambda: sim is not None and sim.connected() == 40, 30, "40 connections, one per device")
+        assert sim.mux is not None and sim.mux.refused == 0
+        devices = lambda: fleet.http.get("/api/v1/devices", params={"limit": 100}).json()  # noqa: E731
+        wait_for(lambda: sum(d["online"] for d in devices()) == 40, 20, "every device online, each by itself")
+        body = {"model": "colors", "version": 1, "selector": "all", "canary": "10%", "waves": ["100%"], "bake_s": 0}
+        r = fleet.http.post("/api/v1/rollouts", json={**body, "gates": []})
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        wait_for(lambda: fleet.http.get(f"/api/v1/rollouts/{rid}").json()["state"] == "completed", 60, "rollout")
+        assert set(sim.versions().values()) == {1}
+    finally:
+        if sim is not None:
+            sim.stop()
+        fleet.stop()

@@ -66,16 +66,28 @@ class RawCounter:
         self.c.disconnect()
 
 
-def rollout_run(work: Path, mqtt_url: str, model: Path, n: int) -> dict:
-    server = Server(work / f"server-{n}", mqtt_url, env=TICK)
+def rollout_run(work: Path, mqtt_url: str, model: Path, n: int, connections: str = "shared") -> dict:
+    """With connections="own" each device connects as itself to the Mosquitto the server manages (its ACLs
+    and accounts), instead of all of them over one connection to a plain broker."""
+    own = connections == "own"
+    extra = ["--mqtt-broker", "mosquitto"] if own else None
+    server = Server(work / f"server-{n}-{connections}", None if own else mqtt_url, extra=extra, env=TICK)
     sim = None
     try:
         server.push(model)
-        sim = FleetSim(server.url, server.token, mqtt_url, n, f"f{n}", telemetry_interval_s=5.0)
+        sim = FleetSim(
+            server.url, server.token, mqtt_url, n, f"f{n}", telemetry_interval_s=5.0, connections=connections
+        )
         t0 = time.monotonic()
         sim.enroll()
         enroll_s = time.monotonic() - t0
         sim.start()
+        t0 = time.monotonic()
+        while own and sim.connected() < n:
+            if time.monotonic() - t0 > 300:
+                raise RuntimeError(f"only {sim.connected()} of {n} devices connected in 5 minutes")
+            time.sleep(0.2)
+        connect_s = time.monotonic() - t0
         cpu0, _ = proc_usage(server.proc.p.pid)
         peak = 0.0
         t0 = time.monotonic()
@@ -107,6 +119,8 @@ def rollout_run(work: Path, mqtt_url: str, model: Path, n: int) -> dict:
         on_v1 = sum(1 for v in sim.versions().values() if v == 1)
         return {
             "devices": n,
+            "connections": connections,
+            "connect_s": round(connect_s, 2) if own else None,
             "state": st,
             "create_to_all_active_s": round(took, 2),
             "devices_on_version": on_v1,
@@ -164,6 +178,13 @@ def ingest_run(servers: list[Server], mqtt_port: int, n: int, seconds: float, db
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,5000", help="fleet sizes for the rollout run")
+    ap.add_argument(
+        "--connections",
+        default="shared",
+        help="shared (one MQTT connection for the simulated fleet), own (one per device, with its credentials, "
+        "through the Mosquitto the server manages), or shared,own for both",
+    )
+    ap.add_argument("--no-ingest", action="store_true", help="rollouts only")
     ap.add_argument("--ingest-devices", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument(
@@ -181,15 +202,17 @@ def main() -> int:
     model = build_color_classifier(work / "colors.onnx")
     out: dict = {"rollouts": [], "ingest": []}
     try:
-        for n in (int(x) for x in args.sizes.split(",") if x):
-            out["rollouts"].append(rollout_run(work, mqtt_url, model, n))
-            print(f"rollout to {n}: {out['rollouts'][-1]}", flush=True)
-        s1 = Server(work / "ingest", mqtt_url)
-        try:
-            out["ingest"].append(ingest_run([s1], port, args.ingest_devices, args.seconds, "sqlite"))
-        finally:
-            s1.stop()
-        if args.replicas:
+        for conn in [c for c in args.connections.split(",") if c]:
+            for n in (int(x) for x in args.sizes.split(",") if x):
+                out["rollouts"].append(rollout_run(work, mqtt_url, model, n, conn))
+                print(f"rollout to {n} ({conn} connections): {out['rollouts'][-1]}", flush=True)
+        if not args.no_ingest:
+            s1 = Server(work / "ingest", mqtt_url)
+            try:
+                out["ingest"].append(ingest_run([s1], port, args.ingest_devices, args.seconds, "sqlite"))
+            finally:
+                s1.stop()
+        if args.replicas and not args.no_ingest:
             from tests.pg import PostgresServer
 
             pg = PostgresServer()
@@ -210,12 +233,13 @@ def main() -> int:
     finally:
         broker.stop()
     print(
-        f"\n{'rollout (no bake)':<22}{'devices':>8}{'create->100% s':>16}{'CPU s':>8}{'peak MiB':>10}{'enroll s':>10}"
+        f"\n{'rollout (no bake)':<22}{'conns':>7}{'devices':>8}{'connect s':>10}{'create->100% s':>16}{'CPU s':>8}"
+        f"{'peak MiB':>10}{'enroll s':>10}"
     )
     for r in out["rollouts"]:
         print(
-            f"{r['state']:<22}{r['devices']:>8}{r['create_to_all_active_s']:>16}{r['server_cpu_s']:>8}"
-            f"{r['server_peak_rss_mib']:>10}{r['enroll_s']:>10}"
+            f"{r['state']:<22}{r['connections']:>7}{r['devices']:>8}{r['connect_s'] or '-':>10}"
+            f"{r['create_to_all_active_s']:>16}{r['server_cpu_s']:>8}{r['server_peak_rss_mib']:>10}{r['enroll_s']:>10}"
         )
     print(f"\n{'telemetry ingest':<26}{'devices':>8}{'server msg/s':>14}{'raw msg/s':>11}{'ratio':>8}{'shed':>9}")
     for r in out["ingest"]:

@@ -1,4 +1,4 @@
-"""Fleet simulator: N protocol-level agents in one process, sharing one MQTT connection.
+"""Fleet simulator: N protocol-level agents in one process, on one shared MQTT connection or one each.
 
 Each simulated device is enrolled on the server, follows its desired state (verifying the manifest
 signature like a real agent), reports the version it runs, and sends telemetry whose fps / latency /
@@ -10,8 +10,11 @@ the version's CPU targets, times each on this machine (edge_agent/update/measure
 figure by the slowdown declared for its key and target (`slowdown`), chooses by the agent's own rules and
 reports the timings with its key. That is how three kinds of hardware are simulated on one CPU.
 
-Needs a broker that lets this one connection speak for many devices (a test or lab broker without
-per-device ACLs). Used by tests and tools/bench_fleet.py.
+With `connections="shared"` (the default) one connection speaks for every device: it needs a broker that
+allows that (a test or lab broker without per-device ACLs). With `connections="own"` each device connects
+as itself, with its own client id, username and token from its enrolment and an "offline" Last Will, as an
+agent does, so the broker's per-device ACLs apply; one thread drives all the connections (tools/mqtt_mux.py).
+Used by tests and tools/bench_fleet.py.
 
     python tools/fleet_sim.py --devices 50 --server-url http://127.0.0.1:8080 --token ADMIN \\
         --mqtt-url mqtt://127.0.0.1:1883 --slow 2=1.4
@@ -59,6 +62,7 @@ from edge_agent.protocol.signing import SignatureError, verify_signed_manifest  
 from edge_agent.protocol.topics import DeviceTopics, parse_device_topic  # noqa: E402
 from edge_agent.update.checks import runnable_targets  # noqa: E402
 from edge_agent.update.measure import Timing, choose, time_runs  # noqa: E402
+from tools.mqtt_mux import MqttMux  # noqa: E402
 
 
 @dataclass
@@ -85,6 +89,8 @@ class SimDevice:
     prefer: tuple[str | None, str | None] = (None, None)
     boot: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     report_seq: int = 0
+    token: str | None = None  # its own MQTT password (connections="own")
+    client: Any = None  # its own MQTT connection (connections="own")
 
 
 class FleetSim:
@@ -106,7 +112,12 @@ class FleetSim:
         hardware: dict[str, str] | None = None,
         slowdown: dict[str, dict[str, float]] | None = None,
         measure_budget_s: float = 1.0,
+        connections: str = "shared",
     ) -> None:
+        if connections not in ("shared", "own"):
+            raise ValueError(f"connections is shared or own, not {connections!r}")
+        self.connections = connections
+        self.mux: MqttMux | None = None
         self.server_url, self.mqtt_url = server_url.rstrip("/"), mqtt_url
         self.agreement = dict(agreement or {})  # shadow agreement a candidate version scores (default 1.0)
         self.http = httpx.Client(
@@ -148,6 +159,7 @@ class FleetSim:
         self._host, self._port = host, int(port)
         self.rejected = 0
         self.telemetry_sent: dict[str, int] = {}
+        self._device_mqtt_url: str | None = None  # the broker devices are told to use, from their enrolment
 
     # -- lifecycle ---------------------------------------------------------------------------
     def enroll(self, tags: dict[str, str] | None = None, tag_fn=None) -> None:  # type: ignore[no-untyped-def]
@@ -160,6 +172,9 @@ class FleetSim:
                 continue
             r.raise_for_status()
             self.root_public_key = r.json()[0]["root_public_key"]
+            for cred in r.json():
+                self.devices[cred["device_id"]].token = cred["token"]
+                self._device_mqtt_url = cred.get("mqtt_url") or self._device_mqtt_url
             fresh.update(chunk)
         for d in self.devices.values():
             if d.id not in fresh:
@@ -168,6 +183,7 @@ class FleetSim:
                     continue
                 r.raise_for_status()
                 self.root_public_key = r.json()["root_public_key"]
+                d.token = r.json()["token"]
             t = dict(tags or {})
             if tag_fn is not None:
                 t.update(tag_fn(d.id))
@@ -175,8 +191,28 @@ class FleetSim:
                 self.http.put(f"/api/v1/devices/{d.id}/tags", json={"tags": t}).raise_for_status()
 
     def start(self) -> FleetSim:
-        self.client.connect(self._host, self._port, keepalive=30)
-        self.client.loop_start()
+        if self.connections == "own":
+            host, port = self._host, self._port
+            if self._device_mqtt_url and self._device_mqtt_url.startswith("mqtt://"):
+                host, _, p = self._device_mqtt_url.split("://", 1)[1].split("@")[-1].rpartition(":")
+                port = int(p)
+            self.mux = MqttMux(host, port, keepalive=60)
+            for d in self.devices.values():
+                if d.token is None:
+                    raise RuntimeError(f"{d.id} has no token of its own: enrol the devices in this run first")
+                offline = encode_message(StatusMessage(device_id=d.id, status="offline"))  # type: ignore[arg-type]
+                d.client = self.mux.add(
+                    f"edgeloop-agent-{d.id}",
+                    d.id,
+                    d.token,
+                    on_connect=functools.partial(self._on_own_connect, d),
+                    on_message=lambda topic, payload: self._q.put((topic, payload)),
+                    will=(DeviceTopics(d.id).status, offline),
+                )
+            self.mux.start()
+        else:
+            self.client.connect(self._host, self._port, keepalive=30)
+            self.client.loop_start()
         for name, fn in (("sim-desired", self._desired_worker), ("sim-telemetry", self._telemetry_loop)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
@@ -189,8 +225,11 @@ class FleetSim:
             if d.online:
                 self._publish_status(d, "offline")
         time.sleep(0.2)
-        self.client.loop_stop()
-        self.client.disconnect()
+        if self.mux is not None:
+            self.mux.stop()
+        else:
+            self.client.loop_stop()
+            self.client.disconnect()
         for t in self._threads:
             t.join(2)
         self.http.close()
@@ -210,9 +249,22 @@ class FleetSim:
             if d.online:
                 self._publish_status(d, "online")
 
+    def _on_own_connect(self, d: SimDevice, client: Any) -> None:
+        client.subscribe(DeviceTopics(d.id).desired, 1)  # its own topic: all the broker lets it read
+        if d.online:
+            self._publish_status(d, "online")
+
+    def connected(self) -> int:
+        """Devices connected as themselves (connections="own"), or 1 for the shared connection."""
+        return self.mux.connected if self.mux is not None else int(self.client.is_connected())
+
+    def _publish(self, d: SimDevice, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        client = d.client if d.client is not None else self.client
+        client.publish(topic, payload, qos=qos, retain=retain)
+
     def _publish_status(self, d: SimDevice, status: str) -> None:
         msg = StatusMessage(device_id=d.id, status=status)  # type: ignore[arg-type]
-        self.client.publish(DeviceTopics(d.id).status, encode_message(msg), qos=1, retain=True)
+        self._publish(d, DeviceTopics(d.id).status, encode_message(msg), qos=1, retain=True)
 
     def _report(self, d: SimDevice) -> None:
         d.report_seq += 1
@@ -236,7 +288,7 @@ class FleetSim:
             },
             capabilities=Capabilities(agent_version="sim", hardware_key=d.hardware) if d.hardware else None,
         )
-        self.client.publish(DeviceTopics(d.id).reported, encode_message(msg), qos=1, retain=True)
+        self._publish(d, DeviceTopics(d.id).reported, encode_message(msg), qos=1, retain=True)
 
     def _desired_worker(self) -> None:
         """Desired messages start installs; installs finish `install_delay_s` later, all in parallel."""
@@ -380,7 +432,7 @@ class FleetSim:
                     last_prediction=[Prediction(label="red", score=round(0.9 / factor, 3))],
                     shadow=self._shadow_telemetry(d),
                 )
-                self.client.publish(DeviceTopics(d.id).telemetry, encode_message(msg), qos=0)
+                self._publish(d, DeviceTopics(d.id).telemetry, encode_message(msg), qos=0)
                 self.telemetry_sent[d.id] = self.telemetry_sent.get(d.id, 0) + 1
 
     def _shadow_telemetry(self, d: SimDevice) -> ShadowTelemetry | None:
@@ -416,6 +468,12 @@ def main() -> int:
     ap.add_argument("--offline-share", type=float, default=0.0, help="share of devices that stay offline")
     ap.add_argument("--tag", action="append", default=[], help="key=value tag for every simulated device")
     ap.add_argument("--seconds", type=float, default=0, help="run this long (default: until Ctrl-C)")
+    ap.add_argument(
+        "--connections",
+        choices=["shared", "own"],
+        default="shared",
+        help="one MQTT connection for all devices, or one each with its own credentials (a broker with ACLs)",
+    )
     args = ap.parse_args()
     slow = {int(k): float(v) for k, v in (s.split("=") for s in args.slow)}
     n_off = int(args.devices * args.offline_share)
@@ -429,6 +487,7 @@ def main() -> int:
         slow,
         set(args.fail_version),
         offline=offline,
+        connections=args.connections,
     )
     sim.enroll(dict(t.split("=", 1) for t in args.tag))
     sim.start()
