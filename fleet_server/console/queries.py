@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import func
+from sqlalchemy import case, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from edge_agent.protocol.manifest import RefError, parse_ref_latest
@@ -107,16 +108,17 @@ def device_row(d: Device, now: datetime) -> dict[str, Any]:
 
 def fleet_page(session: Session, f: FleetFilter) -> FleetPage:
     conds = f.where()
-    total = session.exec(select(func.count()).select_from(Device).where(*conds)).one()
+    # the whole fleet's counts in one pass over the table (one COUNT per state took 6 passes: 100 ms at 100k)
+    sums = [func.coalesce(func.sum(case((cond(), 1), else_=0)), 0) for cond in STATES.values()]
+    whole = session.execute(sa_select(func.count(), *sums).select_from(Device)).one()
+    counts = {"devices": int(whole[0]), **{name: int(v) for name, v in zip(STATES, whole[1:], strict=True)}}
+    total = session.exec(select(func.count()).select_from(Device).where(*conds)).one() if conds else counts["devices"]
     pages = max(1, (total + PAGE - 1) // PAGE)
     page = min(max(1, f.page), pages)
     rows = session.exec(
         select(Device).where(*conds).order_by(col(Device.id)).offset((page - 1) * PAGE).limit(PAGE)
     ).all()
     now = datetime.now(timezone.utc)
-    counts = {"devices": session.exec(select(func.count()).select_from(Device)).one()}
-    for name, cond in STATES.items():
-        counts[name] = session.exec(select(func.count()).select_from(Device).where(cond())).one()
     return FleetPage([device_row(d, now) for d in rows], total, pages, counts)
 
 
