@@ -76,7 +76,7 @@ def deploy_many(
     devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
     refused: dict[str, str] = {}
     done: list[str] = []
-    cache: dict[Any, Any] = {}
+    cache: dict[Any, Any] = {"highest": _highest_deployed(session, ids, {(r.slot, r.model) for _, r in items})}
     with session.no_autoflush:  # one flush for the batch: each device's lookups do not need the others' rows
         for device_id, req in items:
             device = devices.get(device_id)
@@ -97,6 +97,23 @@ def deploy_many(
     return refused
 
 
+def _highest_deployed(
+    session: Session, ids: list[str], slot_models: set[tuple[str, str]]
+) -> dict[tuple[str, str, str], int]:
+    """(device, slot, model) -> the highest version ever deployed there, for these devices, in one query (an
+    older version than that is sent as a signed rollback)."""
+    out: dict[tuple[str, str, str], int] = {}
+    for slot, model in slot_models:
+        rows = session.exec(
+            select(Deployment.device_id, func.max(ModelVersion.version))
+            .join(ModelVersion, col(Deployment.version_id) == col(ModelVersion.id))
+            .where(col(Deployment.device_id).in_(ids), Deployment.slot == slot, ModelVersion.model == model)
+            .group_by(col(Deployment.device_id))
+        ).all()
+        out.update({(device_id, slot, model): int(v) for device_id, v in rows if v is not None})
+    return out
+
+
 def _record(
     session: Session, deployer: Deployer, device: Device, req: DeployRequest, actor: str, cache: dict[Any, Any]
 ) -> tuple[Deployment, bool]:
@@ -114,11 +131,10 @@ def _record(
     mv = cache[key]
     if mv is None:
         raise DeployError(f"no model version {req.model}:{req.version}", 404)
-    highest = session.exec(
-        select(func.max(ModelVersion.version))
-        .join(Deployment, col(Deployment.version_id) == col(ModelVersion.id))
-        .where(Deployment.device_id == device_id, Deployment.slot == req.slot, ModelVersion.model == req.model)
-    ).one()
+    if "highest" in cache:  # looked up for the whole batch at once
+        highest = cache["highest"].get((device_id, req.slot, req.model))
+    else:
+        highest = _highest_deployed(session, [device_id], {(req.slot, req.model)}).get((device_id, req.slot, req.model))
     rollback = highest is not None and mv.version < int(highest)
     shadow_mv = None
     if req.shadow_model or req.shadow_version is not None:
