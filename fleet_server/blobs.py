@@ -11,120 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
-from urllib.parse import parse_qs, urlparse
+from typing import TypeVar
+
+from model_zoo.objects import Remote, S3Remote, StorageError, open_remote
+
+__all__ = ["Blobs", "Remote", "S3Remote", "StorageError", "open_remote"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class StorageError(RuntimeError):
-    """Object storage is misconfigured or unreachable (the message says which and how to fix it)."""
-
-
-class Remote(Protocol):
-    def check(self) -> None: ...
-    def put_file(self, key: str, path: Path) -> None: ...
-    def fetch(self, key: str, dest: Path) -> bool: ...
-    def delete(self, key: str) -> None: ...
-    def describe(self) -> str: ...
-    def list(self, prefix: str, delimiter: str | None = None) -> list[str]: ...
-
-
-class S3Remote:
-    """An S3 bucket (AWS, MinIO, Ceph RGW, Garage, ...) through boto3."""
-
-    def __init__(self, url: str) -> None:
-        u = urlparse(url)
-        if u.scheme != "s3" or not u.netloc:
-            raise StorageError(f"storage URL must look like s3://BUCKET/PREFIX?endpoint=URL&region=R, not {url!r}")
-        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        unknown = set(q) - {"endpoint", "region", "addressing"}
-        if unknown:
-            raise StorageError(f"unknown storage URL option(s) {sorted(unknown)}: use endpoint, region, addressing")
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError as exc:
-            raise StorageError("S3 storage needs boto3: pip install 'edgeloop[s3]'") from exc
-        self.bucket, self.prefix = u.netloc, u.path.strip("/")
-        self.endpoint = q.get("endpoint")
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=q.get("region", "us-east-1"),
-            config=Config(
-                s3={"addressing_style": q.get("addressing", "path")},
-                retries={"max_attempts": 5, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-            ),
-        )
-
-    def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" + (f" at {self.endpoint}" if self.endpoint else "")
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"cannot use bucket {self.describe()}: {exc}") from exc
-
-    def put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key))
-
-    def fetch(self, key: str, dest: Path) -> bool:
-        from botocore.exceptions import ClientError
-
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".fetch")
-        os.close(fd)
-        try:
-            self.client.download_file(self.bucket, self._key(key), tmp)
-        except ClientError as exc:
-            os.unlink(tmp)
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        os.replace(tmp, dest)
-        return True
-
-    def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def list(self, prefix: str, delimiter: str | None = None) -> list[str]:
-        """Keys under `prefix` (relative to the URL's prefix); with a delimiter, the keys and the common
-        prefixes one level down (ending in the delimiter), as S3 lists them."""
-        strip = len(self._key(""))
-        args: dict[str, str] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
-        if delimiter:
-            args["Delimiter"] = delimiter
-        out: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(**args):
-            out += [o["Key"][strip:] for o in page.get("Contents", [])]
-            out += [c["Prefix"][strip:] for c in page.get("CommonPrefixes", [])]
-        return out
-
-
-def open_remote(url: str | None) -> Remote | None:
-    if not url:
-        return None
-    remote = S3Remote(url)
-    remote.check()
-    log.info("object storage: %s", remote.describe())
-    return remote
 
 
 class Blobs:

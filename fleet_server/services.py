@@ -27,7 +27,6 @@ from fleet_server.devices.deploy import Deployer
 from fleet_server.flywheel.phash_index import PhashIndex
 from fleet_server.flywheel.policy import check_policies
 from fleet_server.jobs.backends import backend_for
-from fleet_server.jobs.files import JobFiles
 from fleet_server.jobs.results import job_result_registrar
 from fleet_server.jobs.runner import JobRunner
 from fleet_server.keys import WARN_DAYS, KeyRing, ensure_admin_token, ensure_keys
@@ -36,6 +35,7 @@ from fleet_server.settings import Settings
 from fleet_server.storage import LocalStore, datasets_dir
 from fleet_server.webhooks.dispatcher import WebhookDispatcher
 from model_zoo.datasets.store import DatasetStore
+from model_zoo.objects import JobFiles
 
 log = logging.getLogger(__name__)
 

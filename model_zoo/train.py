@@ -22,6 +22,7 @@ from typing import Any
 
 from edge_agent.protocol.manifest import parse_ref_latest
 from model_zoo.datasets.store import DatasetStore, DatasetVersion
+from model_zoo.objects import JobFiles, cache_root
 from model_zoo.training.config import TrainConfig
 from model_zoo.training.data import letterbox
 from model_zoo.training.loop import Progress, run
@@ -114,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         remote, on_checkpoint = None, None
         if a.storage_url:
-            from fleet_server.jobs.files import JobFiles, cache_root  # the server's client, only with a bucket
-
             files = JobFiles.open(a.root or cache_root(), a.storage_url)
             a.data, a.out = files.path(a.data), files.path(a.out)
             if a.init_from is not None and not a.init_from.is_absolute():

@@ -7,7 +7,7 @@ running when the server stops or dies: the next server to claim it re-attaches t
 kept in the job folder) instead of starting it again, and reads its log from where the last one stopped.
 With object storage (`EDGELOOP_STORAGE_URL`) a Ray job needs nothing from the server's disk: it reads its
 parameters, dataset and checkpoints from the bucket into the node's cache (`EDGELOOP_CACHE_DIR`) and writes
-its checkpoints, compiled files and result back (see files.py). Without one, the job folder must be
+its checkpoints, compiled files and result back (see model_zoo/objects.py). Without one, the job folder must be
 reachable from the Ray nodes at the same path (the same machine, or a shared filesystem).
 """
 

@@ -25,10 +25,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from fleet_server.jobs.backends import Handle, LocalBackend, RayBackend
-from fleet_server.jobs.files import JobFiles
 from fleet_server.jobs.states import MAX_ATTEMPTS, JobEvent, JobState, next_job_state
 from fleet_server.jobs.tables import Job
 from fleet_server.webhooks import service as webhooks
+from model_zoo.objects import JobFiles
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=30)

@@ -17,7 +17,7 @@ from fleet_server.registry.tables import ModelVersion
 from model_zoo.compile import TARGETS
 from model_zoo.datasets.store import DatasetError, DatasetStore
 
-# where a job's inputs are (paths relative to the data root; see files.py): not shown to API clients
+# where a job's inputs are (paths relative to the data root; see model_zoo/objects.py): not shown to API clients
 SERVER_PATHS = ("datasets_dir", "checkpoint", "init_from", "current_onnx", "storage_url")
 
 

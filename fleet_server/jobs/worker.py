@@ -5,12 +5,13 @@ Reads JOB_DIR/params.json, prints one JSON object per line (progress events the 
 JOB_DIR/result.json on success and exits 0; on a user error it prints {"event": "error", "message": …}
 and exits 2. It never touches the database: the runner, in the server, registers what it produced. The
 paths in params and result are relative to the data root, the same layout on every host and in the bucket
-(see files.py): with a bucket, inputs are fetched from it, and checkpoints (each epoch), compiled files and
+(see model_zoo/objects.py): with a bucket, inputs are fetched from it, and checkpoints (each epoch), compiled files and
 the result go back to it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -21,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.protocol.manifest import InputSpec, parse_ref
-from fleet_server.jobs.files import JobFiles, cache_root
 from fleet_server.procs import die_with_parent
 from model_zoo.compile import DEFAULT_TARGETS, compile_checkpoint
 from model_zoo.datasets.store import DatasetStore, synthesize
 from model_zoo.evaluate import evaluate_onnx
+from model_zoo.objects import JobFiles, cache_root
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -265,8 +266,6 @@ def _portable(result: dict[str, Any], files: JobFiles) -> dict[str, Any]:
 
 def _args(argv: list[str]) -> tuple[Path, JobFiles, dict[str, Any]]:
     """(job folder, files, params) from `JOB_DIR [--root DATA_DIR]` or `--job ID --storage-url URL`."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m fleet_server.jobs.worker")
     ap.add_argument("job_dir", nargs="?", type=Path)
     ap.add_argument("--root", type=Path, default=None, help="the data root the job's relative paths are under")

@@ -8,7 +8,7 @@ Layout under a root folder:
 A version file is written once (temp → fsync → rename) and never changed; its `id` is the sha256 of its
 canonical content, so two versions with the same samples and labels have the same id.
 
-With object storage (a `remote` with `fleet_server.blobs.Remote`'s calls) the bucket holds the same layout
+With object storage (a `remote`, model_zoo/objects.py) the bucket holds the same layout
 under `datasets/`, and the local folder is a read-through cache: a version made on one host (a server
 replica, a Ray node) is uploaded, images first and its version file last, and any other host lists, loads
 and fetches it from there. The train/val
@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 
 from model_zoo.datasets.synthetic_scenes import preset, render_scene
+from model_zoo.objects import Remote
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -192,22 +192,13 @@ class NewSample:
     source: str = ""
 
 
-class ObjectStore(Protocol):
-    """What the store needs of object storage (fleet_server.blobs.S3Remote has it)."""
-
-    def put_file(self, key: str, path: Path) -> None: ...
-    def fetch(self, key: str, dest: Path) -> bool: ...
-    def list(self, prefix: str, delimiter: str | None = None) -> list[str]: ...
-    def describe(self) -> str: ...
-
-
 def _version_of(fname: str) -> int | None:
     stem = fname.rsplit("/", 1)[-1].removesuffix(".json")
     return int(stem[1:]) if stem.startswith("v") and stem[1:].isdigit() and fname.endswith(".json") else None
 
 
 class DatasetStore:
-    def __init__(self, root: Path, remote: ObjectStore | None = None, key_prefix: str = "datasets/") -> None:
+    def __init__(self, root: Path, remote: Remote | None = None, key_prefix: str = "datasets/") -> None:
         self.root = Path(root)
         self.remote, self.key_prefix = remote, key_prefix
 
