@@ -17,6 +17,7 @@ SLOW_FIRST = (
     "test_demo.py",
     "test_jobs.py",
     "test_zoo.py",
+    "test_ray_jobs.py",
     "test_e2e.py",
     "test_faults.py",
     "test_brokers.py",

@@ -46,12 +46,12 @@ def test_a_job_whose_server_dies_resumes_on_another_with_an_empty_disk(s3: str, 
     env = _env(s3, "jobs-a", tmp_path / "fleet.db")
     a = Server(tmp_path / "a" / "data", mosquitto, env=env)
     try:
-        a.cli("datasets", "synth", "far", "--count", "80", "--width", "128", "--height", "128", "--wait")
+        a.cli("datasets", "synth", "far", "--count", "40", "--width", "96", "--height", "96", "--wait")
         keys = bucket_keys(client, "jobs-a", "fleet/datasets/")
         assert "fleet/datasets/far/v1.json" in keys
-        assert len([k for k in keys if k.startswith("fleet/datasets/objects/")]) == 80
-        r = a.http.post("/api/v1/jobs/train", json={"dataset": "far", "name": "far", "epochs": 10, "size": 128,
-                                                     "targets": ["onnx-fp32"]})  # fmt: skip
+        assert len([k for k in keys if k.startswith("fleet/datasets/objects/")]) == 40
+        r = a.http.post("/api/v1/jobs/train", json={"dataset": "far", "name": "far", "epochs": 8, "size": 96,
+                                                     "batch": 8, "targets": ["onnx-fp32"]})  # fmt: skip
         assert r.status_code == 202, r.text
         jid = int(r.json()["id"])
         assert "storage_url" not in r.json()["params"]  # where the job's data is stays on the server side
@@ -73,11 +73,11 @@ def test_a_job_whose_server_dies_resumes_on_another_with_an_empty_disk(s3: str, 
         assert done["result"]["model"] == "far:1" and done["attempts"] == 2
         steps = [e.get("message", "") for e in done["log"] if e.get("event") == "step"]
         assert (
-            "fetched 80 images of far:1 from object storage" in steps and "resuming from the last checkpoint" in steps
+            "fetched 40 images of far:1 from object storage" in steps and "resuming from the last checkpoint" in steps
         )
-        # B trained only the epochs A had not: its own metrics start past A's checkpoint and end at 10
+        # B trained only the epochs A had not: its own metrics start past A's checkpoint and end at 8
         here = [json.loads(ln)["epoch"] for ln in (b_data / "jobs" / str(jid) / "run" / "metrics.jsonl").open()]
-        assert here and here[0] > 1 and here[-1] == 10 and here == list(range(here[0], 11)), here
+        assert here and here[0] > 1 and here == list(range(here[0], 9)), here
         assert not (tmp_path / "a" / "data" / "jobs" / str(jid) / "run" / "summary.json").exists()
         keys = bucket_keys(client, "jobs-a", "fleet/")
         for k in (f"fleet/jobs/{jid}/result.json", f"fleet/jobs/{jid}/log.jsonl", "fleet/checkpoints/far/1.pt"):
