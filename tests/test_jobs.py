@@ -261,6 +261,21 @@ def test_flywheel_turn_review_retrain_gate_and_approve(server: Server, trained: 
     assert server.http.get("/api/v1/flywheel/policies").json()[0]["enabled"] is False
 
 
+def _pids(*needles: str) -> list[int]:
+    """The processes whose command line holds every one of `needles`."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if all(n in cmd for n in needles):
+            pids.append(int(d))
+    return pids
+
+
 def _training_past_its_first_epoch(server: Server, name: str, epochs: int) -> int:
     """A small training job, once it has written its first epoch (and so a checkpoint): its id."""
     server.cli("datasets", "synth", name, "--count", "100", "--width", "128", "--height", "128", "--wait")
@@ -308,15 +323,7 @@ def test_a_training_job_survives_a_clean_stop_and_a_crash_and_resumes_each_time(
     c.http.close()
 
     def workers() -> list[int]:
-        pids = []
-        for d in os.listdir("/proc"):
-            try:
-                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if job_dir in cmd and ("fleet_server.jobs.worker" in cmd or "model_zoo.train" in cmd):
-                pids.append(int(d))
-        return pids
+        return _pids(job_dir, "fleet_server.jobs.worker") + _pids(job_dir, "model_zoo.train")
 
     wait_for(lambda: not workers(), 10, "the worker to die with its server")
     d = Server(tmp_path / "data", mosquitto, env=env, port=port)
@@ -350,18 +357,7 @@ def test_a_worker_that_dies_fails_the_job_with_its_log_tail_and_a_retry_resumes_
     wait_for(lambda: any(e.get("event") == "epoch" for e in log().get("log", [])), 120, "the first epoch")
     run = server.data_dir / "jobs" / str(jid) / "run"
 
-    def trainers() -> list[int]:
-        pids = []
-        for d in os.listdir("/proc"):
-            try:
-                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "model_zoo.train" in cmd and str(run) in cmd:
-                pids.append(int(d))
-        return pids
-
-    for pid in wait_for(trainers, 10, "the training process"):
+    for pid in wait_for(lambda: _pids(str(run), "model_zoo.train"), 10, "the training process"):
         os.kill(pid, signal.SIGKILL)
     failed = wait_for(lambda: (j := _json(server, "jobs", "show", str(jid)))["state"] != "running" and j, 60, "fail")
     assert failed["state"] == "failed" and failed["message"].startswith("training was killed by SIGKILL"), failed
