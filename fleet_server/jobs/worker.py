@@ -1,12 +1,12 @@
-"""One job, in its own process: `python -m fleet_server.jobs.worker JOB_DIR --root DATA_DIR` on the server's
+"""One job, in its own process: `python -m fleet_server.jobs.worker JOB_DIR [--root DATA_DIR]` on the server's
 disk, or `python -m fleet_server.jobs.worker --job ID --storage-url URL` on a host that has only the bucket.
 
 Reads JOB_DIR/params.json, prints one JSON object per line (progress events the runner stores), writes
 JOB_DIR/result.json on success and exits 0; on a user error it prints {"event": "error", "message": …}
 and exits 2. It never touches the database: the runner, in the server, registers what it produced. The
 paths in params and result are relative to the data root, the same layout on every host and in the bucket
-(see model_zoo/objects.py): with a bucket, inputs are fetched from it, and checkpoints (each epoch), compiled files and
-the result go back to it.
+(see model_zoo/objects.py): with a bucket, inputs are fetched from it, and checkpoints (each epoch),
+compiled files and the result go back to it.
 """
 
 from __future__ import annotations
