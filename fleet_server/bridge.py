@@ -346,6 +346,10 @@ class MqttBridge:
             # the wide text columns are written here, never read: not loading them halves the query's cost
             wide = (Device.telemetry_json, Device.capabilities_json, Device.mining_json, Device.tags_json)
             query = select(Device).where(col(Device.id).in_(ids)).options(*(defer(c) for c in wide))  # type: ignore[arg-type]
+            if any(isinstance(msg, ReportedState) for _, msg in items):
+                # another replica may apply a newer report of the same device at the same moment: lock the rows
+                # (in id order, so two replicas never deadlock) so that the seq check reads what it committed
+                query = query.order_by(col(Device.id)).with_for_update()
             devices = {d.id: d for d in session.exec(query).all()}
             pending: dict[tuple[str, str, int], dict[str, float]] = {}
             slots = SlotRows(session, ids)
