@@ -40,6 +40,15 @@ class Deployer:
     def deploy(self, session: Session, device_id: str, req: DeployRequest, actor: str) -> tuple[Deployment, bool]:
         return deploy_version(session, self, device_id, req, actor)
 
+    def resume(self, session: Session, items: list[tuple[str, DeployRequest]]) -> set[str]:
+        """Of a batch that a step cut short may have deployed: those whose desired state already says so are
+        published again (the step may have died before it published them) and returned; deploy the rest."""
+        done = already_desired(session, items)
+        shared: dict[Any, Any] = {}
+        for device_id in sorted(done):
+            self.publisher.publish_desired(session, device_id, shared)
+        return done
+
     def deploy_many(self, session: Session, items: list[tuple[str, DeployRequest]], actor: str) -> dict[str, str]:
         return deploy_many(session, self, items, actor)
 
@@ -95,6 +104,34 @@ def deploy_many(
     for device_id in done:
         deployer.publisher.publish_desired(session, device_id, shared)
     return refused
+
+
+def already_desired(session: Session, items: list[tuple[str, DeployRequest]]) -> set[str]:
+    """The devices whose desired state in the request's slot already is what the request asks (its version and
+    shadow): deploying them again would only add a revision. A rollout step resumed after a crash asks this."""
+    if not items:
+        return set()
+    wanted = {(r.model, r.version) for _, r in items} | {
+        (r.shadow_model, r.shadow_version) for _, r in items if r.shadow_model and r.shadow_version is not None
+    }
+    vid: dict[tuple[str | None, int | None], int | None] = {}
+    for model, version in wanted:
+        found = select(ModelVersion.id).where(ModelVersion.model == model, ModelVersion.version == version)
+        vid[(model, version)] = session.exec(found).first()
+    ids = [device_id for device_id, _ in items]
+    newest = (
+        select(func.max(Deployment.id))
+        .where(col(Deployment.device_id).in_(ids))
+        .group_by(col(Deployment.device_id), col(Deployment.slot))
+    )
+    rows = {(x.device_id, x.slot): x for x in session.exec(select(Deployment).where(col(Deployment.id).in_(newest)))}
+    out = set()
+    for device_id, r in items:
+        dep = rows.get((device_id, r.slot))
+        shadow = vid.get((r.shadow_model, r.shadow_version)) if r.shadow_model else None
+        if dep is not None and dep.version_id == vid[(r.model, r.version)] and dep.shadow_version_id == shadow:
+            out.add(device_id)
+    return out
 
 
 def _highest_deployed(

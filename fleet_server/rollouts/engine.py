@@ -243,6 +243,11 @@ class RolloutEngine:
             .all()
         )
         s.commit()
+        # a start cut short (its replica died after taking the devices, before the wave was marked started) left
+        # them deploying: deploy those whose desired state does not say so yet, so that each is deployed once
+        cut = [d for d in rows if d.id not in taken and d.state == deploying]
+        done = self.deployer.resume(s, [(d.device_id, self._request(r, d)) for d in cut])
+        taken |= {d.id for d in cut if d.device_id not in done}
         ids = [d.device_id for d in rows if d.id in taken]
         devices = {x.id: x for x in s.exec(_devices(ids)).all()} if ids else {}
         devices = slots.views(s, r.slot, devices)  # a rollout to another slot reads that slot's report
