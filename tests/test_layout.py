@@ -34,6 +34,7 @@ LAZY_OK = (
     "model_zoo.models",
     "model_zoo.train",
     "model_zoo.training",
+    "fleet_server.cli.server_cli",  # the whole server application: the CLI's client commands do without it
 )
 ROUTES = ("fleet_server.api", "fleet_server.console", "fleet_server.cli", "fleet_server.app")
 

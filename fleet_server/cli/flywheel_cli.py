@@ -10,7 +10,7 @@ from typing import Any
 
 from fleet_server.cli.client import CliError
 from fleet_server.cli.common import admin_client, fetch_tar, out
-from fleet_server.flywheel.tables import SAMPLE_STATES, SampleState
+from fleet_server.flywheel.states import SAMPLE_STATES, SampleState
 
 
 def _line(s: dict[str, Any]) -> str:

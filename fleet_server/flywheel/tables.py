@@ -7,30 +7,13 @@ from datetime import datetime
 from sqlmodel import Field, SQLModel
 
 from fleet_server.db import EnumText, utcnow
-from fleet_server.strenum import StrEnum
-
-
-class SampleState(StrEnum):
-    NEW = "new"  # uploaded by a device, not reviewed
-    ACCEPTED = "accepted"  # the device's pre-annotations, kept as labels
-    CORRECTED = "corrected"  # labels given by a person (or imported)
-    REJECTED = "rejected"  # not worth training on
-
-
-class ReviewAction(StrEnum):
-    ACCEPT = "accept"
-    CORRECT = "correct"
-    REJECT = "reject"
-
-
-# Review may change its mind: every state moves on every action.
-REVIEW_TRANSITIONS: dict[tuple[SampleState, ReviewAction], SampleState] = {
-    **{(s, ReviewAction.ACCEPT): SampleState.ACCEPTED for s in SampleState},
-    **{(s, ReviewAction.CORRECT): SampleState.CORRECTED for s in SampleState},
-    **{(s, ReviewAction.REJECT): SampleState.REJECTED for s in SampleState},
-}
-LABELLED = frozenset({SampleState.ACCEPTED, SampleState.CORRECTED})
-SAMPLE_STATES = tuple(s.value for s in SampleState)
+from fleet_server.flywheel.states import (  # noqa: F401 (re-exported)
+    LABELLED,
+    REVIEW_TRANSITIONS,
+    SAMPLE_STATES,
+    ReviewAction,
+    SampleState,
+)
 
 
 class Sample(SQLModel, table=True):
