@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     health_window_s: float = Field(10.0, ge=0, description="Default health window for new deployments.")
     manifest_valid_days: int = Field(365, ge=1, description="Manifests expire this many days after signing.")
     rollout_tick_s: float = Field(1.0, gt=0, le=60, description="How often the rollout engine advances rollouts.")
+    compile_measure_s: float = Field(
+        1.5,
+        gt=0,
+        le=60,
+        description="Seconds a compile times each target per batch and thread count (precision vs wait).",
+    )
     max_sample_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest hard-sample upload accepted.")
     max_sample_pixels: int = Field(16_000_000, ge=1, description="Largest image (pixels) a sample may have.")
     sample_dedup_distance: int = Field(4, ge=0, le=64, description="Perceptual-hash distance of a repeat scene.")

@@ -22,8 +22,10 @@ SERVER_PATHS = ("datasets_dir", "checkpoint", "init_from", "current_onnx", "stor
 
 
 def locations(settings: Any) -> dict[str, Any]:
-    """The parameters every job gets: where datasets are, and the bucket its worker reads and writes."""
-    return {"datasets_dir": "datasets", **({"storage_url": settings.storage_url} if settings.storage_url else {})}
+    """The parameters every job gets: where datasets are, the bucket its worker reads and writes, and how long a
+    compile times each target."""
+    where = {"datasets_dir": "datasets", **({"storage_url": settings.storage_url} if settings.storage_url else {})}
+    return {**where, "measure_s": settings.compile_measure_s}
 
 
 def artifact_path(sha256: str) -> str:

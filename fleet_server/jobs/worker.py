@@ -128,6 +128,7 @@ def _compile_trained(
         tuple(p.get("targets") or ()) or _default_targets(),
         calibration=p.get("calibration", "minmax"),
         trt_int8=p.get("trt_int8", "explicit"),
+        latency_seconds=float(p.get("measure_s", 1.5)),
         progress=_scaled(0.8, 1.0),
     )
     return {
@@ -196,6 +197,7 @@ def run_compile(job_dir: Path, p: dict[str, Any], files: JobFiles) -> dict[str, 
         tuple(p.get("targets") or ()) or _default_targets(),
         calibration=p.get("calibration", "minmax"),
         trt_int8=p.get("trt_int8", "explicit"),
+        latency_seconds=float(p.get("measure_s", 1.5)),
         progress=_scaled(0.0, 1.0),
     )
     return {"checkpoint": str(checkpoint), "compiled": str(job_dir / "compiled"), "report": report.to_json()}
