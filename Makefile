@@ -25,7 +25,7 @@ demo: sysdeps $(STAMP)
 # two workers, a test file at a time each (the longest files first: tests/conftest.py)
 TEST_WORKERS ?= 2
 test: sysdeps $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check edge_agent fleet_server model_zoo tools tests

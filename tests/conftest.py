@@ -11,17 +11,22 @@ from model_zoo.datasets.synthetic_video import write_color_video
 from tests.helpers import Proc, free_port, start_mosquitto, start_s3
 from tests.pg import PostgresServer
 
-# The suite runs on two workers, a file at a time each (`make test`: pytest -n 2 --dist loadfile). The longest
-# files go first, so that neither worker is left alone with one at the end.
+# The suite runs on two workers, a file at a time each (`make test`: pytest -n 2 --dist loadfile
+# --no-loadscope-reorder: xdist would otherwise order files by their number of tests). The longest files go
+# first, so that neither worker is left alone with one at the end.
 SLOW_FIRST = (
-    "test_demo.py",
     "test_jobs.py",
-    "test_zoo.py",
     "test_ray_jobs.py",
-    "test_e2e.py",
+    "test_demo.py",
+    "test_zoo.py",
     "test_faults.py",
+    "test_rollouts.py",
     "test_brokers.py",
-    "test_edge_runtime.py",
+    "test_console.py",
+    "test_job_storage.py",
+    "test_slots.py",
+    "test_hardening.py",
+    "test_e2e.py",
 )
 
 
