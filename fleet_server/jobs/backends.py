@@ -92,6 +92,13 @@ class LocalBackend:
 _TERMINAL = {"SUCCEEDED": 0, "STOPPED": -signal.SIGTERM, "FAILED": 1}
 
 
+def _last_lines(path: Path, n: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
 class RayHandle:
     """A Ray job, read by polling its log (each poll takes what was added since the last; the offset is kept
     in the job folder, so a server that re-attaches does not read anything twice)."""
@@ -110,6 +117,10 @@ class RayHandle:
 
     def lines(self) -> Iterator[str]:
         offset, partial = self._offset(), ""
+        # a server killed after writing a poll's lines to log.jsonl, before it recorded the offset, reads them
+        # again when it re-attaches (and a second node's forwarder may repeat an actor's line later): a server
+        # that re-attaches skips the lines log.jsonl already holds
+        recent = set(_last_lines(self.jd / "log.jsonl", 500)) if offset else set()
         with open(self.jd / "stderr.log", "a") as err:
             while not self._detached:
                 self._status = str(self.client.get_job_status(self.id))  # type: ignore[attr-defined]
@@ -127,6 +138,8 @@ class RayHandle:
                         if (actor, out) in self._seen:
                             continue
                         self._seen.add((actor, out))
+                    if out in recent:
+                        continue
                     if not out.startswith("{"):
                         err.write(out + "\n")
                         err.flush()
