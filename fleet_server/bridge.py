@@ -7,20 +7,19 @@ paho network thread only enqueues; one worker thread applies messages to the dat
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import queue
 import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import defer
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, select
 
 from edge_agent.protocol.messages import (
     ReportedState,
@@ -31,12 +30,12 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import DeviceTopics, fleet_filter, parse_device_topic
 from edge_agent.transport.mqtt import Ack, MqttTransport
-from fleet_server.devices import problems
+from fleet_server.devices import telemetry_rows
 from fleet_server.devices.desired import desired_message
 from fleet_server.devices.slots import SlotRows
-from fleet_server.devices.tables import Deployment, Device, TelemetryPoint
+from fleet_server.devices.tables import Deployment, Device
 from fleet_server.registry import measurements
-from fleet_server.rollouts.sums import fold, upsert_sums
+from fleet_server.rollouts.sums import upsert_sums
 from fleet_server.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
@@ -105,9 +104,7 @@ class MqttBridge:
         keepalive_s: int = 30,
     ) -> None:
         self.engine = engine
-        self.history_s, self.retention_h = history_s, retention_h
-        self._last_point: dict[str, float] = {}  # device -> monotonic time of its last history point
-        self._last_prune = 0.0
+        self.history = telemetry_rows.History(history_s, retention_h)
         self.shared = shared
         self.persistent = client_id is not None
         self.transport = MqttTransport(
@@ -342,6 +339,9 @@ class MqttBridge:
     def _apply_batch(self, items: list[tuple[_Item, Any]]) -> None:
         """One transaction; devices and aggregates fetched in two queries; no flush until the commit."""
         ids = sorted({item.device_id for item, _ in items})
+        if all(isinstance(msg, Telemetry) for _, msg in items):
+            self._apply_telemetry(items, ids)
+            return
         with Session(self.engine) as session, session.no_autoflush:
             # the wide text columns are written here, never read: not loading them halves the query's cost
             wide = (Device.telemetry_json, Device.capabilities_json, Device.mining_json, Device.tags_json)
@@ -369,36 +369,35 @@ class MqttBridge:
                     last_telemetry[item.device_id] = msg
             for device_id, msg in last_telemetry.items():
                 devices[device_id].telemetry_json = msg.model_dump_json(by_alias=True)
-                self._history(session, device_id, msg, now)
+                self.history.add(session, device_id, msg, now)
             upsert_sums(session, pending)
             slots.flush()
             session.commit()
 
-    def _history(self, session: Session, device_id: str, msg: Telemetry, now: datetime) -> None:
-        """One point per device per history_s (per replica: with N replicas a device gets up to N)."""
-        mono = time.monotonic()
-        if mono - self._last_point.get(device_id, -1e18) < self.history_s:
-            return
-        self._last_point[device_id] = mono
-        session.add(
-            TelemetryPoint(
-                device_id=device_id,
-                at=now,
-                model=msg.model,
-                version=msg.version,
-                fps=msg.fps,
-                latency_ms_p95=msg.latency_ms_p95,
-                staleness_ms_p99=msg.staleness_ms_p99,
-                frames=msg.frames,
-                dropped=msg.dropped,
-                errors=msg.errors,
-                confidences=json.dumps([round(p.score, 3) for p in msg.last_prediction]),
-            )
-        )
-        if mono - self._last_prune > 600:
-            self._last_prune = mono
-            cutoff = now - timedelta(hours=self.retention_h)
-            session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))
+    def _apply_telemetry(self, items: list[tuple[_Item, Any]], ids: list[str]) -> None:
+        """A batch of telemetry only (most of what a fleet sends): plain rows in, changed columns out."""
+        with Session(self.engine) as session, session.no_autoflush:
+            rows = telemetry_rows.load(session, ids)
+            pending: dict[tuple[str, str, int], dict[str, float]] = {}
+            slots = SlotRows(session, ids)
+            last: dict[str, Telemetry] = {}
+            now = datetime.now(timezone.utc)
+            for item, msg in items:
+                row = rows.get(item.device_id)
+                if row is None:
+                    log.warning("ignored telemetry from unenrolled device %s", item.device_id)
+                    continue
+                online = item.seq >= self._status_seq.get(item.device_id, -1)
+                telemetry_rows.apply_point(row, msg, now, online, pending, slots)
+                if msg.slot == "default":
+                    last[item.device_id] = msg
+            for device_id, msg in last.items():
+                rows[device_id].telemetry_json = msg.model_dump_json(by_alias=True)
+                self.history.add(session, device_id, msg, now)
+            telemetry_rows.write(session, list(rows.values()))
+            upsert_sums(session, pending)
+            slots.flush()
+            session.commit()
 
     def _apply_one(
         self,
@@ -438,13 +437,4 @@ class MqttBridge:
             if msg.capabilities is not None:
                 device.capabilities_json = msg.capabilities.model_dump_json()
         elif isinstance(msg, Telemetry):
-            if online:
-                device.online = True
-            if msg.slot != "default":  # another slot's model: its own row; the device's columns are the default's
-                slots.telemetry(msg, now)
-            else:
-                device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
-                device.staleness_ms_p99 = msg.staleness_ms_p99
-                problems.from_telemetry(device, msg)
-            if msg.model and msg.version is not None and msg.frames > 0:
-                fold(pending, device.id, msg)
+            telemetry_rows.apply_point(device, msg, now, online, pending, slots)

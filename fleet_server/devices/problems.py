@@ -7,7 +7,7 @@ read from the row at query time: a failed update, a rejected shadow, an online d
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import and_, col, or_
 
@@ -19,7 +19,14 @@ SLOW = 0.5  # fps under this share of the device's usual
 BASELINE_WEIGHT = 0.05  # each healthy point moves the usual fps this much toward itself
 
 
-def from_telemetry(device: Device, msg: Telemetry) -> None:
+class _Judged(Protocol):
+    """What a point's problem is judged on and written to: a Device, or the bridge's plain telemetry row."""
+
+    fps_baseline: float | None
+    problem: str | None
+
+
+def from_telemetry(device: _Judged, msg: Telemetry) -> None:
     """Set the device's telemetry problem and move its usual fps (only healthy points move it)."""
     down = [s for s in msg.sources if not s.ok]
     problem = None

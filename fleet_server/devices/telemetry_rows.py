@@ -1,0 +1,125 @@
+"""A telemetry batch's device columns without ORM objects.
+
+Telemetry is most of what a fleet sends. The bridge used to load each device of a telemetry batch as an ORM
+object and let the unit of work find what changed. Here the few columns a point reads are read as plain rows,
+the point is applied to them, and what changed is written back by primary key, one executemany per set of
+changed columns. Only the columns that changed are written, so a concurrent status from another replica is
+not overwritten with what this batch read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, delete, select
+
+from edge_agent.protocol.messages import Telemetry
+from fleet_server.devices import problems
+from fleet_server.devices.slots import SlotRows
+from fleet_server.devices.tables import Device, TelemetryPoint
+from fleet_server.rollouts.sums import fold
+
+_WRITTEN = ("last_seen", "online", "fps", "latency_ms_p95", "staleness_ms_p99", "problem", "fps_baseline")
+
+
+class TelemetryRow:
+    """The columns a telemetry point reads and writes, as plain attributes."""
+
+    __slots__ = ("id", "loaded", "last_seen", "online", "fps", "latency_ms_p95", "staleness_ms_p99", "problem",
+                 "fps_baseline", "telemetry_json")  # fmt: skip
+
+    def __init__(self, device_id: str, online: bool, fps_baseline: float | None, problem: str | None) -> None:
+        self.id, self.online, self.fps_baseline, self.problem = device_id, online, fps_baseline, problem
+        self.loaded: dict[str, Any] = {"online": online, "fps_baseline": fps_baseline, "problem": problem}
+        self.last_seen: datetime | None = None
+        self.fps = self.latency_ms_p95 = self.staleness_ms_p99 = None  # type: float | None
+        self.telemetry_json: str | None = None
+
+    def changes(self) -> dict[str, Any]:
+        if self.last_seen is None:  # no point of this batch reached it
+            return {}
+        out = {k: getattr(self, k) for k in _WRITTEN if k not in self.loaded or getattr(self, k) != self.loaded[k]}
+        if "fps" in out and out["fps"] is None:  # no default-slot point: its columns are not this batch's
+            out = {k: v for k, v in out.items() if k not in ("fps", "latency_ms_p95", "staleness_ms_p99")}
+        if self.telemetry_json is not None:
+            out["telemetry_json"] = self.telemetry_json
+        return out
+
+
+def load(session: Session, ids: list[str]) -> dict[str, TelemetryRow]:
+    query = select(Device.id, Device.online, Device.fps_baseline, Device.problem).where(col(Device.id).in_(ids))
+    return {r[0]: TelemetryRow(*r) for r in session.exec(query).all()}
+
+
+def apply_point(
+    device: Device | TelemetryRow,
+    msg: Telemetry,
+    now: datetime,
+    online: bool,
+    pending: dict[tuple[str, str, int], dict[str, float]],
+    slots: SlotRows,
+) -> None:
+    """One point onto its device (an ORM row or a TelemetryRow). `online`: False for a point older than the
+    device's last status (an `offline` applied first must not be undone by it)."""
+    device.last_seen = now
+    if online:
+        device.online = True
+    if msg.slot != "default":  # another slot's model: its own row; the device's columns are the default's
+        slots.telemetry(msg, now)
+    else:
+        device.fps, device.latency_ms_p95 = msg.fps, msg.latency_ms_p95
+        device.staleness_ms_p99 = msg.staleness_ms_p99
+        problems.from_telemetry(device, msg)
+    if msg.model and msg.version is not None and msg.frames > 0:
+        fold(pending, device.id, msg)
+
+
+def write(session: Session, rows: list[TelemetryRow]) -> None:
+    """What changed, by primary key: one executemany per set of changed columns."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        changed = row.changes()
+        if changed:
+            groups[tuple(sorted(changed))].append({"id": row.id, **changed})
+    for params in groups.values():
+        session.execute(update(Device), params)
+
+
+class History:
+    """The telemetry history: one point per device per `every_s` (per replica: with N replicas a device gets up
+    to N), and points older than `retention_h` pruned every ten minutes."""
+
+    def __init__(self, every_s: float, retention_h: float) -> None:
+        self.every_s, self.retention_h = every_s, retention_h
+        self._last: dict[str, float] = {}  # device -> monotonic time of its last point
+        self._last_prune = 0.0
+
+    def add(self, session: Session, device_id: str, msg: Telemetry, now: datetime) -> None:
+        mono = time.monotonic()
+        if mono - self._last.get(device_id, -1e18) < self.every_s:
+            return
+        self._last[device_id] = mono
+        session.add(
+            TelemetryPoint(
+                device_id=device_id,
+                at=now,
+                model=msg.model,
+                version=msg.version,
+                fps=msg.fps,
+                latency_ms_p95=msg.latency_ms_p95,
+                staleness_ms_p99=msg.staleness_ms_p99,
+                frames=msg.frames,
+                dropped=msg.dropped,
+                errors=msg.errors,
+                confidences=json.dumps([round(p.score, 3) for p in msg.last_prediction]),
+            )
+        )
+        if mono - self._last_prune > 600:
+            self._last_prune = mono
+            cutoff = now - timedelta(hours=self.retention_h)
+            session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))
