@@ -105,6 +105,7 @@ class MqttBridge:
     ) -> None:
         self.engine = engine
         self.history = telemetry_rows.History(history_s, retention_h)
+        self.buffer = telemetry_rows.TelemetryBuffer()
         self.shared = shared
         self.persistent = client_id is not None
         self.transport = MqttTransport(
@@ -273,6 +274,7 @@ class MqttBridge:
             except Exception as exc:  # noqa: BLE001 - the fleet's ingestion outlives any one bad batch
                 self.errors += 1
                 log.error("bridge worker: %s: %s", type(exc).__name__, str(exc)[:200])
+        self._write_telemetry()  # what is buffered, before the server stops
 
     def _take(self, q: queue.Queue[_Item], batch: list[_Item]) -> list[_Item]:
         while len(batch) < BATCH:
@@ -375,29 +377,34 @@ class MqttBridge:
             session.commit()
 
     def _apply_telemetry(self, items: list[tuple[_Item, Any]], ids: list[str]) -> None:
-        """A batch of telemetry only (most of what a fleet sends): plain rows in, changed columns out."""
-        with Session(self.engine) as session, session.no_autoflush:
-            rows = telemetry_rows.load(session, ids)
-            pending: dict[tuple[str, str, int], dict[str, float]] = {}
-            slots = SlotRows(session, ids)
-            last: dict[str, Telemetry] = {}
-            now = datetime.now(timezone.utc)
-            for item, msg in items:
-                row = rows.get(item.device_id)
-                if row is None:
-                    log.warning("ignored telemetry from unenrolled device %s", item.device_id)
-                    continue
-                online = item.seq >= self._status_seq.get(item.device_id, -1)
-                telemetry_rows.apply_point(row, msg, now, online, pending, slots)
-                if msg.slot == "default":
-                    last[item.device_id] = msg
-            for device_id, msg in last.items():
-                rows[device_id].telemetry_json = msg.model_dump_json(by_alias=True)
-                self.history.add(session, device_id, msg, now)
-            telemetry_rows.write(session, list(rows.values()))
-            upsert_sums(session, pending)
-            slots.flush()
-            session.commit()
+        """A batch of telemetry only (most of what a fleet sends): into the buffer, written at most each second."""
+        buf = self.buffer
+        missing = [i for i in ids if i not in buf.rows]
+        if missing:
+            with Session(self.engine) as session:
+                buf.rows.update(telemetry_rows.load(session, missing))
+        now = datetime.now(timezone.utc)
+        for item, msg in items:
+            online = item.seq >= self._status_seq.get(item.device_id, -1)
+            if not buf.add(item.device_id, item.seq, msg, now, online):
+                log.warning("ignored telemetry from unenrolled device %s", item.device_id)
+        if buf.due() or self._telemetry.empty():
+            self._write_telemetry()
+
+    def _write_telemetry(self) -> None:
+        """The buffer in one transaction. If it cannot be written the points go (telemetry may be shed), said
+        in one line; the next points start a new buffer."""
+        if self.buffer.since is None:
+            return
+        try:
+            with Session(self.engine) as session, session.no_autoflush:
+                self.buffer.write(session, self.history, self._status_seq)
+                session.commit()
+        except Exception as exc:  # noqa: BLE001 - telemetry is sheddable; the bridge lives on
+            self.errors += 1
+            log.error("could not store buffered telemetry of %d device(s): %s", len(self.buffer.seqs), str(exc)[:200])
+        finally:
+            self.buffer.clear()
 
     def _apply_one(
         self,

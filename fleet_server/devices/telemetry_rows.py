@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import update
@@ -22,7 +22,7 @@ from edge_agent.protocol.messages import Telemetry
 from fleet_server.devices import problems
 from fleet_server.devices.slots import SlotRows
 from fleet_server.devices.tables import Device, TelemetryPoint
-from fleet_server.rollouts.sums import fold
+from fleet_server.rollouts.sums import fold, upsert_sums
 
 _WRITTEN = ("last_seen", "online", "fps", "latency_ms_p95", "staleness_ms_p99", "problem", "fps_baseline")
 
@@ -123,3 +123,65 @@ class History:
             self._last_prune = mono
             cutoff = now - timedelta(hours=self.retention_h)
             session.exec(delete(TelemetryPoint).where(col(TelemetryPoint.at) < cutoff))
+
+
+class _SlotPoints:
+    """Points of a device's other slots, kept until the buffer is written (they have rows of their own)."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[Telemetry, datetime]] = []
+
+    def telemetry(self, msg: Telemetry, now: datetime) -> None:
+        self.points.append((msg, now))
+
+
+class TelemetryBuffer:
+    """Telemetry between commits: each device's newest point and its sums folded in memory, written in one
+    transaction at most every `every_s` (or as soon as no telemetry waits). Under load a device that sends
+    four points a second costs one row update a second, not four. Telemetry is QoS 0: what a crash loses here
+    is at most `every_s` of points, never a state message (those have their own path)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.rows: dict[str, TelemetryRow] = {}
+        self.seqs: dict[str, int] = {}  # device -> arrival seq of its newest buffered point
+        self.last: dict[str, Telemetry] = {}  # device -> its newest default-slot point
+        self.pending: dict[tuple[str, str, int], dict[str, float]] = {}
+        self.slots = _SlotPoints()
+        self.since: float | None = None
+
+    def due(self) -> bool:
+        return self.since is not None and time.monotonic() - self.since >= self.every_s
+
+    def add(self, device_id: str, seq: int, msg: Telemetry, now: datetime, online: bool) -> bool:
+        """False: the device has no row (not enrolled)."""
+        row = self.rows.get(device_id)
+        if row is None:
+            return False
+        if self.since is None:
+            self.since = time.monotonic()
+        apply_point(row, msg, now, online, self.pending, self.slots)  # type: ignore[arg-type]
+        self.seqs[device_id] = seq
+        if msg.slot == "default":
+            self.last[device_id] = msg
+        return True
+
+    def write(self, session: Session, history: History, status_seq: dict[str, int]) -> int:
+        """Everything buffered, in `session` (the caller commits). Returns the devices written."""
+        now = datetime.now(timezone.utc)
+        slots = SlotRows(session, sorted({m.device_id for m, _ in self.slots.points}))
+        for msg, at in self.slots.points:
+            slots.telemetry(msg, at)
+        for device_id, msg in self.last.items():
+            self.rows[device_id].telemetry_json = msg.model_dump_json(by_alias=True)
+            history.add(session, device_id, msg, now)
+        for device_id, row in self.rows.items():
+            if status_seq.get(device_id, -1) > self.seqs.get(device_id, -1):
+                row.online = row.loaded["online"]  # a status came after these points: theirs is not the word
+        write(session, list(self.rows.values()))
+        upsert_sums(session, self.pending)
+        slots.flush()
+        return len(self.seqs)
+
+    def clear(self) -> None:
+        self.__init__(self.every_s)  # type: ignore[misc]
