@@ -377,29 +377,30 @@ class MqttBridge:
             session.commit()
 
     def _apply_telemetry(self, items: list[tuple[_Item, Any]], ids: list[str]) -> None:
-        """A batch of telemetry only (most of what a fleet sends): into the buffer, written at most each second."""
+        """A batch of telemetry only (most of what a fleet sends): into the buffer, written at most each second
+        (at once when no more telemetry waits), in the transaction that read the batch's new devices."""
         buf = self.buffer
-        missing = [i for i in ids if i not in buf.rows]
-        if missing:
-            with Session(self.engine) as session:
+        with Session(self.engine) as session, session.no_autoflush:
+            missing = [i for i in ids if i not in buf.rows]
+            if missing:
                 buf.rows.update(telemetry_rows.load(session, missing))
-        now = datetime.now(timezone.utc)
-        for item, msg in items:
-            online = item.seq >= self._status_seq.get(item.device_id, -1)
-            if not buf.add(item.device_id, item.seq, msg, now, online):
-                log.warning("ignored telemetry from unenrolled device %s", item.device_id)
-        if buf.due() or self._telemetry.empty():
-            self._write_telemetry()
+            now = datetime.now(timezone.utc)
+            for item, msg in items:
+                online = item.seq >= self._status_seq.get(item.device_id, -1)
+                if not buf.add(item.device_id, item.seq, msg, now, online):
+                    log.warning("ignored telemetry from unenrolled device %s", item.device_id)
+            if buf.due() or self._telemetry.empty():
+                self._write_telemetry(session)
 
-    def _write_telemetry(self) -> None:
+    def _write_telemetry(self, session: Session | None = None) -> None:
         """The buffer in one transaction. If it cannot be written the points go (telemetry may be shed), said
         in one line; the next points start a new buffer."""
         if self.buffer.since is None:
             return
         try:
-            with Session(self.engine) as session, session.no_autoflush:
-                self.buffer.write(session, self.history, self._status_seq)
-                session.commit()
+            with session or Session(self.engine) as s, s.no_autoflush:
+                self.buffer.write(s, self.history, self._status_seq)
+                s.commit()
         except Exception as exc:  # noqa: BLE001 - telemetry is sheddable; the bridge lives on
             self.errors += 1
             log.error("could not store buffered telemetry of %d device(s): %s", len(self.buffer.seqs), str(exc)[:200])

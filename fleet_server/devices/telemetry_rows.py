@@ -15,7 +15,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, delete, select
 
 from edge_agent.protocol.messages import Telemetry
@@ -86,8 +86,10 @@ def write(session: Session, rows: list[TelemetryRow]) -> None:
         changed = row.changes()
         if changed:
             groups[tuple(sorted(changed))].append({"id": row.id, **changed})
-    for params in groups.values():
-        session.execute(update(Device), params)
+    table: Any = Device.__table__  # type: ignore[attr-defined]  # Core, not the ORM's bulk update: no per-row mapper work
+    for keys, params in groups.items():
+        stmt = update(table).where(table.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in keys})
+        session.execute(stmt, [{f"b_{k}": v for k, v in p.items()} for p in params])
 
 
 class History:
