@@ -33,28 +33,42 @@ class _Failures:
     """Recent failed logins per user name (per replica): the sixth try within 5 minutes is refused.
 
     An attempt is counted as a failure *before* its password is checked (`attempt`), and forgiven only when it
-    succeeds: parallel attempts cannot all slip past the count while the slow scrypt runs.
+    succeeds: parallel attempts cannot all slip past the count while the slow scrypt runs. A success forgives
+    the failures that are over, not the attempts still being checked beside it: those stay counted, so that a
+    right guess among many parallel ones does not open the door to five more.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[str, list[float]] = {}
+        self._seen: dict[str, list[tuple[float, int]]] = {}  # name -> (time, ticket) of each counted attempt
+        self._open: dict[str, set[int]] = {}  # name -> tickets whose password check is running
+        self._next = 0
 
-    def attempt(self, name: str) -> float:
-        """Count one attempt now; >0: refused, seconds until the next try is allowed."""
+    def attempt(self, name: str) -> tuple[float, int]:
+        """Count one attempt now: (seconds until the next try is allowed, >0 if refused; its ticket)."""
         now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._seen.get(name, []) if now - t < FAILURE_WINDOW_S]
-            if len(recent) >= MAX_FAILURES:
-                self._seen[name] = recent
-                return FAILURE_WINDOW_S - (now - recent[0])
-            recent.append(now)
+            recent = [e for e in self._seen.get(name, []) if now - e[0] < FAILURE_WINDOW_S]
             self._seen[name] = recent
-            return 0.0
+            if len(recent) >= MAX_FAILURES:
+                return FAILURE_WINDOW_S - (now - recent[0][0]), -1
+            self._next += 1
+            recent.append((now, self._next))
+            self._open.setdefault(name, set()).add(self._next)
+            return 0.0, self._next
 
-    def clear(self, name: str) -> None:
+    def failed(self, name: str, ticket: int) -> None:
         with self._lock:
-            self._seen.pop(name, None)
+            self._open.get(name, set()).discard(ticket)
+
+    def succeeded(self, name: str, ticket: int) -> None:
+        with self._lock:
+            still = self._open.get(name, set()) - {ticket}
+            self._seen[name] = [e for e in self._seen.get(name, []) if e[1] in still]
+            self._open[name] = still
+            if not still:
+                self._seen.pop(name, None)
+                self._open.pop(name, None)
 
 
 FAILURES = _Failures()
@@ -104,15 +118,21 @@ def update_user(
 def login(session: Session, name: str, password: str) -> tuple[str, UserSession, User]:
     """(token, session row, user) or UserError; the token is shown once and stored only hashed."""
     name = name.strip().lower()
-    wait = FAILURES.attempt(name)  # counted as a failure until it succeeds
+    wait, ticket = FAILURES.attempt(name)  # counted as a failure until it succeeds
     if wait > 0:
         raise Throttled(f"too many failed logins for {name}; try again in {int(wait) + 1} s")
-    user = session.get(User, name)
-    # verify even for an unknown name so that timing does not tell which names exist
-    ok = verify_password(password, user.password_hash if user else "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AA==")
-    if user is None or not ok or user.disabled:
+    try:
+        user = session.get(User, name)
+        # verify even for an unknown name so that timing does not tell which names exist
+        hashed = user.password_hash if user else "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AA=="
+        ok = verify_password(password, hashed) and user is not None and not user.disabled
+    except BaseException:
+        FAILURES.failed(name, ticket)
+        raise
+    if not ok or user is None:
+        FAILURES.failed(name, ticket)
         raise UserError("wrong user name or password")
-    FAILURES.clear(name)
+    FAILURES.succeeded(name, ticket)
     token = "edl_user_" + secrets.token_urlsafe(32)
     now = datetime.now(timezone.utc)
     row = UserSession(
